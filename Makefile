@@ -1,0 +1,113 @@
+# luaserve: `make` builds ./luaserve, `make run` serves apps/demo, `make test`
+# runs every spec and test, `make bench` the benchmarks, `make install`.
+# Each of them first installs the Debian packages that are missing.
+
+PREFIX ?= /usr/local
+LLHTTP_DIR ?= /usr/share/llhttp
+LLHTTP_INC ?= /usr/share/include/llhttp
+PORT ?= 8080
+
+# Debian packages: build, run, test, bench.
+PACKAGES = gcc make pkg-config luajit2 libluajit2-5.1-dev libuv1-dev \
+           node-llhttp lua-cjson lua-busted python3 curl
+BENCH_PACKAGES = wrk
+
+CC ?= cc
+CFLAGS ?= -O2 -g
+WARN = -Wall -Wextra -Wshadow -Wno-unused-parameter
+PKG_CFLAGS = $(shell pkg-config --cflags luajit libuv 2>/dev/null)
+PKG_LIBS = $(shell pkg-config --libs luajit libuv 2>/dev/null)
+
+# SAN=1: AddressSanitizer + UndefinedBehaviorSanitizer, built apart.
+ifeq ($(SAN),1)
+BUILD = build/san
+SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer \
+           -fno-sanitize-recover=undefined
+CFLAGS = -O1 -g
+else
+BUILD = build/release
+SANFLAGS =
+endif
+
+CORE_SRCS = core/buf.c \
+            core/http.c \
+            core/main.c \
+            core/runtime.c \
+            core/server.c \
+            core/tcp.c \
+            core/timer.c
+LLHTTP_SRCS = $(LLHTTP_DIR)/api.c $(LLHTTP_DIR)/http.c $(LLHTTP_DIR)/llhttp.c
+
+CORE_OBJS = $(patsubst core/%.c,$(BUILD)/core/%.o,$(CORE_SRCS))
+LLHTTP_OBJS = $(patsubst $(LLHTTP_DIR)/%.c,$(BUILD)/llhttp/%.o,$(LLHTTP_SRCS))
+BIN = $(BUILD)/luaserve
+
+# The binary the tests run: the sanitizer build or ./luaserve.
+ifeq ($(SAN),1)
+TEST_BIN = $(CURDIR)/$(BIN)
+else
+TEST_BIN = $(CURDIR)/luaserve
+endif
+
+.PHONY: all deps bench-deps run test test-spec test-binary bench install \
+        uninstall clean
+
+all: deps luaserve
+
+# Install what a fresh machine lacks (apt-get, through sudo when not root).
+deps:
+	@missing=""; for p in $(PACKAGES) $(EXTRA_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' \
+	    || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+bench-deps:
+	@$(MAKE) --no-print-directory deps EXTRA_PACKAGES="$(BENCH_PACKAGES)"
+
+luaserve: $(BUILD)/luaserve
+	@if [ "$(SAN)" != 1 ]; then cp $(BUILD)/luaserve luaserve; fi
+
+$(BIN): $(CORE_OBJS) $(LLHTTP_OBJS)
+	$(CC) $(SANFLAGS) -o $@ $^ $(PKG_LIBS) -lm -Wl,-E
+
+$(BUILD)/core/%.o: core/%.c | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(SANFLAGS) $(WARN) -MMD -MP -I$(LLHTTP_INC) $(PKG_CFLAGS) \
+	  -DLS_LUA_DIR='"$(PREFIX)/share/luaserve/lua"' -c -o $@ $<
+
+# llhttp's generated sources, compiled from where node-llhttp puts them.
+$(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(SANFLAGS) -w -I$(LLHTTP_INC) -c -o $@ $<
+
+-include $(CORE_OBJS:.o=.d)
+
+run: all
+	./luaserve apps/demo --port $(PORT)
+
+# Everything: the busted specs through the real core, then the real binary
+# over loopback sockets. SAN=1 runs both on the sanitizer build.
+test: all $(if $(filter 1,$(SAN)),$(BIN))
+	@LUASERVE="$(TEST_BIN)" LUASERVE_LUA_DIR="$(CURDIR)/lua" tests/run
+
+test-spec: all
+	LUASERVE_LUA_DIR="$(CURDIR)/lua" $(TEST_BIN) busted spec
+
+bench: all bench-deps
+	tests/bench/run
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/luaserve/lua/luaserve
+	install -m 755 luaserve $(DESTDIR)$(PREFIX)/bin/luaserve
+	install -m 644 lua/luaserve/*.lua $(DESTDIR)$(PREFIX)/share/luaserve/lua/luaserve/
+
+uninstall:
+	rm -rf $(DESTDIR)$(PREFIX)/bin/luaserve $(DESTDIR)$(PREFIX)/share/luaserve
+
+clean:
+	rm -rf build luaserve

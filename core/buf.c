@@ -1,0 +1,36 @@
+/* buf.c: a growable byte buffer (ls_buf_t). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+
+int ls__buf_reserve(ls_buf_t *b, size_t n) {
+  if (b->len + n <= b->cap)
+    return 0;
+  size_t cap = b->cap ? b->cap : 256;
+  while (cap < b->len + n)
+    cap *= 2;
+  char *p = realloc(b->data, cap);
+  if (p == NULL)
+    return UV_ENOMEM;
+  b->data = p;
+  b->cap = cap;
+  return 0;
+}
+
+
+int ls__buf_append(ls_buf_t *b, const char *p, size_t n) {
+  if (ls__buf_reserve(b, n))
+    return UV_ENOMEM;
+  memcpy(b->data + b->len, p, n);
+  b->len += n;
+  return 0;
+}
+
+
+void ls__buf_free(ls_buf_t *b) {
+  free(b->data);
+  b->data = NULL;
+  b->len = b->cap = 0;
+}

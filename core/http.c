@@ -1,0 +1,374 @@
+/* http.c: the llhttp glue (request assembly, limits) and the formatting of
+ * response heads. Parser callbacks never raise and never free: they copy
+ * spans off the read buffer into the connection and note errors in
+ * c->error_status, which server.c answers after llhttp_execute returns. */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <strings.h>
+
+#include "internal.h"
+
+static const char continue_100[] = "HTTP/1.1 100 Continue\r\n\r\n";
+
+
+/* Fail the request with `status`; the reason shows in the 4xx body. */
+static int fail(llhttp_t *p, int status, const char *reason) {
+  ls_conn_t *c = p->data;
+  c->error_status = status;
+  llhttp_set_error_reason(p, reason);
+  return HPE_USER;
+}
+
+
+static int count_header_bytes(llhttp_t *p, size_t n) {
+  ls_conn_t *c = p->data;
+  c->header_bytes += n;
+  if (c->header_bytes > c->server->lim.max_header_bytes)
+    return fail(p, 431, "request header fields too large");
+  return 0;
+}
+
+
+static int on_message_begin(llhttp_t *p) {
+  ls__http_reset(p->data);
+  return 0;
+}
+
+
+static int on_url(llhttp_t *p, const char *at, size_t n) {
+  ls_conn_t *c = p->data;
+  if (count_header_bytes(p, n))
+    return fail(p, 414, "URI too long");
+  if (ls__buf_append(&c->req, at, n))
+    return fail(p, 503, "out of memory");
+  c->url_len += (uint32_t)n;
+  return 0;
+}
+
+
+static int on_header_field(llhttp_t *p, const char *at, size_t n) {
+  ls_conn_t *c = p->data;
+  if (count_header_bytes(p, n))
+    return HPE_USER;
+  if (c->last_was_value || c->nheaders == 0) {
+    if (c->nheaders >= c->server->lim.max_headers)
+      return fail(p, 431, "too many header fields");
+    if (ls__buf_reserve(&c->hdrs, sizeof(ls_hdr_t)))
+      return fail(p, 503, "out of memory");
+    ls_hdr_t *h = (ls_hdr_t *)(c->hdrs.data + c->hdrs.len);
+    c->hdrs.len += sizeof(ls_hdr_t);
+    h->name_off = (uint32_t)c->req.len;
+    h->name_len = h->value_off = h->value_len = 0;
+    c->nheaders++;
+    c->last_was_value = 0;
+  }
+  ls_hdr_t *h = (ls_hdr_t *)(c->hdrs.data + c->hdrs.len) - 1;
+  if (ls__buf_append(&c->req, at, n))
+    return fail(p, 503, "out of memory");
+  h->name_len += (uint32_t)n;
+  return 0;
+}
+
+
+static int on_header_value(llhttp_t *p, const char *at, size_t n) {
+  ls_conn_t *c = p->data;
+  if (count_header_bytes(p, n))
+    return HPE_USER;
+  ls_hdr_t *h = (ls_hdr_t *)(c->hdrs.data + c->hdrs.len) - 1;
+  if (!c->last_was_value) {
+    h->value_off = (uint32_t)c->req.len;
+    c->last_was_value = 1;
+  }
+  if (ls__buf_append(&c->req, at, n))
+    return fail(p, 503, "out of memory");
+  h->value_len += (uint32_t)n;
+  return 0;
+}
+
+
+/* Does the request carry `Expect: 100-continue`? */
+static int wants_continue(ls_conn_t *c) {
+  ls_hdr_t *h = (ls_hdr_t *)c->hdrs.data;
+  for (unsigned i = 0; i < c->nheaders; i++, h++) {
+    if (h->name_len == 6 &&
+        strncasecmp(c->req.data + h->name_off, "expect", 6) == 0)
+      return h->value_len == 12 &&
+             strncasecmp(c->req.data + h->value_off, "100-continue", 12) == 0;
+  }
+  return 0;
+}
+
+
+static int on_headers_complete(llhttp_t *p) {
+  ls_conn_t *c = p->data;
+  if (p->http_major != 1)
+    return fail(p, 505, "HTTP version not supported");
+  int has_body = (p->flags & F_CHUNKED) || p->content_length > 0;
+  if ((p->flags & F_CONTENT_LENGTH) &&
+      p->content_length > c->server->lim.max_body)
+    return fail(p, 413, "request body too large");
+  c->keepalive = llhttp_should_keep_alive(p);
+  c->in_body = has_body;
+  if (has_body && p->http_minor >= 1 && wants_continue(c)) {
+    uv_buf_t b = uv_buf_init((char *)continue_100, sizeof(continue_100) - 1);
+    ls__conn_write(c, &b, 1);
+  }
+  return 0;
+}
+
+
+static int on_body(llhttp_t *p, const char *at, size_t n) {
+  ls_conn_t *c = p->data;
+  if (c->body.len + n > c->server->lim.max_body)
+    return fail(p, 413, "request body too large");
+  if (ls__buf_append(&c->body, at, n))
+    return fail(p, 503, "out of memory");
+  return 0;
+}
+
+
+static int on_message_complete(llhttp_t *p) {
+  ls_conn_t *c = p->data;
+  c->in_body = 0;
+  c->keepalive = llhttp_should_keep_alive(p);
+  return HPE_PAUSED;   /* one request at a time: server.c dispatches it */
+}
+
+
+const llhttp_settings_t ls__http_settings = {
+  .on_message_begin = on_message_begin,
+  .on_url = on_url,
+  .on_header_field = on_header_field,
+  .on_header_value = on_header_value,
+  .on_headers_complete = on_headers_complete,
+  .on_body = on_body,
+  .on_message_complete = on_message_complete,
+};
+
+
+void ls__http_reset(ls_conn_t *c) {
+  c->nheaders = 0;
+  c->url_len = 0;
+  c->header_bytes = 0;
+  c->error_status = 0;
+  c->last_was_value = 0;
+  c->req.len = 0;
+  c->hdrs.len = 0;
+  c->body.len = 0;
+  /* Keep small buffers for the next request; give big ones back. */
+  if (c->req.cap > 4096) ls__buf_free(&c->req);
+  if (c->hdrs.cap > 4096) ls__buf_free(&c->hdrs);
+  if (c->body.cap > 4096) ls__buf_free(&c->body);
+}
+
+
+/* Push method, target, headers, body. Header names are lower-cased;
+ * repeated headers are joined with ", " (RFC 9110 5.3). */
+int ls__http_push_request(lua_State *L, ls_conn_t *c) {
+  char name[256];
+  const char *method = llhttp_method_name((llhttp_method_t)c->parser.method);
+  lua_pushstring(L, method);
+  lua_pushlstring(L, c->req.data ? c->req.data : "", c->url_len);
+  lua_createtable(L, 0, (int)c->nheaders);
+  ls_hdr_t *h = (ls_hdr_t *)c->hdrs.data;
+  for (unsigned i = 0; i < c->nheaders; i++, h++) {
+    size_t nlen = h->name_len < sizeof(name) ? h->name_len : sizeof(name) - 1;
+    const char *src = c->req.data + h->name_off;
+    for (size_t k = 0; k < nlen; k++) {
+      char ch = src[k];
+      name[k] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+    }
+    const char *v = c->req.data + h->value_off;
+    size_t vlen = h->value_len;
+    while (vlen > 0 && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t'))
+      vlen--;
+    lua_pushlstring(L, name, nlen);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3);
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+      lua_pushlstring(L, v, vlen);
+    } else {
+      lua_pushliteral(L, ", ");
+      lua_pushlstring(L, v, vlen);
+      lua_concat(L, 3);
+    }
+    lua_rawset(L, -3);
+  }
+  lua_pushlstring(L, c->body.data ? c->body.data : "", c->body.len);
+  return 4;
+}
+
+
+const char *ls__http_reason(int status) {
+  switch (status) {
+  case 100: return "Continue";
+  case 101: return "Switching Protocols";
+  case 200: return "OK";
+  case 201: return "Created";
+  case 202: return "Accepted";
+  case 204: return "No Content";
+  case 206: return "Partial Content";
+  case 301: return "Moved Permanently";
+  case 302: return "Found";
+  case 303: return "See Other";
+  case 304: return "Not Modified";
+  case 307: return "Temporary Redirect";
+  case 308: return "Permanent Redirect";
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 408: return "Request Timeout";
+  case 409: return "Conflict";
+  case 410: return "Gone";
+  case 411: return "Length Required";
+  case 413: return "Content Too Large";
+  case 414: return "URI Too Long";
+  case 415: return "Unsupported Media Type";
+  case 422: return "Unprocessable Content";
+  case 429: return "Too Many Requests";
+  case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
+  case 501: return "Not Implemented";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  case 505: return "HTTP Version Not Supported";
+  default: return "Unknown";
+  }
+}
+
+
+/* The Date header value, formatted once a second (loop thread only). */
+static const char *http_date(size_t *len) {
+  static char buf[40];
+  static size_t buf_len;
+  static time_t last;
+  time_t now = time(NULL);
+  if (now != last) {
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    buf_len = strftime(buf, sizeof(buf), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    last = now;
+  }
+  *len = buf_len;
+  return buf;
+}
+
+
+#define APPEND(p, n)                                                        \
+  do {                                                                      \
+    if (ls__buf_append(&c->out, (p), (n))) return UV_ENOMEM;               \
+  } while (0)
+#define APPEND_LIT(s) APPEND(s, sizeof(s) - 1)
+
+/* Append one `name: value` line, refusing CR and LF (header injection). */
+static int append_header(lua_State *L, ls_conn_t *c, const char *name,
+                         size_t nlen, int vidx) {
+  size_t vlen;
+  const char *v = lua_tolstring(L, vidx, &vlen);
+  if (v == NULL)
+    return luaL_error(L, "header '%s': value must be a string or number",
+                      name);
+  if (strpbrk(name, "\r\n:") || memchr(v, '\r', vlen) || memchr(v, '\n', vlen))
+    return luaL_error(L, "header '%s': CR, LF or ':' not allowed", name);
+  APPEND(name, nlen);
+  APPEND_LIT(": ");
+  APPEND(v, vlen);
+  APPEND_LIT("\r\n");
+  return 0;
+}
+
+
+int ls__http_format_head(lua_State *L, ls_conn_t *c, int status,
+                         const char *ctype, size_t ctype_len, size_t body_len,
+                         int headers) {
+  char line[128];
+  size_t dlen;
+  const char *date = http_date(&dlen);
+  int n = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", status,
+                   ls__http_reason(status));
+  c->out.len = 0;
+  APPEND(line, (size_t)n);
+  APPEND_LIT("Server: luaserve\r\nDate: ");
+  APPEND(date, dlen);
+  APPEND_LIT("\r\n");
+  if (ctype) {
+    APPEND_LIT("Content-Type: ");
+    APPEND(ctype, ctype_len);
+    APPEND_LIT("\r\n");
+  }
+  if (status >= 200 && status != 204 && status != 304) {
+    n = snprintf(line, sizeof(line), "Content-Length: %zu\r\n", body_len);
+    APPEND(line, (size_t)n);
+  }
+  if (!c->keepalive || c->server->draining)
+    APPEND_LIT("Connection: close\r\n");
+  else if (c->parser.http_minor == 0)
+    APPEND_LIT("Connection: keep-alive\r\n");
+  if (headers) {
+    lua_pushnil(L);
+    while (lua_next(L, headers)) {
+      size_t nlen;
+      const char *name = lua_tolstring(L, -2, &nlen);
+      if (lua_type(L, -2) != LUA_TSTRING)
+        return luaL_error(L, "header names must be strings");
+      if (strcasecmp(name, "content-length") == 0) {
+        /* computed from the body */
+      } else if (lua_istable(L, -1)) {
+        for (int i = 1;; i++) {
+          lua_rawgeti(L, -1, i);
+          if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            break;
+          }
+          if (append_header(L, c, name, nlen, -1))
+            return UV_ENOMEM;
+          lua_pop(L, 1);
+        }
+      } else if (append_header(L, c, name, nlen, -1)) {
+        return UV_ENOMEM;
+      }
+      lua_pop(L, 1);
+    }
+  }
+  APPEND_LIT("\r\n");
+  return 0;
+}
+
+
+/* Answer a request that never reached Lua (bad input, limits, overload),
+ * then close: after a parse error the stream position is unknown. */
+void ls__http_error_response(ls_conn_t *c, int status, const char *detail) {
+  char body[256], head[256];
+  if (detail == NULL)
+    detail = ls__http_reason(status);
+  size_t k = 0;
+  k += (size_t)snprintf(body, sizeof(body), "{\"detail\":\"");
+  for (const char *s = detail; *s && k < sizeof(body) - 4; s++)
+    if (*s != '"' && *s != '\\' && (unsigned char)*s >= 0x20)
+      body[k++] = *s;
+  body[k++] = '"';
+  body[k++] = '}';
+  int hn = snprintf(head, sizeof(head),
+                    "HTTP/1.1 %d %s\r\nServer: luaserve\r\n"
+                    "Content-Type: application/json\r\n"
+                    "Content-Length: %zu\r\nConnection: close\r\n%s\r\n",
+                    status, ls__http_reason(status), k,
+                    status == 503 ? "Retry-After: 1\r\n" : "");
+  uv_buf_t bufs[2] = {uv_buf_init(head, (unsigned)hn),
+                      uv_buf_init(body, (unsigned)k)};
+  c->keepalive = 0;
+  c->state = LS_CONN_READING;
+  if (!c->read_stopped) {   /* nothing more is parsed on this connection */
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->read_stopped = 1;
+  }
+  if (ls__conn_write(c, bufs, 2) != 0 || c->writes_pending == 0)
+    ls__conn_close(c);
+  else
+    c->close_after_write = 1;
+}

@@ -1,0 +1,184 @@
+/* internal.h: what the core's files share, grouped by file. Not installed. */
+#ifndef LS_INTERNAL_H
+#define LS_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+#include <lua.h>
+#include <lauxlib.h>
+#include <llhttp.h>
+
+#include "luaserve.h"
+
+#define LS__CORE_MODULE "luaserve.core"
+
+/* ---- runtime.c ---------------------------------------------------------- */
+
+/* Per Lua state: its loop and what the C side calls back into. */
+struct ls_runtime_s {
+  uv_loop_t *loop;
+  lua_State *L;
+  int resolve_ref;     /* Lua function resolve(target, ...) for I/O results */
+  int traceback_ref;   /* debug.traceback, the error handler of every call */
+  int closing;         /* set by ls_runtime_free: callbacks must not enter Lua */
+  void *pool;          /* the thread pool (main state) or NULL */
+  void *shared;        /* the shared dictionary, or NULL */
+  int is_pool_state;   /* 1 in a pool thread's state */
+  char *read_buf;      /* LS__READ_BUF bytes every read of this loop lands in:
+                          a waiting connection or socket holds no buffer */
+  int read_buf_busy;
+};
+
+#define LS__READ_BUF (64 * 1024)
+
+/* ls__read_alloc: alloc_cb handing out the runtime's read buffer; the
+ * handle's loop->data is the runtime. */
+void ls__read_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+/* ls__read_done: the read callback is done with buf (call it last). */
+void ls__read_done(uv_handle_t *h, const uv_buf_t *buf);
+
+/* ls__runtime: the runtime of L (stored in the registry). */
+ls_runtime_t *ls__runtime(lua_State *L);
+/* ls__pcall: lua_pcall with a traceback handler; on error logs `what` and
+ * the traceback, pops it and returns the nonzero status. */
+int ls__pcall(lua_State *L, int nargs, int nresults, const char *what);
+/* ls__resolve: call resolve(target, <nargs values on top>) and unref target.
+ * Pops the nargs values. Does nothing (but pop and unref) when closing. */
+void ls__resolve(ls_runtime_t *rt, int target_ref, int nargs);
+/* ls__log: one line on stderr, "luaserve: <level>: <message>". */
+void ls__log(const char *level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* ls__push_error: push nil and the message of err; returns 2. */
+int ls__push_error(lua_State *L, int err);
+
+/* ---- buffers (buf.c) ---------------------------------------------------- */
+
+/* A growable byte buffer; `data` is malloc'd, NULL when empty. */
+typedef struct {
+  char *data;
+  size_t len;
+  size_t cap;
+} ls_buf_t;
+
+/* ls__buf_append: append n bytes; returns 0 or UV_ENOMEM. */
+int ls__buf_append(ls_buf_t *b, const char *p, size_t n);
+/* ls__buf_reserve: make room for n more bytes; returns 0 or UV_ENOMEM. */
+int ls__buf_reserve(ls_buf_t *b, size_t n);
+/* ls__buf_free: release the storage; the buffer is empty again. */
+void ls__buf_free(ls_buf_t *b);
+
+/* ---- server.c: listeners, connections, reads, writes, timeouts ---------- */
+
+/* Limits and timeouts of one server; set from Lua at listen time. */
+typedef struct {
+  size_t max_header_bytes;  /* request line + headers; over it: 431 */
+  unsigned max_headers;     /* header count; over it: 431 */
+  size_t max_body;          /* body bytes; over it: 413 */
+  uint64_t header_timeout;  /* ms from a request's first byte to its headers;
+                               also the longest pause inside a body */
+  uint64_t keepalive_timeout; /* ms an idle keep-alive connection is kept */
+  unsigned limit_concurrency; /* requests in Lua at once; 0: no limit */
+} ls_limits_t;
+
+typedef struct ls_server_s ls_server_t;
+
+/* One header of the request being parsed: offsets into conn->req. */
+typedef struct {
+  uint32_t name_off, name_len, value_off, value_len;
+} ls_hdr_t;
+
+enum { LS_CONN_IDLE, LS_CONN_READING, LS_CONN_BUSY, LS_CONN_CLOSING };
+
+/* A client connection. Allocated apart from Lua; freed when both handles are
+ * closed and Lua no longer holds it (see conn_maybe_free in server.c). */
+typedef struct ls_conn_s {
+  uv_tcp_t tcp;             /* tcp.data = the connection */
+  uv_timer_t timer;         /* header, body and keep-alive timeouts */
+  ls_server_t *server;
+  struct ls_conn_s *prev, *next;  /* the server's connection list */
+  llhttp_t parser;
+  int state;                /* LS_CONN_* */
+  int handles_open;         /* 2 until both close callbacks ran */
+  int lua_holds;            /* 1 while Lua has a request of this connection */
+  int in_process;           /* inside conn_process: do not recurse */
+  int keepalive;            /* the current request allows keep-alive */
+  int close_after_write;    /* close once queued writes are done */
+  int read_stopped;         /* reading paused (back-pressure or busy) */
+  int is_head;              /* the request in Lua is HEAD */
+  int writes_pending;       /* uv_write requests in flight */
+  int error_status;         /* status chosen by a parser callback, or 0 */
+  int last_was_value;       /* header callbacks: last span was a value */
+  int in_body;              /* headers done, body being read */
+  unsigned nheaders;
+  size_t header_bytes;      /* request line + headers so far */
+  ls_buf_t req;             /* url and header bytes of the request */
+  ls_buf_t hdrs;            /* ls_hdr_t array */
+  ls_buf_t body;
+  ls_buf_t pending;         /* unparsed bytes read ahead (pipelining) */
+  ls_buf_t out;             /* the response head being formatted */
+  uint32_t url_len;
+  uint64_t started;         /* uv_now when the request was dispatched */
+} ls_conn_t;
+
+struct ls_server_s {
+  uv_tcp_t listener;
+  ls_runtime_t *rt;
+  ls_limits_t lim;
+  int dispatch_ref;         /* Lua dispatch(conn, method, target, headers, body) */
+  int abort_ref;            /* Lua abort(conn): the client went away */
+  int listening;
+  int draining;             /* shutting down: finish in-flight, accept none */
+  unsigned inflight;        /* connections with a request in Lua */
+  ls_conn_t *conns;         /* every open connection */
+  ls_server_t *next_server; /* every server of this runtime */
+};
+
+/* ls__conn_write: write bufs now where the socket takes them, queue the
+ * rest (copied). Returns 0 or a libuv error. */
+int ls__conn_write(ls_conn_t *c, uv_buf_t *bufs, unsigned nbufs);
+/* ls__conn_close: start closing (idempotent); freed later. */
+void ls__conn_close(ls_conn_t *c);
+
+/* ---- http.c: the llhttp glue and response formatting -------------------- */
+
+/* The request parser settings (llhttp keeps a pointer: static storage). */
+extern const llhttp_settings_t ls__http_settings;
+/* ls__http_reset: forget the request being assembled. */
+void ls__http_reset(ls_conn_t *c);
+/* ls__http_push_request: push method, target, headers table, body on L;
+ * returns the number pushed (4). */
+int ls__http_push_request(lua_State *L, ls_conn_t *c);
+/* ls__http_format_head: format status line and headers into c->out.
+ * `headers` is the stack index of a table {name = value | {values}} or 0.
+ * Returns 0 or UV_ENOMEM; raises on a bad header table. */
+int ls__http_format_head(lua_State *L, ls_conn_t *c, int status,
+                         const char *ctype, size_t ctype_len, size_t body_len,
+                         int headers);
+/* ls__http_error_response: answer status with a small JSON body and close. */
+void ls__http_error_response(ls_conn_t *c, int status, const char *detail);
+/* ls__http_reason: the reason phrase of status ("Unknown" if none). */
+const char *ls__http_reason(int status);
+
+/* ---- Lua-facing functions, one per line, registered in runtime.c -------- */
+
+int ls__lua_listen(lua_State *L);          /* server.c: listen(opts) */
+int ls__lua_respond(lua_State *L);         /* server.c: respond(conn, ...) */
+int ls__lua_release(lua_State *L);         /* server.c: release(conn) */
+int ls__lua_peer(lua_State *L);            /* server.c: peer(conn) */
+int ls__lua_shutdown_on_signals(lua_State *L); /* server.c */
+void ls__server_open(lua_State *L);        /* server.c: metatables */
+void ls__server_close_all(ls_runtime_t *rt); /* server.c: exit path */
+
+int ls__lua_timer(lua_State *L);           /* timer.c: timer(ms, target) */
+int ls__lua_now(lua_State *L);             /* timer.c: loop time, seconds */
+int ls__lua_hrtime(lua_State *L);          /* timer.c: monotonic seconds */
+int ls__lua_run(lua_State *L);             /* timer.c: run the loop */
+int ls__lua_run_once(lua_State *L);        /* timer.c: one loop iteration */
+int ls__lua_stop(lua_State *L);            /* timer.c: stop the loop */
+void ls__timer_open(lua_State *L);         /* timer.c: metatables */
+
+int ls__lua_tcp_connect(lua_State *L);     /* tcp.c: connect(host, port, t) */
+void ls__tcp_open(lua_State *L);           /* tcp.c: metatables */
+
+#endif /* LS_INTERNAL_H */

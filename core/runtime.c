@@ -1,0 +1,251 @@
+/* runtime.c: a Lua state bound to a libuv loop. Creates the state, sets its
+ * package paths, registers the core module, and is the one place C calls
+ * into Lua (protected, with a traceback) and the one place errors are
+ * logged. Each runtime is used by one thread only. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lualib.h>
+
+#include "internal.h"
+
+static const char runtime_key = 'r';   /* registry key of the runtime */
+
+static const char *const errnames[] = {
+#define XX(name, msg) msg,
+  LS_ERRNO_MAP(XX)
+#undef XX
+};
+
+
+const char *ls_strerror(int err) {
+  if (err > LS__ERRNO_BASE && err <= LS__ERRNO_BASE + (int)(sizeof(errnames) /
+                                                     sizeof(errnames[0])))
+    return errnames[err - LS__ERRNO_BASE - 1];
+  if (err == UV_ECONNREFUSED)
+    return "connection refused";
+  if (err == UV_EOF)
+    return "closed";
+  if (err == UV_ETIMEDOUT)
+    return "timeout";
+  return uv_strerror(err);
+}
+
+
+void ls__log(const char *level, const char *fmt, ...) {
+  char msg[4096];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "luaserve: %s: %s\n", level, msg);
+}
+
+
+int ls__push_error(lua_State *L, int err) {
+  lua_pushnil(L);
+  lua_pushstring(L, ls_strerror(err));
+  return 2;
+}
+
+
+ls_runtime_t *ls__runtime(lua_State *L) {
+  lua_pushlightuserdata(L, (void *)&runtime_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  ls_runtime_t *rt = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return rt;
+}
+
+
+int ls__pcall(lua_State *L, int nargs, int nresults, const char *what) {
+  ls_runtime_t *rt = ls__runtime(L);
+  int base = lua_gettop(L) - nargs;   /* the function's index */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->traceback_ref);
+  lua_insert(L, base);
+  int status = lua_pcall(L, nargs, nresults, base);
+  lua_remove(L, base);
+  if (status != 0) {
+    const char *msg = lua_tostring(L, -1);
+    ls__log("error", "%s: %s", what, msg ? msg : "(error object is not a string)");
+    lua_pop(L, 1);
+  }
+  return status;
+}
+
+
+void ls__resolve(ls_runtime_t *rt, int target_ref, int nargs) {
+  lua_State *L = rt->L;
+  if (rt->closing) {
+    lua_pop(L, nargs);
+    return;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->resolve_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, target_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, target_ref);
+  lua_insert(L, -2 - nargs);
+  lua_insert(L, -2 - nargs);
+  ls__pcall(L, nargs + 1, 0, "resolve");
+}
+
+
+void ls__read_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  ls_runtime_t *rt = h->loop->data;
+  (void)hint;
+  if (rt->read_buf == NULL)
+    rt->read_buf = malloc(LS__READ_BUF);
+  if (rt->read_buf != NULL && !rt->read_buf_busy) {
+    rt->read_buf_busy = 1;
+    *buf = uv_buf_init(rt->read_buf, LS__READ_BUF);
+  } else {   /* a nested read (never on one thread in practice): its own */
+    char *p = malloc(LS__READ_BUF);
+    *buf = uv_buf_init(p, p ? LS__READ_BUF : 0);
+  }
+}
+
+
+void ls__read_done(uv_handle_t *h, const uv_buf_t *buf) {
+  ls_runtime_t *rt = h->loop->data;
+  if (buf->base == rt->read_buf)
+    rt->read_buf_busy = 0;
+  else
+    free(buf->base);
+}
+
+
+/* init(resolve): the Lua function C calls with I/O results. */
+static int core_init(lua_State *L) {
+  ls_runtime_t *rt = ls__runtime(L);
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (rt->resolve_ref != LUA_NOREF)
+    luaL_unref(L, LUA_REGISTRYINDEX, rt->resolve_ref);
+  lua_pushvalue(L, 1);
+  rt->resolve_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+
+/* is_pool_state(): true in a pool thread's state. */
+static int core_is_pool_state(lua_State *L) {
+  lua_pushboolean(L, ls__runtime(L)->is_pool_state);
+  return 1;
+}
+
+
+static const luaL_Reg core_functions[] = {
+  {"init", core_init},
+  {"is_pool_state", core_is_pool_state},
+  {"listen", ls__lua_listen},
+  {"respond", ls__lua_respond},
+  {"release", ls__lua_release},
+  {"peer", ls__lua_peer},
+  {"shutdown_on_signals", ls__lua_shutdown_on_signals},
+  {"timer", ls__lua_timer},
+  {"now", ls__lua_now},
+  {"hrtime", ls__lua_hrtime},
+  {"run", ls__lua_run},
+  {"run_once", ls__lua_run_once},
+  {"stop", ls__lua_stop},
+  {"tcp_connect", ls__lua_tcp_connect},
+  {NULL, NULL},
+};
+
+
+static int core_open(lua_State *L) {
+  lua_newtable(L);
+  luaL_register(L, NULL, core_functions);
+  lua_pushliteral(L, LS_VERSION);
+  lua_setfield(L, -2, "version");
+  ls__server_open(L);
+  ls__timer_open(L);
+  ls__tcp_open(L);
+  return 1;
+}
+
+
+ls_runtime_t *ls_runtime_new(uv_loop_t *loop, const char *lua_dir) {
+  ls_runtime_t *rt = calloc(1, sizeof(*rt));
+  if (rt == NULL)
+    return NULL;
+  lua_State *L = luaL_newstate();
+  if (L == NULL) {
+    free(rt);
+    return NULL;
+  }
+  rt->loop = loop;
+  rt->L = L;
+  rt->resolve_ref = LUA_NOREF;
+  loop->data = rt;
+  luaL_openlibs(L);
+  lua_pushlightuserdata(L, (void *)&runtime_key);
+  lua_pushlightuserdata(L, rt);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+
+  lua_getglobal(L, "debug");
+  lua_getfield(L, -1, "traceback");
+  rt->traceback_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pop(L, 1);
+
+  /* package.path: the framework first, then what the system has. */
+  lua_getglobal(L, "package");
+  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", lua_dir, lua_dir);
+  lua_getfield(L, -2, "path");
+  lua_concat(L, 2);
+  lua_setfield(L, -2, "path");
+  lua_getfield(L, -1, "preload");
+  lua_pushcfunction(L, core_open);
+  lua_setfield(L, -2, LS__CORE_MODULE);
+  lua_pop(L, 2);
+  return rt;
+}
+
+
+lua_State *ls_runtime_state(ls_runtime_t *rt) {
+  return rt->L;
+}
+
+
+static void close_leftover(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h))
+    uv_close(h, NULL);
+}
+
+
+void ls_runtime_free(ls_runtime_t *rt) {
+  rt->closing = 1;
+  ls__server_close_all(rt);
+  /* Finalizers of timers and sockets close their handles; their close
+   * callbacks free the C side without entering Lua (rt->closing). */
+  lua_close(rt->L);
+  rt->L = NULL;
+  uv_run(rt->loop, UV_RUN_DEFAULT);
+  if (uv_loop_close(rt->loop) == UV_EBUSY) {
+    uv_walk(rt->loop, close_leftover, NULL);
+    uv_run(rt->loop, UV_RUN_DEFAULT);
+    uv_loop_close(rt->loop);
+  }
+  free(rt->read_buf);
+  free(rt);
+}
+
+
+int ls_runtime_call_main(ls_runtime_t *rt, const char *module, int argc,
+                         char **argv) {
+  lua_State *L = rt->L;
+  lua_getglobal(L, "require");
+  lua_pushstring(L, module);
+  if (ls__pcall(L, 1, 1, "startup") != 0)
+    return 2;
+  lua_getfield(L, -1, "main");
+  lua_remove(L, -2);
+  for (int i = 0; i < argc; i++)
+    lua_pushstring(L, argv[i]);
+  if (ls__pcall(L, argc, 1, "main") != 0)
+    return 2;
+  int status = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return status;
+}

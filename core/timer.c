@@ -1,0 +1,128 @@
+/* timer.c: one-shot timers that resolve a Lua target, the loop clock, and
+ * running the loop from Lua. Loop thread of the runtime only. */
+#include <stdlib.h>
+
+#include "internal.h"
+
+#define LS_TIMER_MT "luaserve.timer"
+
+/* The C side of a timer: lives until its close callback. */
+typedef struct {
+  uv_timer_t handle;
+  ls_runtime_t *rt;
+  int target_ref;           /* resolved with no values when the timer fires */
+  struct timer_ud_s *ud;    /* the Lua side, NULL once detached */
+} ls_timer_t;
+
+typedef struct timer_ud_s {
+  ls_timer_t *t;            /* NULL once fired or stopped */
+} timer_ud_t;
+
+
+static void timer_on_close(uv_handle_t *h) {
+  free(h->data);
+}
+
+
+/* Detach from Lua, release the target and close: the one cleanup path of a
+ * timer, for firing, stop() and garbage collection alike. */
+static void timer_cleanup(ls_timer_t *t, int release_target) {
+  if (t->ud)
+    t->ud->t = NULL;
+  t->ud = NULL;
+  if (release_target && !t->rt->closing)
+    luaL_unref(t->rt->L, LUA_REGISTRYINDEX, t->target_ref);
+  uv_close((uv_handle_t *)&t->handle, timer_on_close);
+}
+
+
+static void timer_on_fire(uv_timer_t *h) {
+  ls_timer_t *t = h->data;
+  ls_runtime_t *rt = t->rt;
+  int ref = t->target_ref;
+  timer_cleanup(t, 0);
+  ls__resolve(rt, ref, 0);   /* releases ref */
+}
+
+
+/* timer(ms, target): a timer userdata; when ms have passed, resolve(target)
+ * is called. timer:stop() cancels it (target never resolved). */
+int ls__lua_timer(lua_State *L) {
+  ls_runtime_t *rt = ls__runtime(L);
+  double ms = luaL_checknumber(L, 1);
+  luaL_checkany(L, 2);
+  if (ms < 0)
+    ms = 0;
+  ls_timer_t *t = malloc(sizeof(*t));
+  if (t == NULL)
+    return luaL_error(L, "timer: out of memory");
+  timer_ud_t *ud = lua_newuserdata(L, sizeof(*ud));
+  luaL_getmetatable(L, LS_TIMER_MT);
+  lua_setmetatable(L, -2);
+  uv_timer_init(rt->loop, &t->handle);
+  t->handle.data = t;
+  t->rt = rt;
+  t->ud = ud;
+  ud->t = t;
+  lua_pushvalue(L, 2);
+  t->target_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  uv_timer_start(&t->handle, timer_on_fire, (uint64_t)(ms + 0.5), 0);
+  return 1;
+}
+
+
+static int timer_stop(lua_State *L) {
+  timer_ud_t *ud = luaL_checkudata(L, 1, LS_TIMER_MT);
+  if (ud->t)
+    timer_cleanup(ud->t, 1);
+  return 0;
+}
+
+
+static int core_now(lua_State *L) {
+  lua_pushnumber(L, (double)uv_now(ls__runtime(L)->loop) / 1000.0);
+  return 1;
+}
+
+
+int ls__lua_now(lua_State *L) {
+  return core_now(L);
+}
+
+
+int ls__lua_hrtime(lua_State *L) {
+  lua_pushnumber(L, (double)uv_hrtime() / 1e9);
+  return 1;
+}
+
+
+/* run(): run the loop until stop() or nothing is left to do. */
+int ls__lua_run(lua_State *L) {
+  uv_run(ls__runtime(L)->loop, UV_RUN_DEFAULT);
+  return 0;
+}
+
+
+/* run_once(): one iteration, waiting for I/O; true while work remains. */
+int ls__lua_run_once(lua_State *L) {
+  lua_pushboolean(L, uv_run(ls__runtime(L)->loop, UV_RUN_ONCE) != 0);
+  return 1;
+}
+
+
+int ls__lua_stop(lua_State *L) {
+  uv_stop(ls__runtime(L)->loop);
+  return 0;
+}
+
+
+void ls__timer_open(lua_State *L) {
+  luaL_newmetatable(L, LS_TIMER_MT);
+  lua_pushcfunction(L, timer_stop);
+  lua_setfield(L, -2, "__gc");
+  lua_newtable(L);
+  lua_pushcfunction(L, timer_stop);
+  lua_setfield(L, -2, "stop");
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+}

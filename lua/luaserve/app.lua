@@ -1,0 +1,247 @@
+-- luaserve.app: the app object and its router.
+--
+--   local app = luaserve.app()
+--   app:get("/users/{id:int}", function(req) return { id = req.params.id } end)
+--   local api = app:group("/api")        -- routes under a prefix
+--   api:post("/items", handler, { max_body = 4 * 1024 * 1024 })
+--
+-- Templates: `{name}` one segment (a string), `{name:int}`, `{name:number}`,
+-- `{name:path}` (the rest of the path, slashes included). Static paths are
+-- found by one table look-up; templates are tried in the order they were
+-- added. A typed parameter that does not convert answers 422.
+
+local setmetatable = setmetatable
+local type = type
+local tonumber = tonumber
+local find = string.find
+local gsub = string.gsub
+local match = string.match
+local concat = table.concat
+local sort = table.sort
+local error = error
+local floor = math.floor
+
+local M = {}
+
+local App = {}
+App.__index = App
+App.__name = "luaserve.App"
+
+local Group = {}
+Group.__index = Group
+Group.__name = "luaserve.Group"
+
+local METHODS = { "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS" }
+local KNOWN_METHOD = {}
+for _, m in ipairs(METHODS) do KNOWN_METHOD[m] = true end
+
+
+function App.__tostring(app)
+  return ("luaserve.App (%d routes)"):format(#app.routes)
+end
+
+
+--- app(): a new app with no routes.
+function M.new()
+  return setmetatable({
+    routes = {},      -- every route, in order
+    static = {},      -- path -> { METHOD = route }
+    dynamic = {},     -- { pattern=, names=, types=, methods = { METHOD = route } }
+    by_template = {}, -- template -> the dynamic entry
+    max_body = 0,     -- the largest per-route max_body (the core's limit)
+  }, App)
+end
+
+
+function M.is_app(v)
+  return type(v) == "table" and getmetatable(v) == App
+end
+
+
+local converters = {
+  str = function(s) return s end,
+  path = function(s) return s end,
+  int = function(s)
+    local n = match(s, "^[-+]?%d+$") and tonumber(s)
+    if n and n == floor(n) then return n end
+  end,
+  number = function(s)
+    local n = tonumber(s)
+    if n and n == n and n ~= math.huge and n ~= -math.huge then return n end
+  end,
+}
+local type_errors = {
+  int = { "int_parsing", "Input should be a valid integer, unable to parse string as an integer" },
+  number = { "float_parsing", "Input should be a valid number, unable to parse string as a number" },
+}
+
+
+-- "/users/{id:int}/x" -> Lua pattern, names, types
+local function compile(template)
+  if type(template) ~= "string" or template:sub(1, 1) ~= "/" then
+    error("route: the path must be a string starting with '/'", 4)
+  end
+  local names, types = {}, {}
+  local pat = { "^" }
+  local pos = 1
+  while true do
+    local s, e, body = find(template, "{([^}]*)}", pos)
+    local lit = template:sub(pos, (s or 0) - 1)
+    if not s then lit = template:sub(pos) end
+    pat[#pat + 1] = gsub(lit, "[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")
+    if not s then break end
+    local name, typ = match(body, "^([%a_][%w_]*):?(%a*)$")
+    if not name then
+      error(("route %s: bad parameter '{%s}'"):format(template, body), 4)
+    end
+    typ = typ ~= "" and typ or "str"
+    if not converters[typ] then
+      error(("route %s: unknown parameter type '%s' (int, number, str, path)")
+        :format(template, typ), 4)
+    end
+    if typ == "path" and e ~= #template then
+      error(("route %s: {%s:path} must come last"):format(template, name), 4)
+    end
+    names[#names + 1] = name
+    types[#types + 1] = typ
+    pat[#pat + 1] = typ == "path" and "(.+)" or "([^/]+)"
+    pos = e + 1
+  end
+  pat[#pat + 1] = "$"
+  return concat(pat), names, types
+end
+
+
+--- app:route(method, path, handler, opts): add a route. method is a string
+-- or a list of strings. opts.max_body: this route's body limit in bytes.
+function App:route(method, path, handler, opts)
+  if type(handler) ~= "function" and not (type(handler) == "table" and
+      getmetatable(handler) and getmetatable(handler).__call) then
+    error("route " .. tostring(path) .. ": the handler must be a function", 2)
+  end
+  local methods = type(method) == "table" and method or { method }
+  local route = {
+    path = path,
+    handler = handler,
+    opts = opts or {},
+    name = nil,
+  }
+  if route.opts.max_body and route.opts.max_body > self.max_body then
+    self.max_body = route.opts.max_body
+  end
+  for _, m in ipairs(methods) do
+    m = type(m) == "string" and m:upper() or m
+    if not KNOWN_METHOD[m] then
+      error("route " .. tostring(path) .. ": unknown method " .. tostring(m), 2)
+    end
+    local methods_of
+    if not find(path, "{", 1, true) then
+      if type(path) ~= "string" or path:sub(1, 1) ~= "/" then
+        error("route: the path must be a string starting with '/'", 2)
+      end
+      methods_of = self.static[path]
+      if not methods_of then methods_of = {} self.static[path] = methods_of end
+    else
+      local entry = self.by_template[path]
+      if not entry then
+        local pattern, names, types = compile(path)
+        entry = { template = path, pattern = pattern, names = names,
+                  types = types, methods = {} }
+        self.by_template[path] = entry
+        self.dynamic[#self.dynamic + 1] = entry
+      end
+      methods_of = entry.methods
+    end
+    if methods_of[m] then
+      error(("route %s %s is defined twice"):format(m, path), 2)
+    end
+    methods_of[m] = route
+    self.routes[#self.routes + 1] = { method = m, path = path, route = route }
+  end
+  return route
+end
+
+
+for _, m in ipairs(METHODS) do
+  App[m:lower()] = function(self, path, handler, opts)
+    return self:route(m, path, handler, opts)
+  end
+end
+
+
+local function allow_header(methods)
+  local list = {}
+  for m in pairs(methods) do list[#list + 1] = m end
+  if methods.GET and not methods.HEAD then list[#list + 1] = "HEAD" end
+  sort(list)
+  return concat(list, ", ")
+end
+
+
+--- app:match(method, path): route, params; or nil, status, detail, headers
+-- (404, 405 with Allow, or 422 with the parameter that did not convert).
+function App:match(method, path)
+  local methods = self.static[path]
+  local params
+  if methods == nil then
+    local dyn = self.dynamic
+    for i = 1, #dyn do
+      local e = dyn[i]
+      local caps = { match(path, e.pattern) }
+      if caps[1] ~= nil then
+        params = {}
+        for j = 1, #e.names do
+          local typ = e.types[j]
+          local raw = caps[j]
+          local v = converters[typ](raw)
+          if v == nil then
+            local te = type_errors[typ]
+            return nil, 422, { {
+              type = te[1], loc = { "path", e.names[j] }, msg = te[2], input = raw,
+            } }
+          end
+          params[e.names[j]] = v
+        end
+        methods = e.methods
+        break
+      end
+    end
+    if methods == nil then return nil, 404, "Not Found" end
+  end
+  local route = methods[method]
+  if route == nil and method == "HEAD" then route = methods.GET end
+  if route == nil then
+    return nil, 405, "Method Not Allowed", { Allow = allow_header(methods) }
+  end
+  return route, params
+end
+
+
+--- app:group(prefix): an object with the same route methods, adding prefix.
+function App:group(prefix)
+  if type(prefix) ~= "string" or prefix:sub(1, 1) ~= "/" then
+    error("group: the prefix must be a string starting with '/'", 2)
+  end
+  return setmetatable({ app = self, prefix = prefix:gsub("/$", "") }, Group)
+end
+
+
+function Group:route(method, path, handler, opts)
+  return self.app:route(method, self.prefix .. path, handler, opts)
+end
+
+
+function Group:group(prefix)
+  return self.app:group(self.prefix .. prefix)
+end
+
+
+for _, m in ipairs(METHODS) do
+  Group[m:lower()] = function(self, path, handler, opts)
+    return self:route(m, path, handler, opts)
+  end
+end
+
+
+M.App = App
+return M

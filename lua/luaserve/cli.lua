@@ -1,0 +1,290 @@
+-- luaserve.cli: the command line. `luaserve APP [options]` loads the app and
+-- serves it; `luaserve busted [args]` runs busted specs inside the runtime;
+-- `luaserve lua FILE [args]` runs a Lua script in it. main() returns the
+-- process exit status.
+
+local core = require "luaserve.core"
+
+local M = {}
+
+local VERSION = core.version
+
+-- name, kind, default, help. Each has an environment variable
+-- LUASERVE_<NAME> (upper case, '-' as '_'); a flag wins over it.
+local OPTIONS = {
+  { "host", "string", "127.0.0.1", "address to listen on" },
+  { "port", "port", 8080, "port to listen on (0 picks a free one)" },
+  { "log-level", "level", "info", "debug, info, warn or error" },
+  { "no-access-log", "flag", false, "do not log each request" },
+  { "limit-concurrency", "count", 0, "requests in flight before 503 (0: no limit)" },
+  { "timeout-keep-alive", "seconds", 5, "close idle keep-alive connections after this" },
+  { "timeout-header", "seconds", 10, "a request's headers must arrive within this" },
+  { "timeout-graceful-shutdown", "seconds", 10, "on SIGINT/SIGTERM, wait this for requests in flight" },
+  { "max-body", "bytes", 1048576, "largest request body (413 beyond; routes may raise it)" },
+  { "max-header-bytes", "bytes", 16384, "largest request line + headers (431 beyond)" },
+  { "max-headers", "count", 100, "most header fields in a request (431 beyond)" },
+  { "backlog", "count", 1024, "listen backlog" },
+}
+M.OPTIONS = OPTIONS
+
+
+local USAGE = [[
+usage: luaserve APP [options]
+       luaserve busted [busted options] [spec paths]
+       luaserve lua FILE [args]
+
+APP is a folder holding app.lua, or a .lua file; it returns luaserve.app().
+
+options (each also read from LUASERVE_<NAME>, e.g. LUASERVE_PORT=9000):
+%s  -h, --help           this text
+  -V, --version        the version
+]]
+
+
+local function usage()
+  local lines = {}
+  for _, o in ipairs(OPTIONS) do
+    local flag = "--" .. o[1] .. (o[2] == "flag" and "" or " " .. o[2]:upper())
+    local def = o[2] == "flag" and "" or (" (default %s)"):format(tostring(o[3]))
+    lines[#lines + 1] = ("  %-34s %s%s\n"):format(flag, o[4], def)
+  end
+  return USAGE:format(table.concat(lines))
+end
+
+
+local function fail(status, fmt, ...)
+  io.stderr:write("luaserve: ", fmt:format(...), "\n")
+  return nil, status
+end
+
+
+-- Check and convert one option value; nil, message when it is bad.
+local function convert(o, v)
+  local kind = o[2]
+  if kind == "flag" then
+    if v == true or v == "1" or v == "true" or v == "yes" then return true end
+    if v == "0" or v == "false" or v == "no" or v == "" then return false end
+    return nil, "expects 1 or 0"
+  elseif kind == "string" then
+    return v
+  elseif kind == "level" then
+    if v == "debug" or v == "info" or v == "warn" or v == "error" then return v end
+    return nil, "must be debug, info, warn or error"
+  end
+  local n = tonumber(v)
+  if n == nil then
+    -- 16k, 4m: bytes with a unit
+    local num, unit = tostring(v):match("^(%d+)([kKmM])$")
+    if kind == "bytes" and num then
+      n = tonumber(num) * (unit:lower() == "k" and 1024 or 1024 * 1024)
+    end
+  end
+  if n == nil or n < 0 then return nil, "expects a number >= 0" end
+  if kind == "port" and (n > 65535 or n % 1 ~= 0) then
+    return nil, "expects a port from 0 to 65535"
+  end
+  if (kind == "count" or kind == "bytes") and n % 1 ~= 0 then
+    return nil, "expects a whole number"
+  end
+  return n
+end
+
+
+--- parse(args): options table, app path; or nil, exit status (after
+-- printing why). Options come from the environment, then flags.
+function M.parse(args, getenv)
+  getenv = getenv or os.getenv
+  local by_name, opts = {}, {}
+  for _, o in ipairs(OPTIONS) do
+    by_name[o[1]] = o
+    opts[o[1]] = o[3]
+    local env = "LUASERVE_" .. o[1]:upper():gsub("-", "_")
+    local v = getenv(env)
+    if v ~= nil and v ~= "" then
+      local c, err = convert(o, v)
+      if c == nil then return fail(2, "%s=%s: %s", env, v, err) end
+      opts[o[1]] = c
+    end
+  end
+  local app_path
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    if a == "-h" or a == "--help" then
+      io.stdout:write(usage())
+      return nil, 0
+    elseif a == "-V" or a == "--version" then
+      io.stdout:write("luaserve ", VERSION, "\n")
+      return nil, 0
+    elseif a:sub(1, 2) == "--" then
+      local name, value = a:sub(3):match("^([^=]+)=(.*)$")
+      name = name or a:sub(3)
+      local o = by_name[name]
+      if o == nil then return fail(2, "unknown option --%s (see --help)", name) end
+      if o[2] == "flag" then
+        if value then return fail(2, "--%s takes no value", name) end
+        value = true
+      elseif value == nil then
+        i = i + 1
+        value = args[i]
+        if value == nil then return fail(2, "--%s needs a value", name) end
+      end
+      local c, err = convert(o, value)
+      if c == nil then return fail(2, "--%s %s: %s", name, tostring(value), err) end
+      opts[name] = c
+    elseif app_path == nil then
+      app_path = a
+    else
+      return fail(2, "unexpected argument '%s' (one APP only)", a)
+    end
+    i = i + 1
+  end
+  if app_path == nil then
+    io.stderr:write(usage())
+    return nil, 2
+  end
+  return opts, app_path
+end
+
+
+--- load_app(path): the app a folder's app.lua or a .lua file returns; or
+-- nil, message (naming the file and line).
+function M.load_app(path)
+  local app_mod = require "luaserve.app"
+  local file = path
+  local attr = io.open(path .. "/app.lua", "r")
+  if attr then
+    attr:close()
+    file = path:gsub("/$", "") .. "/app.lua"
+  elseif not path:match("%.lua$") then
+    return nil, ("%s: no such app (expected a folder holding app.lua, or a .lua file)")
+      :format(path)
+  end
+  local dir = file:match("^(.*)/[^/]*$") or "."
+  package.path = dir .. "/?.lua;" .. dir .. "/?/init.lua;" .. package.path
+  local chunk, err = loadfile(file)
+  if not chunk then
+    if not io.open(file, "r") then return nil, file .. ": no such file" end
+    return nil, err
+  end
+  local ok, app = xpcall(chunk, function(e)
+    -- The message names file and line; add where in the app file it came
+    -- from when the error was raised deeper down.
+    local msg = tostring(e)
+    local tb = debug.traceback("", 2)
+    for l in tb:gmatch("\n%s*([^\n]+)") do
+      if l:find(file, 1, true) and not msg:find(l:match("^[^:]+:%d+") or "\0", 1, true) then
+        msg = msg .. "\n  (at " .. l:match("^[^:]+:%d+") .. ")"
+        break
+      end
+    end
+    return msg
+  end)
+  if not ok then return nil, app end
+  if not app_mod.is_app(app) then
+    return nil, ("%s: must return an app (luaserve.app()), got %s")
+      :format(file, type(app))
+  end
+  return app
+end
+
+
+local function serve(args)
+  local opts, app_path = M.parse(args)
+  if opts == nil then return app_path end
+  local log = require "luaserve.log"
+  log.set_level(opts["log-level"])
+  local app, err = M.load_app(app_path)
+  if not app then
+    io.stderr:write("luaserve: cannot load app: ", err, "\n")
+    return 2
+  end
+  local server = require "luaserve.server"
+  local srv, lerr = server.serve(app, {
+    host = opts.host,
+    port = opts.port,
+    access_log = not opts["no-access-log"] and log.LEVELS[opts["log-level"]] <= log.LEVELS.info,
+    max_body = opts["max-body"],
+    max_header_bytes = opts["max-header-bytes"],
+    max_headers = opts["max-headers"],
+    header_timeout_ms = opts["timeout-header"] * 1000,
+    keepalive_timeout_ms = opts["timeout-keep-alive"] * 1000,
+    limit_concurrency = opts["limit-concurrency"],
+    backlog = opts.backlog,
+  })
+  if not srv then
+    io.stderr:write(("luaserve: cannot listen on %s port %d: %s\n")
+      :format(opts.host, opts.port, lerr))
+    return 1
+  end
+  local host, port = srv:address()
+  io.stderr:write(("luaserve %s serving %s on http://%s:%d (Ctrl+C to quit)\n")
+    :format(VERSION, app_path, host:find(":") and "[" .. host .. "]" or host, port))
+  core.shutdown_on_signals(opts["timeout-graceful-shutdown"] * 1000)
+  core.run()
+  log.flush()
+  log.info("stopped")
+  return 0
+end
+
+
+-- Run fn with os.exit turned into a return (so the runtime closes cleanly:
+-- every handle closed, every allocation freed).
+local function run_catching_exit(fn)
+  local real_exit = os.exit
+  local EXIT = {}
+  os.exit = function(code)
+    if code == true or code == nil then code = 0 elseif code == false then code = 1 end
+    error({ [EXIT] = code }, 0)
+  end
+  local future = require "luaserve.future"
+  future.allow_blocking(true)
+  local ok, err = xpcall(fn, debug.traceback)
+  os.exit = real_exit
+  io.stdout:flush()
+  if ok then return 0 end
+  if type(err) == "table" and err[EXIT] then return tonumber(err[EXIT]) or 1 end
+  io.stderr:write("luaserve: ", tostring(err), "\n")
+  return 1
+end
+
+
+local function run_busted(args)
+  _G.arg = { [0] = "busted" }
+  for i, a in ipairs(args) do _G.arg[i] = a end
+  return run_catching_exit(function()
+    require("busted.runner")({ standalone = false })
+  end)
+end
+
+
+local function run_script(args)
+  local file = args[1]
+  if not file then
+    io.stderr:write("usage: luaserve lua FILE [args]\n")
+    return 2
+  end
+  _G.arg = { [0] = file }
+  for i = 2, #args do _G.arg[i - 1] = args[i] end
+  local chunk, err = loadfile(file)
+  if not chunk then
+    io.stderr:write("luaserve: ", err, "\n")
+    return 2
+  end
+  return run_catching_exit(function() chunk(unpack(_G.arg)) end)
+end
+
+
+function M.main(...)
+  local args = { ... }
+  if args[1] == "busted" then
+    table.remove(args, 1)
+    return run_busted(args)
+  elseif args[1] == "lua" then
+    table.remove(args, 1)
+    return run_script(args)
+  end
+  return serve(args)
+end
+
+return M

@@ -1,0 +1,48 @@
+-- luaserve: the public API.
+--
+--   local luaserve = require "luaserve"
+--   local app = luaserve.app()
+--   app:get("/hello", function(req) return { hello = "world" } end)
+--   return app
+
+local app = require "luaserve.app"
+local errors = require "luaserve.errors"
+local future = require "luaserve.future"
+local json = require "luaserve.json"
+local response = require "luaserve.response"
+
+local M = {}
+
+M.VERSION = require("luaserve.core").version
+
+M.app = app.new
+
+-- futures and the toolkit
+M.await = future.await
+M.sleep = future.sleep
+M.spawn = future.spawn
+M.spawn_detached = future.spawn_detached
+M.gather = future.gather
+M.wait_for = future.wait_for
+M.Semaphore = future.Semaphore
+M.Future = future.new
+M.resolved = future.resolved
+M.is_future = future.is_future
+M.on_cancel = future.on_cancel
+
+-- responses and errors
+M.HTTPError = errors.new
+M.Response = response.new
+M.null = json.null
+M.json = json
+
+--- raise(status, detail, headers): error(HTTPError(status, detail, headers)).
+function M.raise(status, detail, headers)
+  error(errors.new(status, detail, headers), 2)
+end
+
+-- User coroutines that await pass the framework's yields through.
+coroutine.resume = future.coroutine_resume
+coroutine.wrap = future.coroutine_wrap
+
+return M

@@ -1,0 +1,134 @@
+-- luaserve.request: the request object a handler gets. Fields: method, path,
+-- target (path and query as sent), headers (case-insensitive), body,
+-- params (typed path parameters), route (the matched template); lazily:
+-- query (percent-decoded, first value of each key), client {host, port}.
+
+local core = require "luaserve.core"
+local errors = require "luaserve.errors"
+local json = require "luaserve.json"
+
+local setmetatable = setmetatable
+local rawget = rawget
+local lower = string.lower
+local find = string.find
+local sub = string.sub
+local gsub = string.gsub
+local char = string.char
+local tonumber = tonumber
+
+local M = {}
+
+local Request = {}
+Request.__name = "luaserve.Request"
+
+
+local headers_mt = {
+  __index = function(t, k)
+    if type(k) == "string" then return rawget(t, lower(k)) end
+  end,
+  __name = "luaserve.Headers",
+}
+M.headers_mt = headers_mt
+
+
+local function unescape(s)
+  s = gsub(s, "+", " ")
+  return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
+end
+M.unescape = unescape
+
+
+--- parse_query(qs): { key = first value }, { key = { every value } }.
+function M.parse_query(qs)
+  local first, all = {}, {}
+  if qs == nil or qs == "" then return first, all end
+  for pair in qs:gmatch("[^&;]+") do
+    local eq = find(pair, "=", 1, true)
+    local k, v
+    if eq then
+      k, v = unescape(sub(pair, 1, eq - 1)), unescape(sub(pair, eq + 1))
+    else
+      k, v = unescape(pair), ""
+    end
+    if first[k] == nil then first[k] = v end
+    local list = all[k]
+    if list == nil then all[k] = { v } else list[#list + 1] = v end
+  end
+  return first, all
+end
+local parse_query = M.parse_query
+
+
+local lazy = {}
+
+function lazy.query(req)
+  local first, all = parse_query(rawget(req, "query_string"))
+  req.query, req._query_all = first, all
+  return first
+end
+
+function lazy.client(req)
+  local conn = rawget(req, "_conn")
+  local host, port
+  if conn then host, port = core.peer(conn) end
+  local c = { host = host, port = port }
+  req.client = c
+  return c
+end
+
+
+Request.__index = function(req, k)
+  local m = Request[k]
+  if m ~= nil then return m end
+  local f = lazy[k]
+  if f then return f(req) end
+end
+
+
+--- req:query_all(key): every value of a repeated query key, in order.
+function Request:query_all(key)
+  local _ = self.query
+  return self._query_all[key] or {}
+end
+
+
+--- req:json(): the body decoded as JSON. Invalid JSON raises
+-- HTTPError(400) naming the problem, so the client gets a clear 400.
+function Request:json()
+  local cached = rawget(self, "_json")
+  if cached ~= nil then return cached end
+  local body = self.body
+  if body == nil or body == "" then
+    error(errors.new(400, "request body is empty, expected JSON"), 2)
+  end
+  local v, err = json.decode(body)
+  if v == nil and err then
+    error(errors.new(400, "invalid JSON body: " .. err), 2)
+  end
+  self._json = v
+  return v
+end
+
+
+--- new(conn, method, target, headers, body): a request. The headers table
+-- is taken over (names already lower-cased by the core).
+function M.new(conn, method, target, headers, body)
+  local q = find(target, "?", 1, true)
+  local path, qs = target, nil
+  if q then path, qs = sub(target, 1, q - 1), sub(target, q + 1) end
+  if find(path, "%", 1, true) then path = gsub(path, "%%(%x%x)",
+      function(h) return char(tonumber(h, 16)) end) end
+  return setmetatable({
+    method = method,
+    path = path,
+    target = target,
+    query_string = qs,
+    headers = setmetatable(headers, headers_mt),
+    body = body,
+    _conn = conn,
+  }, Request)
+end
+
+M.Request = Request
+
+return M

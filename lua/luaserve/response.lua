@@ -1,0 +1,89 @@
+-- luaserve.response: what a handler returns, turned into status, body,
+-- content type and headers.
+--   a table                 -> 200, JSON
+--   a string                -> 200, text/plain
+--   nil                     -> 204, no body
+--   status, body[, headers] -> that status; body as above
+--   luaserve.Response{...}  -> as given
+
+local json = require "luaserve.json"
+local errors = require "luaserve.errors"
+
+local type = type
+local getmetatable = getmetatable
+local setmetatable = setmetatable
+local tostring = tostring
+
+local M = {}
+
+local JSON = "application/json"
+local TEXT = "text/plain; charset=utf-8"
+M.JSON, M.TEXT = JSON, TEXT
+
+local Response = {}
+Response.__index = Response
+Response.__name = "luaserve.Response"
+M.Response = Response
+
+
+--- Response{status = 200, body = string|table, headers = {}, content_type = }
+function M.new(t)
+  if type(t) ~= "table" then error("Response: expected a table", 2) end
+  return setmetatable(t, Response)
+end
+
+
+-- A content type among the headers (any case), if the handler set one.
+local function header_ctype(headers)
+  if headers == nil then return nil end
+  return headers["Content-Type"] or headers["content-type"]
+end
+
+
+-- body -> string, content type
+local function encode_body(body, headers)
+  local t = type(body)
+  if t == "string" then return body, TEXT end
+  if t == "table" then return json.encode(body), JSON end
+  if body == nil then return "", nil end
+  if t == "number" or t == "boolean" then return json.encode(body), JSON end
+  error("cannot send a " .. t .. " as a response body", 0)
+end
+
+
+--- normalize(a, b, c): status, body, content_type (nil if the headers carry
+-- one), headers, from a handler's return values.
+function M.normalize(a, b, c)
+  local ta = type(a)
+  if ta == "string" then return 200, a, TEXT, nil end
+  if ta == "table" then
+    local mt = getmetatable(a)
+    if mt == Response then
+      local body, ctype = encode_body(a.body)
+      local headers = a.headers
+      if a.content_type then ctype = a.content_type end
+      if header_ctype(headers) then ctype = nil end
+      return a.status or 200, body, ctype, headers
+    end
+    return 200, json.encode(a), JSON, nil
+  end
+  if ta == "number" then
+    local body, ctype = encode_body(b)
+    if header_ctype(c) then ctype = nil end
+    return a, body, ctype, c
+  end
+  if a == nil then return 204, "", nil, nil end
+  error("a handler returned a " .. ta .. ": return a table, a string, " ..
+    "status, body or a Response", 0)
+end
+
+
+--- from_error(err): status, body, content_type, headers for an HTTPError.
+function M.from_error(e)
+  local body = json.encode({ detail = e.detail == nil and json.null or e.detail })
+  return e.status, body, JSON, e.headers
+end
+
+M.is_http_error = errors.is_http_error
+
+return M
