@@ -30,10 +30,14 @@ SANFLAGS =
 endif
 
 CORE_SRCS = core/buf.c \
+            core/client.c \
+            core/copy.c \
             core/http.c \
             core/main.c \
+            core/pool.c \
             core/runtime.c \
             core/server.c \
+            core/shared.c \
             core/tcp.c \
             core/timer.c
 LLHTTP_SRCS = $(LLHTTP_DIR)/api.c $(LLHTTP_DIR)/http.c $(LLHTTP_DIR)/llhttp.c
@@ -70,7 +74,7 @@ bench-deps:
 	@$(MAKE) --no-print-directory deps EXTRA_PACKAGES="$(BENCH_PACKAGES)"
 
 luaserve: $(BUILD)/luaserve
-	@if [ "$(SAN)" != 1 ]; then cp $(BUILD)/luaserve luaserve; fi
+	@if [ "$(SAN)" != 1 ]; then cp $(BUILD)/luaserve luaserve.tmp && mv -f luaserve.tmp luaserve; fi
 
 $(BIN): $(CORE_OBJS) $(LLHTTP_OBJS)
 	$(CC) $(SANFLAGS) -o $@ $^ $(PKG_LIBS) -lm -Wl,-E

@@ -63,6 +63,10 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n) {
     c->nheaders++;
     c->last_was_value = 0;
   }
+  /* llhttp 8.1 takes "Name : value" except for its own framing headers;
+   * RFC 9112 5.1 requires a 400 (the name would reach Lua as "name "). */
+  if (memchr(at, ' ', n) || memchr(at, '\t', n))
+    return fail(p, 400, "whitespace in a header field name");
   ls_hdr_t *h = (ls_hdr_t *)(c->hdrs.data + c->hdrs.len) - 1;
   if (ls__buf_append(&c->req, at, n))
     return fail(p, 503, "out of memory");
@@ -102,8 +106,10 @@ static int wants_continue(ls_conn_t *c) {
 
 static int on_headers_complete(llhttp_t *p) {
   ls_conn_t *c = p->data;
+  /* HTTP/0.9 and 2.0 request lines: bad input for this port, a 4xx (a 505
+   * would read as the server's fault). */
   if (p->http_major != 1)
-    return fail(p, 505, "HTTP version not supported");
+    return fail(p, 400, "HTTP version not supported");
   int has_body = (p->flags & F_CHUNKED) || p->content_length > 0;
   if ((p->flags & F_CONTENT_LENGTH) &&
       p->content_length > c->server->lim.max_body)
@@ -131,7 +137,9 @@ static int on_body(llhttp_t *p, const char *at, size_t n) {
 static int on_message_complete(llhttp_t *p) {
   ls_conn_t *c = p->data;
   c->in_body = 0;
-  c->keepalive = llhttp_should_keep_alive(p);
+  /* Upgrade and CONNECT: no protocol switch here; the request is answered
+   * as a plain one and the connection closes (llhttp parses no further). */
+  c->keepalive = llhttp_should_keep_alive(p) && !p->upgrade;
   return HPE_PAUSED;   /* one request at a time: server.c dispatches it */
 }
 
@@ -167,8 +175,18 @@ void ls__http_reset(ls_conn_t *c) {
  * repeated headers are joined with ", " (RFC 9110 5.3). */
 int ls__http_push_request(lua_State *L, ls_conn_t *c) {
   char name[256];
-  const char *method = llhttp_method_name((llhttp_method_t)c->parser.method);
-  lua_pushstring(L, method);
+  ls_runtime_t *rt = c->server->rt;
+  unsigned m = c->parser.method;
+  /* Method strings are made once and kept in the registry. */
+  if (m < sizeof(rt->method_refs) / sizeof(rt->method_refs[0])) {
+    if (rt->method_refs[m] == 0) {
+      lua_pushstring(L, llhttp_method_name((llhttp_method_t)m));
+      rt->method_refs[m] = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->method_refs[m]);
+  } else {
+    lua_pushstring(L, llhttp_method_name((llhttp_method_t)m));
+  }
   lua_pushlstring(L, c->req.data ? c->req.data : "", c->url_len);
   lua_createtable(L, 0, (int)c->nheaders);
   ls_hdr_t *h = (ls_hdr_t *)c->hdrs.data;
@@ -283,32 +301,60 @@ static int append_header(lua_State *L, ls_conn_t *c, const char *name,
 }
 
 
+/* Write the decimal digits of v at p; returns the end. */
+static char *put_uint(char *p, size_t v) {
+  char tmp[24];
+  int n = 0;
+  do {
+    tmp[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  while (n)
+    *p++ = tmp[--n];
+  return p;
+}
+
+
+#define PUT_LIT(p, s) (memcpy((p), (s), sizeof(s) - 1), (p) + sizeof(s) - 1)
+
+/* The hot path: the fixed part of the head is written straight into one
+ * reservation, no printf. */
 int ls__http_format_head(lua_State *L, ls_conn_t *c, int status,
                          const char *ctype, size_t ctype_len, size_t body_len,
                          int headers) {
-  char line[128];
   size_t dlen;
   const char *date = http_date(&dlen);
-  int n = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", status,
-                   ls__http_reason(status));
+  const char *reason = ls__http_reason(status);
+  size_t rlen = strlen(reason);
   c->out.len = 0;
-  APPEND(line, (size_t)n);
-  APPEND_LIT("Server: luaserve\r\nDate: ");
-  APPEND(date, dlen);
-  APPEND_LIT("\r\n");
+  if (ls__buf_reserve(&c->out, 192 + rlen + dlen + ctype_len))
+    return UV_ENOMEM;
+  char *p = c->out.data;
+  p = PUT_LIT(p, "HTTP/1.1 ");
+  p = put_uint(p, (size_t)status);
+  *p++ = ' ';
+  memcpy(p, reason, rlen);
+  p += rlen;
+  p = PUT_LIT(p, "\r\nServer: luaserve\r\nDate: ");
+  memcpy(p, date, dlen);
+  p += dlen;
+  p = PUT_LIT(p, "\r\n");
   if (ctype) {
-    APPEND_LIT("Content-Type: ");
-    APPEND(ctype, ctype_len);
-    APPEND_LIT("\r\n");
+    p = PUT_LIT(p, "Content-Type: ");
+    memcpy(p, ctype, ctype_len);
+    p += ctype_len;
+    p = PUT_LIT(p, "\r\n");
   }
   if (status >= 200 && status != 204 && status != 304) {
-    n = snprintf(line, sizeof(line), "Content-Length: %zu\r\n", body_len);
-    APPEND(line, (size_t)n);
+    p = PUT_LIT(p, "Content-Length: ");
+    p = put_uint(p, body_len);
+    p = PUT_LIT(p, "\r\n");
   }
   if (!c->keepalive || c->server->draining)
-    APPEND_LIT("Connection: close\r\n");
+    p = PUT_LIT(p, "Connection: close\r\n");
   else if (c->parser.http_minor == 0)
-    APPEND_LIT("Connection: keep-alive\r\n");
+    p = PUT_LIT(p, "Connection: keep-alive\r\n");
+  c->out.len = (size_t)(p - c->out.data);
   if (headers) {
     lua_pushnil(L);
     while (lua_next(L, headers)) {
@@ -353,22 +399,19 @@ void ls__http_error_response(ls_conn_t *c, int status, const char *detail) {
       body[k++] = *s;
   body[k++] = '"';
   body[k++] = '}';
+  size_t dlen;
+  const char *date = http_date(&dlen);
   int hn = snprintf(head, sizeof(head),
-                    "HTTP/1.1 %d %s\r\nServer: luaserve\r\n"
+                    "HTTP/1.1 %d %s\r\nServer: luaserve\r\nDate: %.*s\r\n"
                     "Content-Type: application/json\r\n"
                     "Content-Length: %zu\r\nConnection: close\r\n%s\r\n",
-                    status, ls__http_reason(status), k,
+                    status, ls__http_reason(status), (int)dlen, date, k,
                     status == 503 ? "Retry-After: 1\r\n" : "");
   uv_buf_t bufs[2] = {uv_buf_init(head, (unsigned)hn),
                       uv_buf_init(body, (unsigned)k)};
   c->keepalive = 0;
-  c->state = LS_CONN_READING;
-  if (!c->read_stopped) {   /* nothing more is parsed on this connection */
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    c->read_stopped = 1;
-  }
-  if (ls__conn_write(c, bufs, 2) != 0 || c->writes_pending == 0)
+  if (ls__conn_write(c, bufs, 2) != 0)
     ls__conn_close(c);
   else
-    c->close_after_write = 1;
+    ls__conn_linger(c);   /* nothing more is parsed on this connection */
 }

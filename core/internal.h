@@ -25,9 +25,11 @@ struct ls_runtime_s {
   void *pool;          /* the thread pool (main state) or NULL */
   void *shared;        /* the shared dictionary, or NULL */
   int is_pool_state;   /* 1 in a pool thread's state */
+  char *lua_dir;       /* the framework's Lua folder (pool states need it) */
   char *read_buf;      /* LS__READ_BUF bytes every read of this loop lands in:
                           a waiting connection or socket holds no buffer */
   int read_buf_busy;
+  int method_refs[48];  /* registry refs of method name strings, 0: none */
 };
 
 #define LS__READ_BUF (64 * 1024)
@@ -88,13 +90,18 @@ typedef struct {
   uint32_t name_off, name_len, value_off, value_len;
 } ls_hdr_t;
 
-enum { LS_CONN_IDLE, LS_CONN_READING, LS_CONN_BUSY, LS_CONN_CLOSING };
+/* IDLE: between requests; READING: a request's bytes are arriving; BUSY: a
+ * request is in Lua; LINGER: answered an error, draining input before the
+ * close; CLOSING: handles closing. Only IDLE and READING parse. */
+enum { LS_CONN_IDLE, LS_CONN_READING, LS_CONN_BUSY, LS_CONN_CLOSING,
+       LS_CONN_LINGER };
 
 /* A client connection. Allocated apart from Lua; freed when both handles are
  * closed and Lua no longer holds it (see conn_maybe_free in server.c). */
 typedef struct ls_conn_s {
   uv_tcp_t tcp;             /* tcp.data = the connection */
   uv_timer_t timer;         /* header, body and keep-alive timeouts */
+  uv_shutdown_t shutdown;   /* the lingering close's half-close */
   ls_server_t *server;
   struct ls_conn_s *prev, *next;  /* the server's connection list */
   llhttp_t parser;
@@ -119,6 +126,8 @@ typedef struct ls_conn_s {
   ls_buf_t out;             /* the response head being formatted */
   uint32_t url_len;
   uint64_t started;         /* uv_now when the request was dispatched */
+  uint64_t deadline;        /* loop time of the current timeout, 0: none */
+  uint64_t timer_due;       /* loop time the libuv timer is set for */
 } ls_conn_t;
 
 struct ls_server_s {
@@ -139,6 +148,10 @@ struct ls_server_s {
 int ls__conn_write(ls_conn_t *c, uv_buf_t *bufs, unsigned nbufs);
 /* ls__conn_close: start closing (idempotent); freed later. */
 void ls__conn_close(ls_conn_t *c);
+/* ls__conn_linger: close after an error answer that is written or queued:
+ * half-close, discard what the client still sends, close on its EOF or
+ * after a short while. Nothing more is parsed. */
+void ls__conn_linger(ls_conn_t *c);
 
 /* ---- http.c: the llhttp glue and response formatting -------------------- */
 
@@ -160,6 +173,39 @@ void ls__http_error_response(ls_conn_t *c, int status, const char *detail);
 /* ls__http_reason: the reason phrase of status ("Unknown" if none). */
 const char *ls__http_reason(int status);
 
+/* ---- copy.c: values between Lua states, by copy ------------------------- */
+
+/* How a copy error names the value: "<root>[ <n>]<path>: <what> <verb>",
+ * e.g. "argument 2.items[3]: function cannot cross into a sync function". */
+typedef struct {
+  const char *root;         /* "argument", "result", "value" */
+  int numbered;             /* add the value's position (1-based) */
+  const char *verb;         /* "cannot cross into a sync function" */
+} ls_copy_ctx_t;
+
+/* ls__copy_encode: append the n values from stack index first to out.
+ * Returns 0, LS_ECOPY (message in err naming the value's path) or
+ * UV_ENOMEM; out is unchanged on error. Never raises; stack unchanged. */
+int ls__copy_encode(lua_State *L, int first, int n, ls_buf_t *out,
+                    const ls_copy_ctx_t *ctx, char *err, size_t errlen);
+/* ls__copy_decode: push the values encoded in data, *n of them. Returns 0
+ * or LS_ECOPY (malformed; nothing pushed). Raises only on out of memory. */
+int ls__copy_decode(lua_State *L, const char *data, size_t len, int *n);
+
+/* ---- pool.c: the sync pool ---------------------------------------------- */
+
+/* ls__pool_free: stop the main state's pool, join its threads (exit path;
+ * running jobs finish first). */
+void ls__pool_free(ls_runtime_t *rt);
+/* ls__pool_open: the job handle's metatable. */
+void ls__pool_open(lua_State *L);
+
+/* ---- shared.c: the shared dictionary ------------------------------------ */
+
+/* ls__shared_release: rt no longer uses the dictionary (freed with the
+ * last runtime that did). */
+void ls__shared_release(ls_runtime_t *rt);
+
 /* ---- Lua-facing functions, one per line, registered in runtime.c -------- */
 
 int ls__lua_listen(lua_State *L);          /* server.c: listen(opts) */
@@ -178,7 +224,30 @@ int ls__lua_run_once(lua_State *L);        /* timer.c: one loop iteration */
 int ls__lua_stop(lua_State *L);            /* timer.c: stop the loop */
 void ls__timer_open(lua_State *L);         /* timer.c: metatables */
 
-int ls__lua_tcp_connect(lua_State *L);     /* tcp.c: connect(host, port, t) */
+int ls__lua_tcp_connect(lua_State *L);     /* tcp.c: connect(host, port, t, ms) */
 void ls__tcp_open(lua_State *L);           /* tcp.c: metatables */
+
+int ls__lua_response_parser(lua_State *L); /* client.c: response_parser() */
+void ls__client_open(lua_State *L);        /* client.c: metatables */
+
+int ls__lua_copy(lua_State *L);            /* copy.c: copy(...) */
+int ls__lua_copy_register(lua_State *L);   /* copy.c: copy_register(code, mt) */
+
+int ls__lua_pool_start(lua_State *L);      /* pool.c: pool_start(opts) */
+int ls__lua_pool_submit(lua_State *L);     /* pool.c: pool_submit(kind, key, t, ...) */
+int ls__lua_pool_cancel(lua_State *L);     /* pool.c: pool_cancel(job) */
+int ls__lua_pool_stats(lua_State *L);      /* pool.c: pool_stats() */
+int ls__lua_pool_stop(lua_State *L);       /* pool.c: pool_stop() */
+
+int ls__lua_shared_get(lua_State *L);      /* shared.c: shared_get(key) */
+int ls__lua_shared_set(lua_State *L);      /* shared.c: shared_set(key, v, ttl) */
+int ls__lua_shared_add(lua_State *L);      /* shared.c: shared_add(key, v, ttl) */
+int ls__lua_shared_incr(lua_State *L);     /* shared.c: shared_incr(key, by, init, ttl) */
+int ls__lua_shared_delete(lua_State *L);   /* shared.c: shared_delete(key) */
+int ls__lua_shared_ttl(lua_State *L);      /* shared.c: shared_ttl(key) */
+int ls__lua_shared_keys(lua_State *L);     /* shared.c: shared_keys(max) */
+int ls__lua_shared_flush_all(lua_State *L); /* shared.c: shared_flush_all() */
+int ls__lua_shared_stats(lua_State *L);    /* shared.c: shared_stats() */
+int ls__lua_shared_configure(lua_State *L); /* shared.c: shared_configure(bytes) */
 
 #endif /* LS_INTERNAL_H */

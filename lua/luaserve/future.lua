@@ -46,6 +46,7 @@ M.AWAIT_TAG = AWAIT
 -- Futures
 
 local Future = {}
+local Task = {}   -- defined below; futures wake tasks
 Future.__index = Future
 Future.__name = "luaserve.Future"
 M.Future = Future
@@ -59,7 +60,7 @@ end
 --- A new pending future. `cancel(f)`, when given, stops the operation
 -- behind it when the future is cancelled.
 function M.new(cancel)
-  return setmetatable({ _done = false, _n = 0, _cancel = cancel }, Future)
+  return setmetatable({ _cancel = cancel }, Future)
 end
 local new_future = M.new
 
@@ -67,7 +68,7 @@ local new_future = M.new
 --- A future that is already resolved with the given values.
 function M.resolved(...)
   local n = select("#", ...)
-  return setmetatable({ _done = true, _n = n, _r = n > 0 and { ... } or nil },
+  return setmetatable({ _done = true, _rn = n, _r = n > 0 and { ... } or nil },
     Future)
 end
 
@@ -103,7 +104,7 @@ local function drain()
     if not task._cancelled then
       local f = task._resume_with
       task._resume_with = nil
-      if f._r then step(task, unpack(f._r, 1, f._n)) else step(task) end
+      if f._r then step(task, unpack(f._r, 1, f._rn)) else step(task) end
     end
   end
   ready_head, ready_tail = 1, 0
@@ -122,13 +123,13 @@ function Future:resolve(...)
   end
   self._done = true
   local n = select("#", ...)
-  self._n = n
+  self._rn = n
   if n > 0 then self._r = { ... } end
   self._cancel = nil
   local w = self._waiters
   if w == nil then return end
   self._waiters = nil
-  if w._is_task then
+  if getmetatable(w) == Task then
     w._waiting = nil
     schedule(w, self)
   else
@@ -152,14 +153,14 @@ end
 
 
 function Future:done()
-  return self._done
+  return self._done == true
 end
 
 
 --- The values of a resolved future.
 function Future:result()
   if not self._done then error("future is still pending", 2) end
-  if self._r then return unpack(self._r, 1, self._n) end
+  if self._r then return unpack(self._r, 1, self._rn) end
 end
 
 
@@ -169,7 +170,7 @@ function Future:on_done(fn)
   local w = self._waiters
   if w == nil then
     self._waiters = { fn }
-  elseif w._is_task then
+  elseif getmetatable(w) == Task then
     self._waiters = { w, fn }
   else
     w[#w + 1] = fn
@@ -181,7 +182,7 @@ local function add_waiter(f, task)
   local w = f._waiters
   if w == nil then
     f._waiters = task
-  elseif w._is_task then
+  elseif getmetatable(w) == Task then
     f._waiters = { w, task }
   else
     w[#w + 1] = task
@@ -195,7 +196,7 @@ local function remove_waiter(f, x)
     f._waiters = nil
     return true
   end
-  if type(w) == "table" and not w._is_task then
+  if type(w) == "table" and getmetatable(w) ~= Task then
     for i = 1, #w do
       if w[i] == x then
         table.remove(w, i)
@@ -229,14 +230,13 @@ end
 -- ---------------------------------------------------------------------------
 -- Tasks
 
-local Task = {}
 Task.__index = Task
 Task.__name = "luaserve.Task"
 M.Task = Task
 
 
 function Task.__tostring(t)
-  return "luaserve.Task (" .. (t._fut._done and "done" or "running") .. ")"
+  return "luaserve.Task (" .. (t._finished and "done" or "running") .. ")"
 end
 
 
@@ -246,10 +246,22 @@ local MAX_IDLE_RUNNERS = 256
 
 
 -- A runner runs tasks, one after another, for as long as none of them is
--- cancelled while suspended (that one is dropped with its coroutine).
+-- cancelled while suspended (that one is dropped with its coroutine). The
+-- task's function is called right here: every frame less is stack a
+-- suspended task does not keep.
+local finish   -- forward
+
+
 local function runner_body(task)
   while true do
-    task:_run()
+    local args, a1 = task._args, task._a1
+    if args then
+      finish(task, xpcall(task._fn, M.on_error, unpack(args, 1, args.n)))
+    elseif a1 ~= nil then
+      finish(task, xpcall(task._fn, M.on_error, a1))
+    else
+      finish(task, xpcall(task._fn, M.on_error))
+    end
     task = co_yield(IDLE)
   end
 end
@@ -257,7 +269,9 @@ end
 
 local function on_error(err)
   if type(err) == "table" then return err end   -- HTTPError and friends
-  return traceback(tostring(err), 2)
+  -- Level 1: under LuaJIT the handler's own frame is not counted, so level
+  -- 1 is the function that failed (or `error`); 2 would drop that line.
+  return traceback(tostring(err), 1)
 end
 M.on_error = on_error
 
@@ -286,19 +300,13 @@ end
 
 --- Start a task running fn(...) now; it runs until its first wait.
 -- `opts.parent` ties it to a request (cancelled with it); `opts.detached`
--- keeps it running after its request ends.
+-- keeps it running after its request ends; opts == false: no parent.
+-- The task's future is made only when asked for (await(task)): a request's
+-- task, which nobody awaits, costs no future.
 local function start(fn, opts, ...)
   local n = select("#", ...)
-  local task = setmetatable({
-    _is_task = true,
-    _fn = fn,
-    _n = n,
-    _args = n > 0 and { ... } or nil,
-    _fut = nil,
-  }, Task)
-  local fut = new_future(function() task:cancel() end)
-  fut._task = task
-  task._fut = fut
+  local task = setmetatable({ _fn = fn }, Task)
+  if n == 1 then task._a1 = ... elseif n > 1 then task._args = { n = n, ... } end
   local parent = opts ~= false and current or nil
   if parent and not (opts and opts.detached) then
     local root = parent._root or parent
@@ -322,28 +330,32 @@ end
 M.start = start
 
 
-function Task:_run()
-  local r
-  if self._n > 0 then
-    r = { xpcall(self._fn, on_error, unpack(self._args, 1, self._n)) }
-  else
-    r = { xpcall(self._fn, on_error) }
-  end
-  local root = self._root
-  if root and root._children then root._children[self] = nil end
-  self:_cancel_children()
-  local fut = self._fut
-  if fut._done then return end
-  if r[1] then
-    fut:resolve(unpack(r, 2, table.maxn(r)))
-  else
-    local err = r[2]
-    if type(err) == "table" then
-      fut:resolve(nil, err)
-    else
-      log_error("task failed: " .. tostring(err))
-      fut:resolve(nil, (tostring(err):match("^[^\n]*")))
+-- The task's function returned (ok) or raised: record the outcome, detach
+-- from the request, cancel what it spawned, wake whoever awaits it.
+function finish(task, ok, ...)
+  task._finished = true
+  local root = task._root
+  if root and root._children then root._children[task] = nil end
+  task:_cancel_children()
+  local fut = task._fut
+  if ok then
+    local n = select("#", ...)
+    if fut then
+      if not fut._done then fut:resolve(...) end
+    elseif n > 0 then
+      task._r, task._rn = { ... }, n
     end
+    return
+  end
+  local err = ...
+  if type(err) ~= "table" then
+    log_error("task failed: " .. tostring(err))
+    err = tostring(err):match("^[^\n]*")
+  end
+  if fut then
+    if not fut._done then fut:resolve(nil, err) end
+  else
+    task._r, task._rn = { nil, err }, 2
   end
 end
 
@@ -360,8 +372,9 @@ end
 -- cancelled too (if nothing else waits on it); its children are cancelled;
 -- its cleanups run; its future resolves with nil, "cancelled".
 function Task:cancel()
-  if self._cancelled or self._fut._done then return false end
+  if self._cancelled or self._finished then return false end
   self._cancelled = true
+  self._finished = true
   local f = self._waiting
   self._waiting = nil
   if f and remove_waiter(f, self) and f._waiters == nil then f:cancel() end
@@ -377,13 +390,13 @@ function Task:cancel()
   end
   local root = self._root
   if root and root._children then root._children[self] = nil end
-  if not self._fut._done then
-    self._fut._cancelled = true
-    local fut = self._fut
+  local fut = self._fut
+  if fut and not fut._done then
     fut._cancel = nil
-    fut._cancelled = nil
     fut:resolve(nil, "cancelled")
     fut._cancelled = true
+  elseif not fut then
+    self._r, self._rn = { nil, "cancelled" }, 2
   end
   return true
 end
@@ -398,14 +411,25 @@ function Task:detach()
 end
 
 
---- The task's future (await(task) works too).
+--- The task's future: resolves with what the task's function returns, or
+-- nil, err when it raises or is cancelled. await(task) awaits it.
 function Task:future()
-  return self._fut
+  local fut = self._fut
+  if fut then return fut end
+  if self._finished then
+    local r = self._r
+    fut = r and M.resolved(unpack(r, 1, self._rn)) or M.resolved()
+  else
+    fut = new_future(function() self:cancel() end)
+    fut._task = self
+  end
+  self._fut = fut
+  return fut
 end
 
 
 function Task:done()
-  return self._fut._done
+  return self._finished == true
 end
 
 
@@ -466,7 +490,7 @@ end
 local function await(f)
   if getmetatable(f) ~= Future then
     if getmetatable(f) == Task then
-      f = f._fut
+      f = f:future()
     else
       error("await: expected a future, got " .. type(f), 2)
     end
@@ -485,7 +509,7 @@ local function await(f)
     end
   end
   local r = f._r
-  if r then return unpack(r, 1, f._n) end
+  if r then return unpack(r, 1, f._rn) end
 end
 M.await = await
 
@@ -508,7 +532,7 @@ function M.sleep(seconds)
   if type(seconds) ~= "number" or seconds ~= seconds then
     error("sleep: seconds must be a number", 2)
   end
-  local f = setmetatable({ _done = false, _n = 0, _cancel = stop_timer }, Future)
+  local f = setmetatable({ _cancel = stop_timer }, Future)
   f._timer = timer(seconds * 1000, f)
   return f
 end
@@ -532,7 +556,7 @@ end
 local function as_future(v, fname, i)
   local mt = getmetatable(v)
   if mt == Future then return v end
-  if mt == Task then return v._fut end
+  if mt == Task then return v:future() end
   error(fname .. ": argument " .. i .. " is not a future (" .. type(v) .. ")", 3)
 end
 
@@ -584,14 +608,14 @@ function M.wait_for(f, seconds)
   t:on_done(function()
     if out._done then return end
     out._cancel = nil
+    out:resolve(nil, "timeout")   -- first: cancelling f resolves f
     f:cancel()
-    out:resolve(nil, "timeout")
   end)
   f:on_done(function(g)
     if out._done then return end
     out._cancel = nil
-    t:cancel()
-    if g._r then out:resolve(unpack(g._r, 1, g._n)) else out:resolve() end
+    if g._r then out:resolve(unpack(g._r, 1, g._rn)) else out:resolve() end
+    t:cancel()   -- after: cancelling t resolves t, which must not time out
   end)
   return out
 end
@@ -631,7 +655,8 @@ function Semaphore:acquire()
     local list = holds[self]
     if list == nil then list = {} holds[self] = list end
     list[#list + 1] = M.on_cancel(function()
-      if f._done then self:release(true) else f:cancel() end
+      -- Held (granted, not cancelled): give it back. Waiting: leave the queue.
+      if f._done and not f._cancelled then self:release(true) else f:cancel() end
     end)
   end
   if self.free > 0 then

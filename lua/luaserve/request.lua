@@ -31,17 +31,23 @@ local headers_mt = {
 M.headers_mt = headers_mt
 
 
+local function hex_char(h)
+  return char(tonumber(h, 16))
+end
+
+
 local function unescape(s)
   s = gsub(s, "+", " ")
-  return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
+  return (gsub(s, "%%(%x%x)", hex_char))
 end
 M.unescape = unescape
 
 
---- parse_query(qs): { key = first value }, { key = { every value } }.
-function M.parse_query(qs)
-  local first, all = {}, {}
-  if qs == nil or qs == "" then return first, all end
+--- parse_query(qs, all): { key = first value }; with all true,
+-- { key = { every value, in order } }.
+function M.parse_query(qs, all)
+  local out = {}
+  if qs == nil or qs == "" then return out end
   for pair in qs:gmatch("[^&;]+") do
     local eq = find(pair, "=", 1, true)
     local k, v
@@ -50,11 +56,14 @@ function M.parse_query(qs)
     else
       k, v = unescape(pair), ""
     end
-    if first[k] == nil then first[k] = v end
-    local list = all[k]
-    if list == nil then all[k] = { v } else list[#list + 1] = v end
+    if all then
+      local list = out[k]
+      if list == nil then out[k] = { v } else list[#list + 1] = v end
+    elseif out[k] == nil then
+      out[k] = v
+    end
   end
-  return first, all
+  return out
 end
 local parse_query = M.parse_query
 
@@ -62,9 +71,9 @@ local parse_query = M.parse_query
 local lazy = {}
 
 function lazy.query(req)
-  local first, all = parse_query(rawget(req, "query_string"))
-  req.query, req._query_all = first, all
-  return first
+  local q = parse_query(rawget(req, "query_string"))
+  req.query = q
+  return q
 end
 
 function lazy.client(req)
@@ -87,8 +96,12 @@ end
 
 --- req:query_all(key): every value of a repeated query key, in order.
 function Request:query_all(key)
-  local _ = self.query
-  return self._query_all[key] or {}
+  local all = rawget(self, "_query_all")
+  if all == nil then
+    all = parse_query(rawget(self, "query_string"), true)
+    self._query_all = all
+  end
+  return all[key] or {}
 end
 
 
@@ -116,8 +129,7 @@ function M.new(conn, method, target, headers, body)
   local q = find(target, "?", 1, true)
   local path, qs = target, nil
   if q then path, qs = sub(target, 1, q - 1), sub(target, q + 1) end
-  if find(path, "%", 1, true) then path = gsub(path, "%%(%x%x)",
-      function(h) return char(tonumber(h, 16)) end) end
+  if find(path, "%", 1, true) then path = gsub(path, "%%(%x%x)", hex_char) end
   return setmetatable({
     method = method,
     path = path,

@@ -10,6 +10,7 @@ local request = require "luaserve.request"
 local response = require "luaserve.response"
 local json = require "luaserve.json"
 local log = require "luaserve.log"
+local sync = require "luaserve.sync"
 
 local start = future.start
 local drain = future.drain
@@ -17,6 +18,8 @@ local on_error = future.on_error
 local current = future.current
 local new_request = request.new
 local normalize = response.normalize
+local is_sync = sync.is_sync
+local run_sync = sync.run_request
 local from_error = response.from_error
 local is_http_error = response.is_http_error
 local respond = core.respond
@@ -35,6 +38,9 @@ local EMPTY_PARAMS = setmetatable({}, { __newindex = function()
 
 local INTERNAL_ERROR = '{"detail":"Internal Server Error"}'
 
+-- Errors of tasks (spawned, cancelled) go through the server's log.
+future.set_logger(log.error)
+
 
 -- The log line for a handler error: method, path, route and traceback.
 local function log_handler_error(req, route, err)
@@ -45,70 +51,59 @@ local function log_handler_error(req, route, err)
 end
 
 
---- Build the handler of one app: handle(req) runs in the request's task.
+-- Match the route and run its handler: status, body, content type,
+-- headers. Raises what the handler raises (HTTPError included).
+local function run_route(app, req, max_body_default)
+  local route, params, detail, extra = app:match(req.method, req.path)
+  if route == nil then
+    return params, json.encode({ detail = detail }), JSON, extra
+  end
+  req._route = route
+  req.params = params or EMPTY_PARAMS
+  req.route = route.path
+  if #req.body > (route.opts.max_body or max_body_default) then
+    return 413, '{"detail":"request body too large"}', JSON
+  end
+  local handler = route.handler
+  if is_sync(handler) then return run_sync(handler, req) end   -- on the pool
+  return normalize(handler(req))
+end
+
+
+--- Build the function each request's task runs: match, handle, respond,
+-- log. It never raises: any error becomes a 500 (HTTPError its status).
 local function make_handler(app, opts)
   local requests = opts.requests
   local access_log = opts.access_log ~= false
   local max_body_default = opts.max_body or 1024 * 1024
 
-  -- One request, start to finish. Runs in its task.
-  local function handle(req)
+  return function(req)
     local conn = req._conn
-    local route, params, detail, extra = app:match(req.method, req.path)
-    local status, body, ctype, headers
-    if route == nil then
-      status, body, ctype, headers = params,
-        json.encode({ detail = detail }), JSON, extra
-    else
-      req.params = params or EMPTY_PARAMS
-      req.route = route.path
-      local limit = route.opts.max_body or max_body_default
-      if #req.body > limit then
-        status, body, ctype = 413, '{"detail":"request body too large"}', JSON
+    req._task = current()
+    local ok, status, body, ctype, headers = xpcall(run_route, on_error, app,
+      req, max_body_default)
+    if not ok then
+      if is_http_error(status) then
+        status, body, ctype, headers = from_error(status)
       else
-        local ok, a, b, c = xpcall(route.handler, on_error, req)
-        if ok then
-          ok, a, b, c, headers = pcall(normalize, a, b, c)
-          if ok then
-            status, body, ctype = a, b, c
-          else
-            log_handler_error(req, route, a)
-            status, body, ctype, headers = 500, INTERNAL_ERROR, JSON, nil
-          end
-        elseif is_http_error(a) then
-          status, body, ctype, headers = from_error(a)
-        else
-          log_handler_error(req, route, a)
-          status, body, ctype, headers = 500, INTERNAL_ERROR, JSON, nil
-        end
+        log_handler_error(req, req._route, status)
+        status, body, ctype, headers = 500, INTERNAL_ERROR, JSON, nil
       end
     end
     if requests[conn] ~= req then return end   -- aborted meanwhile
     requests[conn] = nil
-    local ok, err = pcall(respond, conn, status, body, ctype, headers,
+    -- The access line's client address: ask while the connection is open
+    -- (respond may close it).
+    if access_log then local _ = req.client end
+    local sent, err = pcall(respond, conn, status, body, ctype, headers,
       req._close)
-    if not ok then   -- a bad header table: still answer
-      log_handler_error(req, route, err)
-      respond(conn, 500, INTERNAL_ERROR, JSON)
+    if not sent then   -- a bad header table: still answer
+      log_handler_error(req, req._route, err)
+      status, body = 500, INTERNAL_ERROR
+      respond(conn, status, body, JSON)
     end
     if access_log then
       log.access(req, status, #body, hrtime() - req._t0)
-    end
-  end
-
-  -- The task's function: handle(req), and a 500 should the framework
-  -- itself fail, so that no request is ever left without an answer.
-  return function(req)
-    req._task = current()
-    local ok, err = xpcall(handle, on_error, req)
-    if not ok then
-      log.error("internal error on " .. req.method .. " " .. req.path .. ": " ..
-        tostring(err))
-      local conn = req._conn
-      if requests[conn] == req then
-        requests[conn] = nil
-        pcall(respond, conn, 500, INTERNAL_ERROR, JSON, nil, true)
-      end
     end
   end
 end
@@ -127,9 +122,10 @@ function M.serve(app, opts)
     max_body = opts.max_body,
   })
 
+  local timed = opts.access_log ~= false
   local function dispatch(conn, method, target, headers, body)
     local req = new_request(conn, method, target, headers, body)
-    req._t0 = hrtime()
+    if timed then req._t0 = hrtime() end
     requests[conn] = req
     start(handle, false, req)
     drain()
