@@ -3,6 +3,9 @@
 # Each of them first installs the Debian packages that are missing.
 
 PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+# Where the framework's Lua modules are installed (compiled into the binary).
+LUADIR ?= $(PREFIX)/share/luaserve/lua
 LLHTTP_DIR ?= /usr/share/llhttp
 LLHTTP_INC ?= /usr/share/include/llhttp
 PORT ?= 8080
@@ -38,6 +41,7 @@ CORE_SRCS = core/buf.c \
             core/runtime.c \
             core/server.c \
             core/shared.c \
+            core/shutdown.c \
             core/tcp.c \
             core/timer.c
 LLHTTP_SRCS = $(LLHTTP_DIR)/api.c $(LLHTTP_DIR)/http.c $(LLHTTP_DIR)/llhttp.c
@@ -53,7 +57,7 @@ else
 TEST_BIN = $(CURDIR)/luaserve
 endif
 
-.PHONY: all deps bench-deps run test test-spec test-binary bench install \
+.PHONY: all deps bench-deps run test test-spec bench install install-bin \
         uninstall clean
 
 all: deps luaserve
@@ -82,7 +86,7 @@ $(BIN): $(CORE_OBJS) $(LLHTTP_OBJS)
 $(BUILD)/core/%.o: core/%.c | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(SANFLAGS) $(WARN) -MMD -MP -I$(LLHTTP_INC) $(PKG_CFLAGS) \
-	  -DLS_LUA_DIR='"$(PREFIX)/share/luaserve/lua"' -c -o $@ $<
+	  -DLS_LUA_DIR='"$(LUADIR)"' -c -o $@ $<
 
 # llhttp's generated sources, compiled from where node-llhttp puts them.
 $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c | deps
@@ -90,6 +94,14 @@ $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c | deps
 	$(CC) $(CFLAGS) $(SANFLAGS) -w -I$(LLHTTP_INC) -c -o $@ $<
 
 -include $(CORE_OBJS:.o=.d)
+
+# main.c compiles LUADIR in: rebuild it when LUADIR changes.
+$(BUILD)/core/main.o: $(BUILD)/luadir.stamp
+$(BUILD)/luadir.stamp: FORCE
+	@mkdir -p $(dir $@)
+	@echo '$(LUADIR)' | cmp -s - $@ || echo '$(LUADIR)' > $@
+
+FORCE:
 
 run: all
 	./luaserve apps/demo --port $(PORT)
@@ -105,13 +117,18 @@ test-spec: all
 bench: all bench-deps
 	tests/bench/run
 
-install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/luaserve/lua/luaserve
-	install -m 755 luaserve $(DESTDIR)$(PREFIX)/bin/luaserve
-	install -m 644 lua/luaserve/*.lua $(DESTDIR)$(PREFIX)/share/luaserve/lua/luaserve/
+install: install-bin
+	install -d $(DESTDIR)$(LUADIR)/luaserve
+	install -m 644 lua/luaserve/*.lua $(DESTDIR)$(LUADIR)/luaserve/
+
+# The binary alone (luarocks installs the modules itself, from the rockspec).
+install-bin: all
+	install -d $(DESTDIR)$(BINDIR)
+	install -m 755 luaserve $(DESTDIR)$(BINDIR)/luaserve
 
 uninstall:
-	rm -rf $(DESTDIR)$(PREFIX)/bin/luaserve $(DESTDIR)$(PREFIX)/share/luaserve
+	rm -f $(DESTDIR)$(BINDIR)/luaserve
+	rm -rf $(DESTDIR)$(LUADIR)/luaserve
 
 clean:
 	rm -rf build luaserve

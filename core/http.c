@@ -16,6 +16,7 @@ static const char continue_100[] = "HTTP/1.1 100 Continue\r\n\r\n";
 static int fail(llhttp_t *p, int status, const char *reason) {
   ls_conn_t *c = p->data;
   c->error_status = status;
+  c->error_reason = reason;
   llhttp_set_error_reason(p, reason);
   return HPE_USER;
 }
@@ -75,6 +76,23 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n) {
 }
 
 
+/* llhttp 8.1 takes ": value" (an empty name); a field name is a token.
+ * RFC 9112 3.2: more than one Host is a 400. */
+static int on_header_field_complete(llhttp_t *p) {
+  ls_conn_t *c = p->data;
+  if (c->nheaders == 0)
+    return fail(p, 400, "empty header field name");
+  ls_hdr_t *h = (ls_hdr_t *)(c->hdrs.data + c->hdrs.len) - 1;
+  if (h->name_len == 0)
+    return fail(p, 400, "empty header field name");
+  if (h->name_len == 4 &&
+      strncasecmp(c->req.data + h->name_off, "host", 4) == 0 &&
+      c->host_seen++ > 0)
+    return fail(p, 400, "more than one Host header");
+  return 0;
+}
+
+
 static int on_header_value(llhttp_t *p, const char *at, size_t n) {
   ls_conn_t *c = p->data;
   if (count_header_bytes(p, n))
@@ -110,6 +128,8 @@ static int on_headers_complete(llhttp_t *p) {
    * would read as the server's fault). */
   if (p->http_major != 1)
     return fail(p, 400, "HTTP version not supported");
+  if (p->http_minor >= 1 && !c->host_seen)   /* RFC 9112 3.2 */
+    return fail(p, 400, "missing Host header");
   int has_body = (p->flags & F_CHUNKED) || p->content_length > 0;
   if ((p->flags & F_CONTENT_LENGTH) &&
       p->content_length > c->server->lim.max_body)
@@ -148,6 +168,7 @@ const llhttp_settings_t ls__http_settings = {
   .on_message_begin = on_message_begin,
   .on_url = on_url,
   .on_header_field = on_header_field,
+  .on_header_field_complete = on_header_field_complete,
   .on_header_value = on_header_value,
   .on_headers_complete = on_headers_complete,
   .on_body = on_body,
@@ -160,6 +181,8 @@ void ls__http_reset(ls_conn_t *c) {
   c->url_len = 0;
   c->header_bytes = 0;
   c->error_status = 0;
+  c->error_reason = NULL;
+  c->host_seen = 0;
   c->last_was_value = 0;
   c->req.len = 0;
   c->hdrs.len = 0;
@@ -345,7 +368,10 @@ int ls__http_format_head(lua_State *L, ls_conn_t *c, int status,
     p += ctype_len;
     p = PUT_LIT(p, "\r\n");
   }
-  if (status >= 200 && status != 204 && status != 304) {
+  if (body_len == LS__STREAMED) {
+    if (c->keepalive || c->parser.http_minor > 0)
+      p = PUT_LIT(p, "Transfer-Encoding: chunked\r\n");
+  } else if (status >= 200 && status != 204 && status != 304) {
     p = PUT_LIT(p, "Content-Length: ");
     p = put_uint(p, body_len);
     p = PUT_LIT(p, "\r\n");
@@ -362,7 +388,8 @@ int ls__http_format_head(lua_State *L, ls_conn_t *c, int status,
       const char *name = lua_tolstring(L, -2, &nlen);
       if (lua_type(L, -2) != LUA_TSTRING)
         return luaL_error(L, "header names must be strings");
-      if (strcasecmp(name, "content-length") == 0) {
+      if (strcasecmp(name, "content-length") == 0 ||
+          strcasecmp(name, "transfer-encoding") == 0) {
         /* computed from the body */
       } else if (lua_istable(L, -1)) {
         for (int i = 1;; i++) {

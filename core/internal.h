@@ -30,6 +30,8 @@ struct ls_runtime_s {
                           a waiting connection or socket holds no buffer */
   int read_buf_busy;
   int method_refs[48];  /* registry refs of method name strings, 0: none */
+  struct ls_server_s *servers;     /* this runtime's listening servers */
+  struct ls_shutdown_s *shutdown;  /* signal watchers (shutdown.c), or NULL */
 };
 
 #define LS__READ_BUF (64 * 1024)
@@ -115,8 +117,11 @@ typedef struct ls_conn_s {
   int is_head;              /* the request in Lua is HEAD */
   int writes_pending;       /* uv_write requests in flight */
   int error_status;         /* status chosen by a parser callback, or 0 */
+  const char *error_reason; /* and its detail (static): llhttp replaces
+                               the reason of non-span callbacks */
   int last_was_value;       /* header callbacks: last span was a value */
   int in_body;              /* headers done, body being read */
+  int host_seen;            /* Host header fields in the request */
   unsigned nheaders;
   size_t header_bytes;      /* request line + headers so far */
   ls_buf_t req;             /* url and header bytes of the request */
@@ -126,6 +131,8 @@ typedef struct ls_conn_s {
   ls_buf_t out;             /* the response head being formatted */
   uint32_t url_len;
   uint64_t started;         /* uv_now when the request was dispatched */
+  int streaming;             /* a streamed response is being written */
+  int drain_ref;            /* target waiting for the write queue, or 0 */
   uint64_t deadline;        /* loop time of the current timeout, 0: none */
   uint64_t timer_due;       /* loop time the libuv timer is set for */
 } ls_conn_t;
@@ -162,6 +169,9 @@ void ls__http_reset(ls_conn_t *c);
 /* ls__http_push_request: push method, target, headers table, body on L;
  * returns the number pushed (4). */
 int ls__http_push_request(lua_State *L, ls_conn_t *c);
+/* body_len of a streamed response: chunked (or close-delimited) */
+#define LS__STREAMED ((size_t)-1)
+
 /* ls__http_format_head: format status line and headers into c->out.
  * `headers` is the stack index of a table {name = value | {values}} or 0.
  * Returns 0 or UV_ENOMEM; raises on a bad header table. */
@@ -211,10 +221,16 @@ void ls__shared_release(ls_runtime_t *rt);
 int ls__lua_listen(lua_State *L);          /* server.c: listen(opts) */
 int ls__lua_respond(lua_State *L);         /* server.c: respond(conn, ...) */
 int ls__lua_release(lua_State *L);         /* server.c: release(conn) */
+int ls__lua_respond_start(lua_State *L);   /* server.c: streamed head */
+int ls__lua_write_chunk(lua_State *L);     /* server.c: one chunk */
+int ls__lua_respond_end(lua_State *L);     /* server.c: last chunk */
 int ls__lua_peer(lua_State *L);            /* server.c: peer(conn) */
-int ls__lua_shutdown_on_signals(lua_State *L); /* server.c */
+int ls__lua_shutdown_on_signals(lua_State *L); /* shutdown.c */
 void ls__server_open(lua_State *L);        /* server.c: metatables */
 void ls__server_close_all(ls_runtime_t *rt); /* server.c: exit path */
+void ls__server_stop_listening(ls_server_t *s); /* server.c: close listener */
+void ls__shutdown_check(ls_runtime_t *rt);  /* shutdown.c: stop loop if idle */
+void ls__shutdown_close(ls_runtime_t *rt);  /* shutdown.c: exit path */
 
 int ls__lua_timer(lua_State *L);           /* timer.c: timer(ms, target) */
 int ls__lua_now(lua_State *L);             /* timer.c: loop time, seconds */

@@ -140,6 +140,9 @@ static const luaL_Reg core_functions[] = {
   {"listen", ls__lua_listen},
   {"respond", ls__lua_respond},
   {"release", ls__lua_release},
+  {"respond_start", ls__lua_respond_start},
+  {"write_chunk", ls__lua_write_chunk},
+  {"respond_end", ls__lua_respond_end},
   {"peer", ls__lua_peer},
   {"shutdown_on_signals", ls__lua_shutdown_on_signals},
   {"timer", ls__lua_timer},
@@ -149,6 +152,24 @@ static const luaL_Reg core_functions[] = {
   {"run_once", ls__lua_run_once},
   {"stop", ls__lua_stop},
   {"tcp_connect", ls__lua_tcp_connect},
+  {"response_parser", ls__lua_response_parser},
+  {"copy", ls__lua_copy},
+  {"copy_register", ls__lua_copy_register},
+  {"pool_start", ls__lua_pool_start},
+  {"pool_submit", ls__lua_pool_submit},
+  {"pool_cancel", ls__lua_pool_cancel},
+  {"pool_stats", ls__lua_pool_stats},
+  {"pool_stop", ls__lua_pool_stop},
+  {"shared_get", ls__lua_shared_get},
+  {"shared_set", ls__lua_shared_set},
+  {"shared_add", ls__lua_shared_add},
+  {"shared_incr", ls__lua_shared_incr},
+  {"shared_delete", ls__lua_shared_delete},
+  {"shared_ttl", ls__lua_shared_ttl},
+  {"shared_keys", ls__lua_shared_keys},
+  {"shared_flush_all", ls__lua_shared_flush_all},
+  {"shared_stats", ls__lua_shared_stats},
+  {"shared_configure", ls__lua_shared_configure},
   {NULL, NULL},
 };
 
@@ -161,6 +182,8 @@ static int core_open(lua_State *L) {
   ls__server_open(L);
   ls__timer_open(L);
   ls__tcp_open(L);
+  ls__client_open(L);
+  ls__pool_open(L);
   return 1;
 }
 
@@ -177,6 +200,12 @@ ls_runtime_t *ls_runtime_new(uv_loop_t *loop, const char *lua_dir) {
   rt->loop = loop;
   rt->L = L;
   rt->resolve_ref = LUA_NOREF;
+  rt->lua_dir = strdup(lua_dir);
+  if (rt->lua_dir == NULL) {
+    lua_close(L);
+    free(rt);
+    return NULL;
+  }
   loop->data = rt;
   luaL_openlibs(L);
   lua_pushlightuserdata(L, (void *)&runtime_key);
@@ -216,7 +245,11 @@ static void close_leftover(uv_handle_t *h, void *arg) {
 
 void ls_runtime_free(ls_runtime_t *rt) {
   rt->closing = 1;
-  ls__server_close_all(rt);
+  /* The pool first: its threads are joined before the state they report
+   * to closes. Pool states never serve: the server list is the main's. */
+  ls__pool_free(rt);
+  if (!rt->is_pool_state)
+    ls__server_close_all(rt);
   /* Finalizers of timers and sockets close their handles; their close
    * callbacks free the C side without entering Lua (rt->closing). */
   lua_close(rt->L);
@@ -227,7 +260,9 @@ void ls_runtime_free(ls_runtime_t *rt) {
     uv_run(rt->loop, UV_RUN_DEFAULT);
     uv_loop_close(rt->loop);
   }
+  ls__shared_release(rt);
   free(rt->read_buf);
+  free(rt->lua_dir);
   free(rt);
 }
 

@@ -1,8 +1,8 @@
 /* server.c: listeners, client connections, reads, writes, timeouts and
  * graceful shutdown. Everything here runs on the loop thread of its runtime. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <signal.h>
 
 #include "internal.h"
 
@@ -10,6 +10,8 @@
 /* A client that pipelines more than this ahead of our answers is not read
  * until we catch up: memory per connection stays bounded. */
 #define LS_MAX_PENDING (256 * 1024)
+/* How long a lingering close waits for the client's EOF. */
+#define LS_LINGER_MS 2000
 
 typedef struct {
   uv_write_t req;
@@ -22,15 +24,10 @@ typedef struct {
   ls_server_t *server;      /* NULL once closed */
 } server_ud_t;
 
-static ls_server_t *servers;  /* listening servers of the main runtime */
-static uv_signal_t sig_int, sig_term;
-static uv_timer_t drain_timer;
-static int signals_on, shutting_down;
-
 static void conn_process(ls_conn_t *c);
+static void conn_resolve_drain(ls_conn_t *c, int ok);
 static void conn_on_read(uv_stream_t *stream, ssize_t nread,
                          const uv_buf_t *buf);
-static void shutdown_check_done(void);
 
 
 /* ---- connection lifetime ---------------------------------------------- */
@@ -68,6 +65,8 @@ void ls__conn_close(ls_conn_t *c) {
   c->prev = c->next = NULL;
   uv_close((uv_handle_t *)&c->tcp, conn_on_close);
   uv_close((uv_handle_t *)&c->timer, conn_on_close);
+  if (c->drain_ref > 0)
+    conn_resolve_drain(c, 0);
   if (was_busy && c->lua_holds > 0 && !s->rt->closing) {
     /* The client went away mid-request: Lua cancels its waits and calls
      * release(conn) (possibly right now). */
@@ -76,13 +75,25 @@ void ls__conn_close(ls_conn_t *c) {
     lua_pushlightuserdata(L, c);
     ls__pcall(L, 1, 0, "abort");
   }
-  shutdown_check_done();
+  ls__shutdown_check(s->rt);
 }
 
 
+/* Header or body too slow: 408. Idle keep-alive, or lingering: close.
+ * Deadlines move lazily (see conn_timer_arm): a timer that fires early only
+ * re-arms itself for the time left. */
 static void conn_on_timeout(uv_timer_t *t) {
   ls_conn_t *c = t->data;
-  if (c->state == LS_CONN_READING && c->header_bytes > 0) {
+  uint64_t now = uv_now(t->loop);
+  if (c->deadline == 0)
+    return;
+  if (now < c->deadline) {
+    c->timer_due = c->deadline;
+    uv_timer_start(&c->timer, conn_on_timeout, c->deadline - now, 0);
+    return;
+  }
+  c->deadline = 0;
+  if (c->state == LS_CONN_READING) {
     ls__http_error_response(c, 408, "request timeout");
     return;
   }
@@ -90,15 +101,70 @@ static void conn_on_timeout(uv_timer_t *t) {
 }
 
 
+/* Set the connection's one deadline, ms from now (0: none). Every request
+ * moves it several times, so the libuv timer is only restarted when the
+ * deadline comes earlier than the timer is due; otherwise the timer fires,
+ * sees the later deadline and re-arms (no timer-heap work per request). */
 static void conn_timer_arm(ls_conn_t *c, uint64_t ms) {
-  if (ms > 0)
+  if (ms == 0) {
+    c->deadline = 0;
+    return;
+  }
+  c->deadline = uv_now(c->timer.loop) + ms;
+  if (!uv_is_active((uv_handle_t *)&c->timer) || c->timer_due > c->deadline) {
+    c->timer_due = c->deadline;
     uv_timer_start(&c->timer, conn_on_timeout, ms, 0);
-  else
-    uv_timer_stop(&c->timer);
+  }
+}
+
+
+static void conn_on_shutdown(uv_shutdown_t *req, int status) {
+  if (status < 0)   /* also UV_ECANCELED when the connection closed first */
+    ls__conn_close(req->handle->data);
+}
+
+
+/* Closing at once after an error answer would turn into an RST if the
+ * client is still sending (a body we refused), and an RST can destroy the
+ * answer before the client reads it. So: half-close once the answer is
+ * written (uv_shutdown waits for queued writes), read and discard until
+ * the client's EOF, and close then or after LS_LINGER_MS. */
+void ls__conn_linger(ls_conn_t *c) {
+  if (c->state == LS_CONN_CLOSING || c->state == LS_CONN_LINGER)
+    return;
+  c->state = LS_CONN_LINGER;
+  c->keepalive = 0;
+  if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, conn_on_shutdown)) {
+    ls__conn_close(c);
+    return;
+  }
+  conn_timer_arm(c, LS_LINGER_MS);
+  if (c->read_stopped &&
+      uv_read_start((uv_stream_t *)&c->tcp, ls__read_alloc, conn_on_read) == 0)
+    c->read_stopped = 0;
 }
 
 
 /* ---- writing ------------------------------------------------------------ */
+
+/* A streamed response waits for the socket (drain_ref): wake it with true
+ * (the queue is written) or nil, "closed". */
+static void conn_resolve_drain(ls_conn_t *c, int ok) {
+  ls_runtime_t *rt = c->server->rt;
+  int ref = c->drain_ref;
+  c->drain_ref = 0;
+  if (rt->closing)
+    return;
+  if (ok) {
+    lua_pushboolean(rt->L, 1);
+    ls__resolve(rt, ref, 1);
+  } else {
+    lua_pushnil(rt->L);
+    lua_pushliteral(rt->L, "closed");
+    ls__resolve(rt, ref, 2);
+  }
+}
+
 
 static void conn_on_write(uv_write_t *req, int status) {
   write_req_t *w = (write_req_t *)req;
@@ -108,9 +174,12 @@ static void conn_on_write(uv_write_t *req, int status) {
   if (status < 0) {
     ls__conn_close(c);
   } else if (c->writes_pending == 0 && c->state != LS_CONN_CLOSING) {
+    if (c->drain_ref > 0)
+      conn_resolve_drain(c, 1);
     if (c->close_after_write)
       ls__conn_close(c);
-    else if (c->read_stopped && c->state != LS_CONN_BUSY)
+    else if (c->read_stopped && (c->state == LS_CONN_IDLE ||
+                                 c->state == LS_CONN_READING))
       conn_process(c);
   }
   conn_maybe_free(c);
@@ -182,7 +251,7 @@ static void conn_dispatch(ls_conn_t *c) {
   c->is_head = c->parser.method == HTTP_HEAD;
   c->started = uv_now(s->rt->loop);
   s->inflight++;
-  uv_timer_stop(&c->timer);
+  conn_timer_arm(c, 0);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->dispatch_ref);
   lua_pushlightuserdata(L, c);
   int n = ls__http_push_request(L, c);
@@ -193,6 +262,12 @@ static void conn_dispatch(ls_conn_t *c) {
     s->inflight--;
     c->state = LS_CONN_READING;
     ls__http_error_response(c, 500, "Internal Server Error");
+  } else if (c->state == LS_CONN_BUSY) {
+    /* The request waits in Lua (a sleep, an upstream): a parked request
+     * keeps no parse buffers; the next request allocates them again. */
+    ls__buf_free(&c->req);
+    ls__buf_free(&c->hdrs);
+    ls__buf_free(&c->body);
   }
 }
 
@@ -207,7 +282,9 @@ static void conn_request_done(ls_conn_t *c) {
     return;
   }
   if (!c->keepalive || c->server->draining) {
-    if (c->writes_pending > 0)
+    if (c->pending.len > 0)   /* unread pipelined bytes: avoid an RST */
+      ls__conn_linger(c);
+    else if (c->writes_pending > 0)
       c->close_after_write = 1;
     else
       ls__conn_close(c);
@@ -223,7 +300,8 @@ static void conn_request_done(ls_conn_t *c) {
  * how many bytes were consumed (less than len when a request is in Lua). */
 static size_t conn_parse(ls_conn_t *c, const char *data, size_t len) {
   size_t off = 0;
-  while (off < len && c->state != LS_CONN_BUSY && c->state != LS_CONN_CLOSING) {
+  while (off < len &&
+         (c->state == LS_CONN_IDLE || c->state == LS_CONN_READING)) {
     if (c->state == LS_CONN_IDLE) {
       c->state = LS_CONN_READING;
       conn_timer_arm(c, c->server->lim.header_timeout);
@@ -235,21 +313,23 @@ static size_t conn_parse(ls_conn_t *c, const char *data, size_t len) {
         conn_timer_arm(c, c->server->lim.header_timeout);
       break;
     }
-    if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+    if (err == HPE_PAUSED) {   /* on_message_complete: a whole request */
       off = (size_t)(llhttp_get_error_pos(&c->parser) - data);
       llhttp_resume(&c->parser);
-      if (err == HPE_PAUSED_UPGRADE) {
-        /* No upgrades here: answer the request, then close. */
-        llhttp_resume_after_upgrade(&c->parser);
-        c->keepalive = 0;
-      }
       conn_dispatch(c);
       continue;
     }
-    /* A malformed request: a 4xx and a close, nothing reaches Lua. */
+    if (err == HPE_PAUSED_UPGRADE) {
+      /* Bytes after an Upgrade or CONNECT request: no upgrades here, that
+       * request is answered with a close (http.c); nothing more is read. */
+      return len;
+    }
+    /* A malformed request: a 4xx and a close, nothing reaches Lua. The
+     * detail: our callback's reason, else llhttp's. */
     int status = c->error_status ? c->error_status : 400;
-    const char *reason = llhttp_get_error_reason(&c->parser);
-    ls__http_error_response(c, status, status == 400 && reason ? reason : NULL);
+    const char *reason = c->error_status ? c->error_reason
+                                         : llhttp_get_error_reason(&c->parser);
+    ls__http_error_response(c, status, reason);
     return len;
   }
   return off;
@@ -259,14 +339,14 @@ static size_t conn_parse(ls_conn_t *c, const char *data, size_t len) {
 /* Parse buffered bytes left from an earlier read, then read again. */
 static void conn_process(ls_conn_t *c) {
   c->in_process = 1;
-  while (c->pending.len > 0 && c->state != LS_CONN_BUSY &&
-         c->state != LS_CONN_CLOSING) {
+  while (c->pending.len > 0 &&
+         (c->state == LS_CONN_IDLE || c->state == LS_CONN_READING)) {
     size_t n = conn_parse(c, c->pending.data, c->pending.len);
     memmove(c->pending.data, c->pending.data + n, c->pending.len - n);
     c->pending.len -= n;
   }
   c->in_process = 0;
-  if (c->state == LS_CONN_CLOSING)
+  if (c->state == LS_CONN_CLOSING || c->state == LS_CONN_LINGER)
     return;
   if (c->pending.len == 0)
     ls__buf_free(&c->pending);
@@ -288,14 +368,14 @@ static void conn_read(ls_conn_t *c, ssize_t nread, const uv_buf_t *buf) {
     ls__conn_close(c);
     return;
   }
-  if (c->state == LS_CONN_CLOSING)
-    return;
+  if (c->state == LS_CONN_CLOSING || c->state == LS_CONN_LINGER)
+    return;   /* lingering: what the client still sends is discarded */
   size_t used = 0;
   if (c->pending.len == 0) {
     c->in_process = 1;
     used = conn_parse(c, buf->base, (size_t)nread);
     c->in_process = 0;
-    if (c->state == LS_CONN_CLOSING)
+    if (c->state == LS_CONN_CLOSING || c->state == LS_CONN_LINGER)
       return;
   }
   if (used < (size_t)nread) {
@@ -349,7 +429,10 @@ static void server_on_connection(uv_stream_t *listener, int status) {
   }
   uv_tcp_nodelay(&c->tcp, 1);
   c->read_stopped = 1;
-  conn_process(c);
+  conn_process(c);   /* starts reading */
+  /* The first request is awaited for the header timeout, not the keep-alive
+   * one: a client that connects and sends nothing is a slow sender. */
+  conn_timer_arm(c, s->lim.header_timeout);
 }
 
 
@@ -358,11 +441,11 @@ static void server_on_connection(uv_stream_t *listener, int status) {
 static void server_on_close(uv_handle_t *h) {
   ls_server_t *s = h->data;
   s->listening = 0;
-  shutdown_check_done();
+  ls__shutdown_check(s->rt);
 }
 
 
-static void server_stop_listening(ls_server_t *s) {
+void ls__server_stop_listening(ls_server_t *s) {
   if (s->listening && !uv_is_closing((uv_handle_t *)&s->listener))
     uv_close((uv_handle_t *)&s->listener, server_on_close);
 }
@@ -420,8 +503,8 @@ int ls__lua_listen(lua_State *L) {
   lua_getfield(L, 1, "abort");
   luaL_checktype(L, -1, LUA_TFUNCTION);
   s->abort_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  s->next_server = servers;
-  servers = s;
+  s->next_server = rt->servers;
+  rt->servers = s;
   server_ud_t *ud = lua_newuserdata(L, sizeof(*ud));
   ud->server = s;
   luaL_getmetatable(L, LS_SERVER_MT);
@@ -463,7 +546,7 @@ static int server_close(lua_State *L) {
   ls_server_t *s = check_server(L);
   if (s == NULL)
     return 0;
-  server_stop_listening(s);
+  ls__server_stop_listening(s);
   while (s->conns)
     ls__conn_close(s->conns);
   return 0;
@@ -491,14 +574,9 @@ void ls__server_open(lua_State *L) {
 /* Close everything at exit; the runtime then runs the loop until closed.
  * Server structs are freed here: no callback can reach them any more. */
 void ls__server_close_all(ls_runtime_t *rt) {
-  ls_server_t **pp = &servers;
-  while (*pp) {
-    ls_server_t *s = *pp;
-    if (s->rt != rt) {
-      pp = &s->next_server;
-      continue;
-    }
-    *pp = s->next_server;
+  while (rt->servers) {
+    ls_server_t *s = rt->servers;
+    rt->servers = s->next_server;
     if (s->listening && !uv_is_closing((uv_handle_t *)&s->listener))
       uv_close((uv_handle_t *)&s->listener, NULL);
     s->listening = 0;
@@ -513,12 +591,7 @@ void ls__server_close_all(ls_runtime_t *rt) {
     luaL_unref(rt->L, LUA_REGISTRYINDEX, s->abort_ref);
     free(s);
   }
-  if (signals_on) {
-    uv_close((uv_handle_t *)&sig_int, NULL);
-    uv_close((uv_handle_t *)&sig_term, NULL);
-    uv_close((uv_handle_t *)&drain_timer, NULL);
-    signals_on = 0;
-  }
+  ls__shutdown_close(rt);
 }
 
 
@@ -574,6 +647,110 @@ int ls__lua_respond(lua_State *L) {
 }
 
 
+/* respond_start(conn, status, content_type, headers|nil): write the head
+ * of a streamed response: chunked, or for an HTTP/1.0 client delimited by
+ * the close. true, or nil, "closed". Lua keeps the request until
+ * respond_end. */
+int ls__lua_respond_start(lua_State *L) {
+  ls_conn_t *c = check_conn(L, 1);
+  int status = (int)luaL_checkinteger(L, 2);
+  size_t ctlen = 0;
+  const char *ctype = luaL_optlstring(L, 3, NULL, &ctlen);
+  int headers = lua_istable(L, 4) ? 4 : 0;
+  if (c->lua_holds == 0 || c->streaming)
+    return luaL_error(L, "respond_start: this request was already answered");
+  if (status < 200 || status > 999 || status == 204 || status == 304)
+    return luaL_error(L, "respond_start: status %d cannot have a body", status);
+  if (c->state == LS_CONN_CLOSING)
+    return ls__push_error(L, UV_EOF);
+  c->streaming = 1;
+  if (c->parser.http_major == 1 && c->parser.http_minor == 0)
+    c->keepalive = 0;   /* no chunked encoding: the close ends the body */
+  int err = ls__http_format_head(L, c, status, ctype, ctlen, LS__STREAMED,
+                                 headers);
+  uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
+  if (err == 0)
+    err = ls__conn_write(c, &b, 1);
+  c->out.len = 0;
+  if (err) {
+    ls__conn_close(c);
+    return ls__push_error(L, err);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+
+/* write_chunk(conn, data, target): true when the socket took it now; false
+ * when it is queued behind a full socket: target then gets true once the
+ * queue is written, or nil, "closed" (back-pressure); nil, "closed" when
+ * the client is gone. */
+int ls__lua_write_chunk(lua_State *L) {
+  ls_conn_t *c = check_conn(L, 1);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  if (!c->streaming || c->lua_holds == 0)
+    return luaL_error(L, "write_chunk: no streamed response in progress");
+  if (c->state == LS_CONN_CLOSING)
+    return ls__push_error(L, UV_EOF);
+  if (len == 0 || c->is_head) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  char size[24];
+  int n = c->keepalive || c->parser.http_minor > 0
+              ? snprintf(size, sizeof(size), "%zx\r\n", len) : 0;
+  uv_buf_t bufs[3] = {
+    uv_buf_init(size, (unsigned)n),
+    uv_buf_init((char *)data, (unsigned)len),
+    uv_buf_init("\r\n", n ? 2 : 0),
+  };
+  int err = ls__conn_write(c, bufs, 3);
+  if (err) {
+    ls__conn_close(c);
+    return ls__push_error(L, err);
+  }
+  if (c->writes_pending == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  luaL_checkany(L, 3);
+  if (c->drain_ref > 0)
+    return luaL_error(L, "write_chunk: a write is already waiting");
+  lua_pushvalue(L, 3);
+  c->drain_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushboolean(L, 0);
+  return 1;
+}
+
+
+/* respond_end(conn, abort): the last chunk, and the request is done; with
+ * abort true the connection is closed instead (an error mid-stream: the
+ * client must not take a cut body for a whole one). Ends Lua's hold. */
+int ls__lua_respond_end(lua_State *L) {
+  ls_conn_t *c = check_conn(L, 1);
+  int abort = lua_toboolean(L, 2);
+  if (!c->streaming || c->lua_holds == 0)
+    return luaL_error(L, "respond_end: no streamed response in progress");
+  c->streaming = 0;
+  if (c->drain_ref > 0)
+    luaL_unref(L, LUA_REGISTRYINDEX, c->drain_ref);
+  c->drain_ref = 0;
+  if (abort) {
+    c->keepalive = 0;
+    if (c->state != LS_CONN_CLOSING)
+      ls__conn_close(c);
+  } else if (c->state != LS_CONN_CLOSING && !c->is_head &&
+             (c->keepalive || c->parser.http_minor > 0)) {
+    uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);
+    if (ls__conn_write(c, &b, 1) != 0)
+      ls__conn_close(c);
+  }
+  conn_request_done(c);
+  return 0;
+}
+
+
 /* release(conn): Lua is done with a request it will not answer (its client
  * went away). */
 int ls__lua_release(lua_State *L) {
@@ -606,75 +783,4 @@ int ls__lua_peer(lua_State *L) {
     lua_pushinteger(L, ntohs(((struct sockaddr_in *)&addr)->sin_port));
   }
   return 2;
-}
-
-
-/* ---- graceful shutdown -------------------------------------------------- */
-
-static uv_loop_t *signal_loop;
-
-/* Stop the loop once no listener and no connection is left. */
-static void shutdown_check_done(void) {
-  if (!shutting_down)
-    return;
-  for (ls_server_t *s = servers; s; s = s->next_server)
-    if (s->listening || s->conns)
-      return;
-  uv_stop(signal_loop);
-}
-
-
-static void on_drain_timeout(uv_timer_t *t) {
-  (void)t;
-  ls__log("warn", "drain timeout: closing connections with requests in flight");
-  for (ls_server_t *s = servers; s; s = s->next_server)
-    while (s->conns)
-      ls__conn_close(s->conns);
-  shutdown_check_done();
-}
-
-
-static void on_signal(uv_signal_t *h, int signum) {
-  if (shutting_down) {   /* a second Ctrl+C: do not wait any longer */
-    on_drain_timeout(NULL);
-    return;
-  }
-  shutting_down = 1;
-  ls__log("info", "%s: shutting down, finishing requests in flight",
-          signum == SIGINT ? "SIGINT" : "SIGTERM");
-  for (ls_server_t *s = servers; s; s = s->next_server) {
-    s->draining = 1;
-    server_stop_listening(s);
-    ls_conn_t *c = s->conns, *next;
-    for (; c; c = next) {
-      next = c->next;
-      if (c->state == LS_CONN_IDLE && c->pending.len == 0)
-        ls__conn_close(c);
-    }
-  }
-  uv_timer_start(&drain_timer, on_drain_timeout,
-                 (uint64_t)(uintptr_t)h->data, 0);
-  shutdown_check_done();
-}
-
-
-/* shutdown_on_signals(drain_ms): SIGINT/SIGTERM stop accepting, wait up to
- * drain_ms for requests in flight, then stop the loop (run() returns). */
-int ls__lua_shutdown_on_signals(lua_State *L) {
-  ls_runtime_t *rt = ls__runtime(L);
-  uint64_t ms = (uint64_t)luaL_checknumber(L, 1);
-  if (signals_on)
-    return 0;
-  signal_loop = rt->loop;
-  uv_signal_init(rt->loop, &sig_int);
-  uv_signal_init(rt->loop, &sig_term);
-  uv_timer_init(rt->loop, &drain_timer);
-  sig_int.data = sig_term.data = (void *)(uintptr_t)ms;
-  uv_signal_start(&sig_int, on_signal, SIGINT);
-  uv_signal_start(&sig_term, on_signal, SIGTERM);
-  uv_unref((uv_handle_t *)&sig_int);
-  uv_unref((uv_handle_t *)&sig_term);
-  uv_unref((uv_handle_t *)&drain_timer);
-  signals_on = 1;
-  return 0;
 }

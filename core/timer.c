@@ -66,6 +66,9 @@ int ls__lua_timer(lua_State *L) {
   ud->t = t;
   lua_pushvalue(L, 2);
   t->target_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  /* Count from now, not from the loop's cached time: a handler that
+   * computed for a while before sleeping must still sleep the full time. */
+  uv_update_time(rt->loop);
   uv_timer_start(&t->handle, timer_on_fire, (uint64_t)(ms + 0.5), 0);
   return 1;
 }

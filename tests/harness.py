@@ -3,9 +3,12 @@ port, wait until it answers, talk raw HTTP over sockets, stop it by pid.
 
 Every server listens on 127.0.0.1; every wait has a deadline."""
 import os
+import re
+import resource
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,28 +24,56 @@ def free_port():
 class Server:
     """A luaserve process serving `app` (a folder or .lua file)."""
 
-    def __init__(self, app, *args, env=None, port=None, wait=True):
+    def __init__(self, app, *args, env=None, port=None, wait=True, port_flags=True):
+        """port_flags=False: no --host/--port flags (set them through env;
+        `port` still names where to wait for the server)."""
         self.port = port or free_port()
-        self.args = [LUASERVE, app, "--host", "127.0.0.1", "--port", str(self.port)] + list(args)
+        flags = ["--host", "127.0.0.1", "--port", str(self.port)] if port_flags else []
+        self.args = [LUASERVE, app] + flags + list(args)
         e = dict(os.environ)
         e.update(env or {})
+        # stderr goes to a file, not a pipe: a busy access log never blocks
+        # the server on a full pipe, and tests read it while it runs.
+        self.errfile = tempfile.TemporaryFile()
+        self.outfile = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(self.args, cwd=ROOT, env=e,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                     stdout=self.outfile, stderr=self.errfile)
         if wait:
             self.wait_ready()
+
+    def log(self):
+        """Everything the server wrote on stderr so far."""
+        if self.errfile.closed:   # stopped: the text was kept
+            return self.final_log
+        self.errfile.seek(0)
+        return self.errfile.read().decode(errors="replace")
+
+    def wait_log(self, pattern, timeout=5.0):
+        """Wait until stderr matches the regex `pattern`; return the match
+        (None after the timeout). Access lines are flushed every 100 ms."""
+        deadline = time.time() + timeout
+        while True:
+            m = re.search(pattern, self.log())
+            if m or time.time() >= deadline:
+                return m
+            time.sleep(0.05)
+
+    def alive(self):
+        return self.proc.poll() is None
 
     def wait_ready(self, timeout=10.0):
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                out, err = self.proc.communicate()
-                raise RuntimeError("luaserve exited %s: %s" % (self.proc.returncode, err.decode(errors="replace")))
+                raise RuntimeError("luaserve exited %s: %s" % (self.proc.returncode, self.log()))
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError("luaserve did not start on port %d" % self.port)
+        self.proc.kill()
+        self.proc.wait()
+        raise RuntimeError("luaserve did not start on port %d: %s" % (self.port, self.log()))
 
     def connect(self, timeout=5.0):
         s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
@@ -57,24 +88,205 @@ class Server:
             return read_until_close(s, timeout)
 
     def stop(self, sig=signal.SIGTERM, timeout=15.0):
-        """Stop by pid; return (exit status, stderr text)."""
+        """Stop by pid; return (exit status, stderr text). Raises
+        AssertionError when the sanitizer build reported an error."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            out, err = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
-        return self.proc.returncode, err.decode(errors="replace")
+            self.proc.wait()
+        err = self.log()
+        if not self.errfile.closed:
+            self.final_log = err
+            self.errfile.close()
+            self.outfile.close()
+        check_sanitizer(self.proc.returncode, err)
+        return self.proc.returncode, err
+
+    def wait(self, timeout=15.0):
+        """Wait for the process to exit on its own (after a signal the test
+        sent: a second one could cut its clean-up short); return (exit
+        status, stderr text) like stop()."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        return self.stop()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        if self.proc.poll() is None:
-            self.stop()
+        self.stop()
+
+
+# What ASan, LSan and UBSan print, and the exit statuses tests/run gives
+# them (ASAN_OPTIONS exitcode=86, UBSAN_OPTIONS exitcode=87).
+SANITIZER_REPORT = re.compile(r"ERROR: (Address|Leak)Sanitizer|"
+                              r"\.[ch]:\d+:\d+: runtime error:")
+SANITIZER_EXIT = (86, 87)
+
+
+def check_sanitizer(status, stderr):
+    """Raise AssertionError if a sanitizer build reported an error."""
+    m = SANITIZER_REPORT.search(stderr)
+    if m or status in SANITIZER_EXIT:
+        start = m.start() if m else max(0, len(stderr) - 3000)
+        raise AssertionError("sanitizer report (exit status %s):\n%s"
+                             % (status, stderr[start:start + 3000]))
+
+
+def run_cli(args, env=None, timeout=15.0):
+    """Run `luaserve ARGS` to completion: (exit status, stdout, stderr).
+    Sanitizer reports fail the caller."""
+    e = dict(os.environ)
+    e.update(env or {})
+    p = subprocess.run([LUASERVE] + list(args), cwd=ROOT, env=e,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=timeout)
+    err = p.stderr.decode(errors="replace")
+    check_sanitizer(p.returncode, err)
+    return p.returncode, p.stdout.decode(errors="replace"), err
+
+
+def raise_nofile(n):
+    """Raise this process's open-file limit to at least n (children inherit
+    it) where the hard limit allows; return the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < n:
+        want = n if hard == resource.RLIM_INFINITY else min(n, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
+    return soft
+
+
+class Response:
+    """A parsed HTTP response: status, reason, version, headers (lower-case
+    names; repeated ones joined with ", "), body bytes, head (raw bytes)."""
+
+    def __init__(self, status, reason, version, headers, body, head):
+        self.status, self.reason, self.version = status, reason, version
+        self.headers, self.body, self.head = headers, body, head
+
+    def json(self):
+        import json
+        return json.loads(self.body.decode())
+
+    def __repr__(self):
+        return "<Response %d %r>" % (self.status, self.body[:80])
+
+
+class Client:
+    """One client connection with a read buffer, so that several responses
+    (keep-alive, pipelining) are read one at a time off the same socket."""
+
+    def __init__(self, port, timeout=5.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.timeout = timeout
+        self.buf = b""
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def request(self, method, path, headers=None, body=b"", version="1.1"):
+        """Send one request; Host is added, Content-Length when there is a
+        body. headers: list of (name, value)."""
+        headers = list(headers or [])
+        if not any(k.lower() == "host" for k, _ in headers):
+            headers.insert(0, ("Host", "test"))
+        if body and not any(k.lower() in ("content-length", "transfer-encoding")
+                            for k, _ in headers):
+            headers.append(("Content-Length", str(len(body))))
+        head = "%s %s HTTP/%s\r\n" % (method, path, version)
+        head += "".join("%s: %s\r\n" % kv for kv in headers) + "\r\n"
+        self.send(head.encode("latin-1") + body)
+
+    def _fill(self):
+        b = self.sock.recv(65536)
+        if not b:
+            raise ConnectionError("closed by the server; read so far: %r" % self.buf[:200])
+        self.buf += b
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            self._fill()
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _take(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def response(self, head=False, timeout=None):
+        """Read one response (Content-Length, chunked or until close). For a
+        HEAD request pass head=True: no body follows the headers."""
+        self.sock.settimeout(timeout or self.timeout)
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        raw, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = raw.decode("latin-1").split("\r\n")
+        version, status, reason = (lines[0].split(" ", 2) + [""])[:3]
+        headers = {}
+        for line in lines[1:]:
+            k, v = line.split(":", 1)
+            k, v = k.strip().lower(), v.strip()
+            headers[k] = headers[k] + ", " + v if k in headers else v
+        status = int(status)
+        if head or status < 200 or status in (204, 304):
+            body = b""
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                size = int(self._line().split(b";")[0], 16)
+                if size == 0:
+                    while self._line() != b"":
+                        pass
+                    break
+                body += self._take(size)
+                self._take(2)
+        elif "content-length" in headers:
+            body = self._take(int(headers["content-length"]))
         else:
-            self.proc.communicate()
+            body = self.read_until_close()
+        return Response(status, reason, version, headers, body, raw + b"\r\n\r\n")
+
+    def read_until_close(self, timeout=None):
+        data = self.buf + read_until_close(self.sock, timeout or self.timeout)
+        self.buf = b""
+        return data
+
+    def wait_closed(self, timeout=5.0):
+        """Wait for the server to close: True if it did within timeout (any
+        bytes that came first are kept in self.buf), False otherwise."""
+        deadline = time.time() + timeout
+        while True:
+            left = deadline - time.time()
+            if left <= 0:
+                return False
+            self.sock.settimeout(left)
+            try:
+                b = self.sock.recv(65536)
+            except socket.timeout:
+                return False
+            except (ConnectionResetError, BrokenPipeError):
+                return True
+            if not b:
+                return True
+            self.buf += b
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def read_until_close(s, timeout=5.0):

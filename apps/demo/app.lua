@@ -93,6 +93,211 @@ app:get("/boom", function(req)
 end)
 
 
+-- ---- Waiting on another service: the HTTP client (luaserve.http) ------
+
+local http = require "luaserve.http"
+
+-- The upstream of /external, /fanout and /throttled: $LUASERVE_UPSTREAM (a
+-- full URL), else this demo's own /slow?ms=100 (on the port the request
+-- came in on).
+local UPSTREAM = os.getenv("LUASERVE_UPSTREAM")
+
+local function own_url(req, path)
+  local port = (req.headers.host or ""):match(":(%d+)$") or "80"
+  return "http://127.0.0.1:" .. port .. path
+end
+
+local function upstream_url(req)
+  if UPSTREAM and UPSTREAM ~= "" then return UPSTREAM end
+  return own_url(req, "/slow?ms=100")
+end
+
+
+-- One upstream call: while it waits, the loop serves other requests.
+app:get("/external", function(req)
+  local url = upstream_url(req)
+  local t0 = hrtime()
+  local res, err = await(http.get(url))
+  if not res then
+    return 502, { detail = "upstream failed: " .. err, upstream = url }
+  end
+  return { upstream = url, status = res.status, elapsed_ms = ms_since(t0),
+    body = res:json() or res.body }
+end)
+
+
+-- Three upstream calls gathered take the longest wait, not the sum of the
+-- waits; the same three one after another take the sum.
+app:get("/fanout", function(req)
+  local url = upstream_url(req)
+  local t0 = hrtime()
+  local a, err = await(gather(http.get(url), http.get(url), http.get(url)))
+  if not a then return 502, { detail = "upstream failed: " .. err } end
+  local gathered_ms = ms_since(t0)
+  t0 = hrtime()
+  for _ = 1, 3 do
+    local res, serr = await(http.get(url))
+    if not res then return 502, { detail = "upstream failed: " .. serr } end
+  end
+  return { upstream = url, calls = 3, gathered_ms = gathered_ms,
+    sequential_ms = ms_since(t0) }
+end)
+
+
+-- A Semaphore shared by every request bounds the calls in flight to the
+-- upstream (protect a service that can take only so much): six calls, two
+-- at a time, take three rounds.
+local UPSTREAM_LIMIT = 2
+local upstream_slots = luaserve.Semaphore(UPSTREAM_LIMIT)
+local in_flight, most_in_flight = 0, 0
+
+app:get("/throttled", function(req)
+  local url = upstream_url(req)
+  local t0 = hrtime()
+  local calls = {}
+  for i = 1, 6 do
+    calls[i] = luaserve.spawn(function()
+      return upstream_slots:run(function()
+        in_flight = in_flight + 1
+        if in_flight > most_in_flight then most_in_flight = in_flight end
+        local res, err = await(http.get(url))
+        in_flight = in_flight - 1
+        return res and res.status, err
+      end)
+    end)
+  end
+  local s1, err = await(gather(unpack(calls)))
+  if not s1 then return 502, { detail = "upstream failed: " .. err } end
+  return { calls = #calls, limit = UPSTREAM_LIMIT,
+    most_in_flight = most_in_flight, elapsed_ms = ms_since(t0) }
+end)
+
+
+-- wait_for bounds an upstream call: a 2 s upstream given 0.2 s answers 504,
+-- and the call is aborted (its connection closed, not pooled).
+app:get("/upstream-timeout", function(req)
+  local res, err = await(wait_for(http.get(own_url(req, "/slow?ms=2000")), 0.2))
+  if err == "timeout" then
+    return 504, { detail = "the upstream took longer than 0.2 s" }
+  end
+  if not res then return 502, { detail = "upstream failed: " .. err } end
+  return { status = res.status }
+end)
+
+
+-- ---------------------------------------------------------------------------
+-- Sync functions: run on the thread pool, each pool thread with its own Lua
+-- state holding this app, in parallel on every core. The loop stays free.
+
+local sync, shared = luaserve.sync, luaserve.shared
+local is_pool_state = require("luaserve.core").is_pool_state
+local bit = require "bit"
+local bxor, band, rshift, lshift = bit.bxor, bit.band, bit.rshift, bit.lshift
+
+
+local function ms_param(req, default, max)
+  local ms = tonumber(req.query.ms) or default
+  if ms < 0 or ms > max then
+    luaserve.raise(422, ("ms must be from 0 to %d"):format(max))
+  end
+  return ms
+end
+
+
+-- Naive recursive Fibonacci: CPU work with nothing to wait for.
+local function fib(n)
+  if n < 2 then return n end
+  return fib(n - 1) + fib(n - 2)
+end
+
+
+-- Busy for ms milliseconds: a stand-in for any call that holds its thread
+-- (a blocking driver, os.execute, a long computation).
+local function block_for(ms)
+  local t0 = hrtime()
+  while (hrtime() - t0) * 1000 < ms do end
+end
+
+
+-- A deterministic CPU job of about 200 ms: a 21x21 "QR-like" matrix drawn
+-- from the text by many rounds of xorshift (a stand-in for a real QR
+-- encoder, which is just as CPU-bound).
+local QR_SIZE, QR_ROUNDS = 21, 270000
+local function render_qr(text)
+  local x = 2166136261
+  for i = 1, #text do x = bxor(x * 33, text:byte(i)) end
+  local rows = {}
+  for r = 1, QR_SIZE do
+    local row = {}
+    for c = 1, QR_SIZE do
+      for _ = 1, QR_ROUNDS do
+        x = bxor(x, lshift(x, 13))
+        x = bxor(x, rshift(x, 17))
+        x = bxor(x, lshift(x, 5))
+      end
+      row[c] = band(x, 1) == 1 and "#" or " "
+    end
+    rows[r] = table.concat(row)
+  end
+  return { text = text, size = QR_SIZE, rows = rows }
+end
+local render_qr_on_pool = sync(render_qr)   -- marked at module level
+
+
+-- A sync handler: the whole request runs on a pool thread.
+app:get("/sync", sync(function(req)
+  return { style = "sync", pool_thread = is_pool_state() }
+end))
+
+
+-- CPU work on the pool: two of these run at once on two cores, and the
+-- loop keeps answering everything else meanwhile.
+app:get("/cpu", sync(function(req)
+  local n = tonumber(req.query.n) or 25
+  if n < 0 or n > 40 or n % 1 ~= 0 then luaserve.raise(422, "n must be a whole number from 0 to 40") end
+  return { n = n, fib = fib(n) }
+end))
+
+
+-- The seeds' exercise: a 200 ms CPU job, correctly marked sync.
+app:get("/qr", sync(function(req)
+  return render_qr(req.query.text or "luaserve")
+end))
+
+
+-- DON'T: a blocking call in an async handler freezes the loop, so every
+-- other request waits until it is over (try /async meanwhile).
+app:get("/blocking-async", function(req)
+  local ms = ms_param(req, 500, 10000)
+  block_for(ms)
+  return { blocked_ms = ms, where = "the event loop: everyone waited" }
+end)
+
+
+-- DO: the same blocking call in a sync handler holds one pool thread; the
+-- loop serves other requests meanwhile.
+app:get("/blocking-sync", sync(function(req)
+  local ms = ms_param(req, 500, 10000)
+  block_for(ms)
+  return { blocked_ms = ms, where = "a pool thread: the loop stayed free" }
+end))
+
+
+-- An async handler that offloads one step: await a sync function's future.
+app:get("/offload", function(req)
+  local t0 = hrtime()
+  local qr, err = await(render_qr_on_pool(req.query.text or "luaserve"))
+  if not qr then luaserve.raise(503, err) end
+  return { text = qr.text, rows = qr.rows, elapsed_ms = ms_since(t0) }
+end)
+
+
+-- One counter for every state and thread: luaserve.shared.
+app:get("/counter", function(req)
+  return { count = shared.incr("demo:counter", 1, 0) }
+end)
+
+
 app:get("/", function(req)
   local routes = {}
   for _, r in ipairs(app.routes) do routes[#routes + 1] = r.method .. " " .. r.path end

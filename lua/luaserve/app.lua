@@ -8,7 +8,9 @@
 -- Templates: `{name}` one segment (a string), `{name:int}`, `{name:number}`,
 -- `{name:path}` (the rest of the path, slashes included). Static paths are
 -- found by one table look-up; templates are tried in the order they were
--- added. A typed parameter that does not convert answers 422.
+-- added, and one whose method or typed parameters do not fit lets the next
+-- try. A typed parameter that does not convert (and no other route takes
+-- the request) answers 422; a path with routes for other methods, 405.
 
 local setmetatable = setmetatable
 local type = type
@@ -76,32 +78,37 @@ local type_errors = {
 }
 
 
--- "/users/{id:int}/x" -> Lua pattern, names, types
+-- "/users/{id:int}/x" -> Lua pattern, names, types. Errors are raised at
+-- the level of route()'s caller.
 local function compile(template)
-  if type(template) ~= "string" or template:sub(1, 1) ~= "/" then
-    error("route: the path must be a string starting with '/'", 4)
-  end
-  local names, types = {}, {}
+  local names, types, seen = {}, {}, {}
   local pat = { "^" }
   local pos = 1
   while true do
     local s, e, body = find(template, "{([^}]*)}", pos)
     local lit = template:sub(pos, (s or 0) - 1)
     if not s then lit = template:sub(pos) end
+    if find(lit, "[{}]") then
+      error(("route %s: unbalanced '{' or '}'"):format(template), 3)
+    end
     pat[#pat + 1] = gsub(lit, "[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")
     if not s then break end
     local name, typ = match(body, "^([%a_][%w_]*):?(%a*)$")
     if not name then
-      error(("route %s: bad parameter '{%s}'"):format(template, body), 4)
+      error(("route %s: bad parameter '{%s}'"):format(template, body), 3)
     end
     typ = typ ~= "" and typ or "str"
     if not converters[typ] then
       error(("route %s: unknown parameter type '%s' (int, number, str, path)")
-        :format(template, typ), 4)
+        :format(template, typ), 3)
     end
     if typ == "path" and e ~= #template then
-      error(("route %s: {%s:path} must come last"):format(template, name), 4)
+      error(("route %s: {%s:path} must come last"):format(template, name), 3)
     end
+    if seen[name] then
+      error(("route %s: parameter '%s' appears twice"):format(template, name), 3)
+    end
+    seen[name] = true
     names[#names + 1] = name
     types[#types + 1] = typ
     pat[#pat + 1] = typ == "path" and "(.+)" or "([^/]+)"
@@ -119,7 +126,13 @@ function App:route(method, path, handler, opts)
       getmetatable(handler) and getmetatable(handler).__call) then
     error("route " .. tostring(path) .. ": the handler must be a function", 2)
   end
+  if type(path) ~= "string" or path:sub(1, 1) ~= "/" then
+    error("route: the path must be a string starting with '/'", 2)
+  end
   local methods = type(method) == "table" and method or { method }
+  if methods[1] == nil then
+    error("route " .. path .. ": no method given", 2)
+  end
   local route = {
     path = path,
     handler = handler,
@@ -135,10 +148,7 @@ function App:route(method, path, handler, opts)
       error("route " .. tostring(path) .. ": unknown method " .. tostring(m), 2)
     end
     local methods_of
-    if not find(path, "{", 1, true) then
-      if type(path) ~= "string" or path:sub(1, 1) ~= "/" then
-        error("route: the path must be a string starting with '/'", 2)
-      end
+    if not find(path, "[{}]") then
       methods_of = self.static[path]
       if not methods_of then methods_of = {} self.static[path] = methods_of end
     else
@@ -146,9 +156,20 @@ function App:route(method, path, handler, opts)
       if not entry then
         local pattern, names, types = compile(path)
         entry = { template = path, pattern = pattern, names = names,
-                  types = types, methods = {} }
+                  types = types, methods = {},
+                  shape = pattern .. " " .. concat(types, ",") }
         self.by_template[path] = entry
         self.dynamic[#self.dynamic + 1] = entry
+      end
+      -- "/users/{id}" and "/users/{uid}" match the same paths: the second
+      -- would never be reached.
+      local dyn = self.dynamic
+      for i = 1, #dyn do
+        local other = dyn[i]
+        if other ~= entry and other.shape == entry.shape and other.methods[m] then
+          error(("route %s %s is defined twice (as %s)")
+            :format(m, path, other.template), 2)
+        end
       end
       methods_of = entry.methods
     end
@@ -169,51 +190,79 @@ for _, m in ipairs(METHODS) do
 end
 
 
-local function allow_header(methods)
+-- The Allow header: a set of methods, with HEAD when GET is there.
+local function allow_header(allowed)
   local list = {}
-  for m in pairs(methods) do list[#list + 1] = m end
-  if methods.GET and not methods.HEAD then list[#list + 1] = "HEAD" end
+  for m in pairs(allowed) do list[#list + 1] = m end
+  if allowed.GET and not allowed.HEAD then list[#list + 1] = "HEAD" end
   sort(list)
   return concat(list, ", ")
 end
 
 
+-- The route for method among a path's routes (a GET route serves HEAD).
+local function pick(methods, method)
+  local route = methods[method]
+  if route == nil and method == "HEAD" then route = methods.GET end
+  return route
+end
+
+
+local function add_methods(set, methods)
+  set = set or {}
+  for m in pairs(methods) do set[m] = true end
+  return set
+end
+
+
 --- app:match(method, path): route, params; or nil, status, detail, headers
--- (404, 405 with Allow, or 422 with the parameter that did not convert).
+-- (404; 405 with Allow when the path matches but the method does not; 422
+-- with the parameter that did not convert). A static path is looked up
+-- first, then templates in the order they were added: one whose method
+-- does not match, or whose parameters do not convert, lets the next try.
 function App:match(method, path)
+  local allowed, unconverted
   local methods = self.static[path]
-  local params
-  if methods == nil then
-    local dyn = self.dynamic
-    for i = 1, #dyn do
-      local e = dyn[i]
-      local caps = { match(path, e.pattern) }
-      if caps[1] ~= nil then
-        params = {}
+  if methods ~= nil then
+    local route = pick(methods, method)
+    if route then return route, nil end
+    allowed = add_methods(allowed, methods)
+  end
+  local dyn = self.dynamic
+  for i = 1, #dyn do
+    local e = dyn[i]
+    local caps = { match(path, e.pattern) }
+    if caps[1] ~= nil then
+      local route = pick(e.methods, method)
+      if route == nil then
+        allowed = add_methods(allowed, e.methods)
+      else
+        local params = {}
         for j = 1, #e.names do
           local typ = e.types[j]
           local raw = caps[j]
           local v = converters[typ](raw)
           if v == nil then
-            local te = type_errors[typ]
-            return nil, 422, { {
-              type = te[1], loc = { "path", e.names[j] }, msg = te[2], input = raw,
-            } }
+            if unconverted == nil then
+              local te = type_errors[typ]
+              unconverted = { {
+                type = te[1], loc = { "path", e.names[j] }, msg = te[2], input = raw,
+              } }
+            end
+            params = nil
+            break
           end
           params[e.names[j]] = v
         end
-        methods = e.methods
-        break
+        if params then return route, params end
       end
     end
-    if methods == nil then return nil, 404, "Not Found" end
   end
-  local route = methods[method]
-  if route == nil and method == "HEAD" then route = methods.GET end
-  if route == nil then
-    return nil, 405, "Method Not Allowed", { Allow = allow_header(methods) }
+  if unconverted then return nil, 422, unconverted end
+  if allowed then
+    return nil, 405, "Method Not Allowed", { Allow = allow_header(allowed) }
   end
-  return route, params
+  return nil, 404, "Not Found"
 end
 
 

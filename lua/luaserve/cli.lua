@@ -24,6 +24,10 @@ local OPTIONS = {
   { "max-header-bytes", "bytes", 16384, "largest request line + headers (431 beyond)" },
   { "max-headers", "count", 100, "most header fields in a request (431 beyond)" },
   { "backlog", "count", 1024, "listen backlog" },
+  { "threads", "count", 0, "sync pool threads (0: one per core)" },
+  { "pool-queue", "count", 128, "sync jobs waiting for a thread before 503 / \"pool full\"" },
+  { "pool-nice", "count", 5, "how much lower the pool threads' priority is than the loop's (0-19)" },
+  { "shared-size", "bytes", 64 * 1024 * 1024, "capacity of luaserve.shared in bytes" },
 }
 M.OPTIONS = OPTIONS
 
@@ -161,12 +165,18 @@ function M.load_app(path)
       :format(path)
   end
   local dir = file:match("^(.*)/[^/]*$") or "."
-  package.path = dir .. "/?.lua;" .. dir .. "/?/init.lua;" .. package.path
+  local dir_path = dir .. "/?.lua;" .. dir .. "/?/init.lua;"
+  if package.path:sub(1, #dir_path) ~= dir_path then   -- pool states have it
+    package.path = dir_path .. package.path
+  end
   local chunk, err = loadfile(file)
   if not chunk then
     if not io.open(file, "r") then return nil, file .. ": no such file" end
     return nil, err
   end
+  -- sync() may be called while the app's code runs (luaserve.sync).
+  local sync = require "luaserve.sync"
+  sync.begin_load()
   local ok, app = xpcall(chunk, function(e)
     -- The message names file and line; add where in the app file it came
     -- from when the error was raised deeper down.
@@ -180,6 +190,7 @@ function M.load_app(path)
     end
     return msg
   end)
+  sync.end_load(ok and app or nil)
   if not ok then return nil, app end
   if not app_mod.is_app(app) then
     return nil, ("%s: must return an app (luaserve.app()), got %s")
@@ -194,13 +205,14 @@ local function serve(args)
   if opts == nil then return app_path end
   local log = require "luaserve.log"
   log.set_level(opts["log-level"])
+  core.shared_configure(opts["shared-size"])
   local app, err = M.load_app(app_path)
   if not app then
     io.stderr:write("luaserve: cannot load app: ", err, "\n")
     return 2
   end
   local server = require "luaserve.server"
-  local srv, lerr = server.serve(app, {
+  local ok, srv, lerr = pcall(server.serve, app, {
     host = opts.host,
     port = opts.port,
     access_log = not opts["no-access-log"] and log.LEVELS[opts["log-level"]] <= log.LEVELS.info,
@@ -212,14 +224,33 @@ local function serve(args)
     limit_concurrency = opts["limit-concurrency"],
     backlog = opts.backlog,
   })
+  if not ok then   -- an option value the core refuses (--host localhost)
+    io.stderr:write("luaserve: ", (tostring(srv):gsub("^[^\n]-:%d+: ", "")), "\n")
+    return 2
+  end
   if not srv then
     io.stderr:write(("luaserve: cannot listen on %s port %d: %s\n")
       :format(opts.host, opts.port, lerr))
     return 1
   end
+  -- The pool, if the app marked any function sync: each thread loads the
+  -- app. Once listening works (a port in use loads nothing more); no
+  -- request is dispatched before core.run().
+  local pooled, perr = require("luaserve.sync").start_pool(app, app_path, {
+    threads = opts.threads, queue = opts["pool-queue"], nice = opts["pool-nice"],
+    log_level = opts["log-level"] })
+  if pooled == nil then
+    srv:close()
+    io.stderr:write("luaserve: cannot start the sync pool: ", perr, "\n")
+    return 2
+  end
   local host, port = srv:address()
   io.stderr:write(("luaserve %s serving %s on http://%s:%d (Ctrl+C to quit)\n")
     :format(VERSION, app_path, host:find(":") and "[" .. host .. "]" or host, port))
+  if pooled then
+    local st = core.pool_stats()
+    log.info(("sync pool: %d threads, queue %d"):format(st.threads, st.queue_max))
+  end
   core.shutdown_on_signals(opts["timeout-graceful-shutdown"] * 1000)
   core.run()
   log.flush()
@@ -244,6 +275,8 @@ local function run_catching_exit(fn)
   io.stdout:flush()
   if ok then return 0 end
   if type(err) == "table" and err[EXIT] then return tonumber(err[EXIT]) or 1 end
+  -- busted ends a failed run with error() (no message): it printed why.
+  if err == nil then return 1 end
   io.stderr:write("luaserve: ", tostring(err), "\n")
   return 1
 end

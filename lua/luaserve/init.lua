@@ -30,6 +30,12 @@ M.resolved = future.resolved
 M.is_future = future.is_future
 M.on_cancel = future.on_cancel
 
+-- the thread pool and what every state shares
+local sync = require "luaserve.sync"
+M.sync = sync.sync
+M.shared = require "luaserve.shared"
+M.pool = { stats = require("luaserve.core").pool_stats }
+
 -- responses and errors
 M.HTTPError = errors.new
 M.Response = response.new

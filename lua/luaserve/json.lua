@@ -1,7 +1,9 @@
 -- luaserve.json: JSON through lua-cjson, with a null and empty arrays that
 -- round-trip. cjson alone decodes `[]` and `{}` to the same empty table and
 -- encodes it as `{}`; here `[]` decodes to a table marked as an array
--- (json.array_mt) and such a table encodes as `[]`.
+-- (json.array_mt) and such a table encodes as `[]`. Integers are written
+-- with all their digits (cjson keeps 14 significant ones: 1e14 and above
+-- would come out as 1.2345678901235e+15).
 
 local cjson = require "cjson"
 
@@ -9,6 +11,8 @@ local encode = cjson.new().encode   -- its own settings, not the global's
 local decode_instance = cjson.new()
 local decode = decode_instance.decode
 local find = string.find
+local gsub = string.gsub
+local format = string.format
 local getmetatable = getmetatable
 local setmetatable = setmetatable
 local next = next
@@ -33,39 +37,78 @@ M.empty_array = M.array({})
 
 local EMPTY_ARRAY = "\0luaserve-empty-array\0"
 local EMPTY_ARRAY_JSON = '"\\u0000luaserve-empty-array\\u0000"'
+local EMPTY_ARRAY_PATTERN = EMPTY_ARRAY_JSON:gsub("%p", "%%%0")   -- for gsub
+local BIG_INT = "\0luaserve-int:"          -- .. digits .. "\0"
+local BIG_INT_PATTERN = '"\\u0000luaserve%-int:(%-?%d+)\\u0000"'
 
 
--- Does v hold an empty table marked as an array? (depth-first, cheap)
-local function has_empty_array(v, depth)
-  if depth > 100 then return false end
+-- An integer that cjson would write with too few digits.
+local function big_int(x)
+  return (x >= 1e14 or x <= -1e14) and x <= 2 ^ 63 and x >= -2 ^ 63 and x % 1 == 0
+end
+
+
+-- Does v hold an empty table marked as an array, or a big integer?
+-- (depth-first; each table looked at once, so shared tables and cycles
+-- cost nothing more)
+local function needs_placeholders(v, seen)
   if getmetatable(v) == M.array_mt and next(v) == nil then return true end
+  seen[v] = true
   for _, x in pairs(v) do
-    if type(x) == "table" and has_empty_array(x, depth + 1) then return true end
+    local t = type(x)
+    if t == "table" then
+      if not seen[x] and needs_placeholders(x, seen) then return true end
+    elseif t == "number" and big_int(x) then
+      return true
+    end
   end
   return false
 end
 
 
--- A copy of v with each marked empty array replaced by the placeholder.
-local function with_placeholders(v, depth)
+-- A copy of v with each marked empty array and each big integer replaced
+-- by a placeholder string. A table inside itself (on_path) is left as is:
+-- cjson then raises on it.
+local function with_placeholders(v, on_path)
   if getmetatable(v) == M.array_mt and next(v) == nil then return EMPTY_ARRAY end
-  if depth > 100 then return v end
+  if on_path[v] then return v end
+  on_path[v] = true
   local out = {}
   for k, x in pairs(v) do
-    out[k] = type(x) == "table" and with_placeholders(x, depth + 1) or x
+    local t = type(x)
+    if t == "table" then
+      x = with_placeholders(x, on_path)
+    elseif t == "number" and big_int(x) then
+      x = BIG_INT .. format("%.0f", x) .. "\0"
+    end
+    out[k] = x
   end
+  on_path[v] = nil
   return out
 end
 
 
+-- cjson 2.1.0 writes "/" as "\/": valid, but noisy ("\/users\/{id}") and
+-- unlike every other server. cjson writes "\/" only for a "/" (a backslash
+-- is "\\"), so turning each "\/" back into "/" is exact.
+local function unescape_slashes(s)
+  if find(s, "\\/", 1, true) then return (gsub(s, "\\/", "/")) end
+  return s
+end
+
+
 --- encode(v): a JSON string, or raises on what JSON cannot hold
--- (functions, userdata, cycles, sparse arrays).
+-- (functions, userdata, cycles, sparse arrays, NaN and infinities).
 function M.encode(v)
-  if type(v) == "table" and has_empty_array(v, 0) then
-    local s = encode(with_placeholders(v, 0))
-    return (s:gsub(EMPTY_ARRAY_JSON, "[]"))
+  local t = type(v)
+  if t == "table" and needs_placeholders(v, {}) then
+    local s = encode(with_placeholders(v, {}))
+    s = gsub(s, EMPTY_ARRAY_PATTERN, "[]")
+    return unescape_slashes((gsub(s, BIG_INT_PATTERN, "%1")))
+  elseif t == "number" and big_int(v) then
+    return format("%.0f", v)
   end
-  return encode(v)
+  return unescape_slashes(encode(v))
 end
 
 

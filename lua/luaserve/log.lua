@@ -39,6 +39,17 @@ end
 local flush = M.flush
 
 
+--- set_output(f): write the lines to f (anything with :write, e.g. a
+-- file, or a table that collects them in a spec); nil: back to stderr.
+-- Returns the previous output.
+function M.set_output(f)
+  flush()
+  local prev = stderr
+  stderr = f or io.stderr
+  return prev
+end
+
+
 local function line(level, msg)
   if LEVELS[level] < threshold then return end
   flush()

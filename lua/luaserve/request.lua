@@ -129,6 +129,12 @@ function M.new(conn, method, target, headers, body)
   local q = find(target, "?", 1, true)
   local path, qs = target, nil
   if q then path, qs = sub(target, 1, q - 1), sub(target, q + 1) end
+  if sub(path, 1, 1) ~= "/" then
+    -- absolute-form (RFC 9112 3.2.2, "GET http://host/x"): the path is what
+    -- follows the authority; "*" (OPTIONS) and the rest stay as they are
+    local rest = path:match("^[%a][%w+.-]*://[^/]*(.*)$")
+    if rest then path = rest ~= "" and rest or "/" end
+  end
   if find(path, "%", 1, true) then path = gsub(path, "%%(%x%x)", hex_char) end
   return setmetatable({
     method = method,

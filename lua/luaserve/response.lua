@@ -2,7 +2,7 @@
 -- content type and headers.
 --   a table                 -> 200, JSON
 --   a string                -> 200, text/plain
---   nil                     -> 204, no body
+--   nil                     -> 204, no body (nil, err is an error: 500)
 --   status, body[, headers] -> that status; body as above
 --   luaserve.Response{...}  -> as given
 
@@ -27,6 +27,10 @@ M.Response = Response
 
 
 --- Response{status = 200, body = string|table, headers = {}, content_type = }
+-- or Response{stream = function(write) ... end, ...}: a streamed body.
+-- write(chunk) sends one chunk and gives true, or nil, "closed" once the
+-- client is gone; it yields while the client is slower than the stream
+-- (back-pressure), so a stream never piles up in memory.
 function M.new(t)
   if type(t) ~= "table" then error("Response: expected a table", 2) end
   return setmetatable(t, Response)
@@ -51,18 +55,37 @@ local function encode_body(body, headers)
 end
 
 
+-- Statuses that never carry a body (RFC 9110 6.4.1): one sent anyway would
+-- be read as the start of the next response on a keep-alive connection.
+local function bodyless(status)
+  return type(status) == "number" and (status < 200 or status == 204 or status == 304)
+end
+
+
 --- normalize(a, b, c): status, body, content_type (nil if the headers carry
--- one), headers, from a handler's return values.
+-- one), headers, stream (a streamed Response's function), from a handler's
+-- return values.
 function M.normalize(a, b, c)
   local ta = type(a)
   if ta == "string" then return 200, a, TEXT, nil end
   if ta == "table" then
     local mt = getmetatable(a)
     if mt == Response then
+      local stream = a.stream
+      if stream ~= nil then
+        if type(stream) ~= "function" then
+          error("Response: stream must be a function(write)", 0)
+        end
+        local headers = a.headers
+        local ctype = a.content_type or TEXT
+        if header_ctype(headers) then ctype = nil end
+        return a.status or 200, "", ctype, headers, stream
+      end
       local body, ctype = encode_body(a.body)
       local headers = a.headers
       if a.content_type then ctype = a.content_type end
       if header_ctype(headers) then ctype = nil end
+      if bodyless(a.status) then body = "" end
       return a.status or 200, body, ctype, headers
     end
     return 200, json.encode(a), JSON, nil
@@ -70,9 +93,16 @@ function M.normalize(a, b, c)
   if ta == "number" then
     local body, ctype = encode_body(b)
     if header_ctype(c) then ctype = nil end
+    if bodyless(a) then body = "" end
     return a, body, ctype, c
   end
-  if a == nil then return 204, "", nil, nil end
+  if a == nil then
+    -- `return await(f)` with f failed gives nil, err: a failure, not a 204.
+    if b ~= nil then
+      error("a handler returned nil, " .. tostring(b) .. " (a failure?)", 0)
+    end
+    return 204, "", nil, nil
+  end
   error("a handler returned a " .. ta .. ": return a table, a string, " ..
     "status, body or a Response", 0)
 end

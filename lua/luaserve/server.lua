@@ -23,6 +23,11 @@ local run_sync = sync.run_request
 local from_error = response.from_error
 local is_http_error = response.is_http_error
 local respond = core.respond
+local respond_start = core.respond_start
+local write_chunk = core.write_chunk
+local respond_end = core.respond_end
+local new_future = future.new
+local await = future.await
 local release = core.release
 local hrtime = core.hrtime
 local xpcall = xpcall
@@ -70,6 +75,47 @@ local function run_route(app, req, max_body_default)
 end
 
 
+-- A streamed response: the head, then what stream(write) writes, then the
+-- last chunk. The request stays abortable (in requests) until the end.
+-- Returns the body bytes written.
+local function send_stream(requests, req, status, ctype, headers, stream)
+  local conn = req._conn
+  local ok, started = pcall(respond_start, conn, status, ctype, headers)
+  if not ok then   -- a bad header table: nothing was sent yet
+    log_handler_error(req, req._route, started)
+    requests[conn] = nil
+    respond(conn, 500, INTERNAL_ERROR, JSON)
+    return 0
+  end
+  local nbytes = 0
+  local function write(data)
+    if type(data) ~= "string" then
+      error("write: expected a string, got " .. type(data), 2)
+    end
+    if requests[conn] ~= req then return nil, "closed" end
+    local f = new_future()
+    local done, werr = write_chunk(conn, data, f)
+    if done == nil then return nil, werr end
+    nbytes = nbytes + #data
+    if done then return true end
+    return await(f)   -- the socket is full: wait until it drains
+  end
+  local sok, serr = true, nil
+  if started then   -- else nil, "closed": the client is gone already
+    sok, serr = xpcall(stream, on_error, write)
+  end
+  if requests[conn] ~= req then return nbytes end   -- aborted meanwhile
+  requests[conn] = nil
+  if not sok then
+    -- The head is out: a 500 is no longer possible. Close without the last
+    -- chunk, so the client sees a cut body, not a whole one.
+    log_handler_error(req, req._route, serr)
+  end
+  respond_end(conn, not sok)
+  return nbytes
+end
+
+
 --- Build the function each request's task runs: match, handle, respond,
 -- log. It never raises: any error becomes a 500 (HTTPError its status).
 local function make_handler(app, opts)
@@ -80,8 +126,8 @@ local function make_handler(app, opts)
   return function(req)
     local conn = req._conn
     req._task = current()
-    local ok, status, body, ctype, headers = xpcall(run_route, on_error, app,
-      req, max_body_default)
+    local ok, status, body, ctype, headers, stream = xpcall(run_route,
+      on_error, app, req, max_body_default)
     if not ok then
       if is_http_error(status) then
         status, body, ctype, headers = from_error(status)
@@ -91,10 +137,15 @@ local function make_handler(app, opts)
       end
     end
     if requests[conn] ~= req then return end   -- aborted meanwhile
-    requests[conn] = nil
     -- The access line's client address: ask while the connection is open
     -- (respond may close it).
     if access_log then local _ = req.client end
+    if stream then
+      local nbytes = send_stream(requests, req, status, ctype, headers, stream)
+      if access_log then log.access(req, status, nbytes, hrtime() - req._t0) end
+      return
+    end
+    requests[conn] = nil
     local sent, err = pcall(respond, conn, status, body, ctype, headers,
       req._close)
     if not sent then   -- a bad header table: still answer

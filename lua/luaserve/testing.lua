@@ -13,12 +13,14 @@
 -- made outside a task runs the loop until its response is in.
 
 local future = require "luaserve.future"
+local http = require "luaserve.http"
 local json = require "luaserve.json"
-local request = require "luaserve.request"
 local server = require "luaserve.server"
 local tcp = require "luaserve.tcp"
 
 local await = future.await
+
+local MAX_BODY = 1024 * 1024 * 1024   -- the test client takes any body
 
 local M = {}
 
@@ -42,60 +44,50 @@ end
 
 
 --- client(app, opts): serve app on a free loopback port for this client.
--- opts are server options (max_body, limit_concurrency, ...).
+-- app is an app object, or the path of an app (a .lua file or a folder
+-- holding app.lua): then it is loaded as `luaserve APP` loads it and, if
+-- it marks functions sync, a pool is started whose threads load the same
+-- file (one pool at a time: a new one replaces the last; client:close()
+-- stops it). client.app is the app.
+-- opts are server options (max_body, limit_concurrency, ...) and the
+-- pool's: threads (default 2), pool_queue (default 64).
 function M.client(app, opts)
   opts = opts or {}
   local o = {}
   for k, v in pairs(opts) do o[k] = v end
+  local threads, queue = o.threads or 2, o.pool_queue or 64
+  o.threads, o.pool_queue = nil, nil
+  local pooled = false
+  if type(app) == "string" then
+    local path = app
+    local err
+    app, err = require("luaserve.cli").load_app(path)
+    if not app then error("testing.client: cannot load app: " .. err, 2) end
+    require("luaserve.core").pool_stop()
+    pooled, err = require("luaserve.sync").start_pool(app, path,
+      { threads = threads, queue = queue })
+    if pooled == nil then
+      error("testing.client: cannot start the sync pool: " .. err, 2)
+    end
+  end
   o.host, o.port = "127.0.0.1", 0
   if o.access_log == nil then o.access_log = false end
   local srv, err = server.serve(app, o)
   if not srv then error("testing.client: cannot listen: " .. tostring(err), 2) end
   local host, port = srv:address()
-  return setmetatable({ server = srv, host = host, port = port }, Client)
+  return setmetatable({ server = srv, host = host, port = port, app = app,
+    _pooled = pooled }, Client)
 end
 
 
--- Read one response off sock: status, headers, body (Content-Length,
--- chunked, or up to the close).
+-- Read one response off sock with the HTTP client's llhttp parser:
+-- Content-Length, chunked or close-delimited bodies; 1xx skipped.
 local function read_response(sock, method)
-  local line, err = await(sock:receive("*l"))
-  if not line then return nil, err end
-  local status = tonumber(line:match("^HTTP/1%.%d (%d%d%d)"))
-  if not status then return nil, "bad status line: " .. line end
-  local headers = setmetatable({}, request.headers_mt)
-  while true do
-    local h, herr = await(sock:receive("*l"))
-    if not h then return nil, herr end
-    if h == "" then break end
-    local name, value = h:match("^([^:]+):%s*(.-)%s*$")
-    if name then
-      name = name:lower()
-      headers[name] = headers[name] and headers[name] .. ", " .. value or value
-    end
-  end
-  if status == 100 then return read_response(sock, method) end
-  local body = ""
-  if method == "HEAD" or status == 204 or status == 304 then
-    body = ""
-  elseif headers["transfer-encoding"] == "chunked" then
-    local parts = {}
-    while true do
-      local size_line = await(sock:receive("*l"))
-      local size = size_line and tonumber(size_line:match("^%x+"), 16)
-      if not size then return nil, "bad chunk" end
-      if size == 0 then await(sock:receive("*l")) break end
-      parts[#parts + 1] = await(sock:receive(size))
-      await(sock:receive("*l"))
-    end
-    body = table.concat(parts)
-  elseif headers["content-length"] then
-    body, err = await(sock:receive(tonumber(headers["content-length"])))
-    if not body then return nil, err end
-  else
-    body = await(sock:receive("*a")) or ""
-  end
-  return setmetatable({ status = status, headers = headers, body = body }, Response)
+  local status, headers, body = http.read_response(sock, {
+    head = method == "HEAD", max_body = MAX_BODY })
+  if not status then return nil, headers end
+  return setmetatable({ status = status, headers = headers, body = body },
+    Response)
 end
 
 
@@ -116,7 +108,8 @@ local function do_request(self, method, path, opts)
   lines[#lines + 1] = "Connection: close"
   local raw = table.concat(lines, "\r\n") .. "\r\n\r\n" .. (body or "")
   local sock, err = await(tcp.connect(self.host, self.port,
-    { timeout = opts.timeout or 30, read_timeout = opts.timeout or 30 }))
+    { timeout = opts.timeout or 30, read_timeout = opts.timeout or 30,
+      reuse = false }))
   if not sock then return nil, err end
   local ok, serr = await(sock:send(raw))
   if not ok then sock:close() return nil, serr end
@@ -146,6 +139,10 @@ end
 --- client:close(): stop the server.
 function Client:close()
   self.server:close()
+  if self._pooled then
+    self._pooled = false
+    require("luaserve.core").pool_stop()
+  end
 end
 
 

@@ -1,0 +1,501 @@
+-- luaserve.http: an HTTP/1.1 client on the loop. Every call returns a
+-- future (a task, so gather, wait_for and Semaphore compose with it);
+-- await gives a response, or nil, err.
+--
+--   local res, err = await(http.get("http://127.0.0.1:9000/json"))
+--   if not res then return 502, { detail = err } end
+--   res.status, res.headers["Content-Type"], res.body, res:json()
+--
+-- err is short and machine-readable: "timeout", "connection refused",
+-- "dns: <reason>", "closed" (the peer closed or reset the connection
+-- before the response was complete), "too large" (over max_body or the
+-- header limit), "bad response: <reason>", "bad url: <url>", "https is not
+-- supported yet", "cancelled".
+--
+-- Timeouts (seconds, see M.DEFAULTS): connect_timeout (DNS and connect),
+-- send_timeout and read_timeout (each send, each wait for bytes), and
+-- timeout: the deadline of the whole call, redirects and the retry
+-- included. Connections are kept alive in a pool per host and port (the
+-- luaserve.tcp pool: keepalive_timeout seconds idle, at most pool_size idle
+-- connections per host and port); one goes back only after a complete
+-- response that allows it. A request that fails on a pooled connection
+-- before any byte of the response came back (the peer had closed it) is
+-- retried once on a new connection when its method is idempotent.
+-- Cancelling the future (wait_for expiring, gather failing, the request's
+-- client going away) closes the connection; it never returns to the pool.
+--
+-- Everything here runs in whichever Lua state calls it, on that state's
+-- loop (the main state, or a pool thread's own).
+
+local core = require "luaserve.core"
+local future = require "luaserve.future"
+local json = require "luaserve.json"
+local request_mod = require "luaserve.request"
+local tcp = require "luaserve.tcp"
+
+local await = future.await
+local resolved = future.resolved
+local spawn = future.spawn
+local on_cancel = future.on_cancel
+local now = core.now
+local new_parser = core.response_parser
+local headers_mt = request_mod.headers_mt
+local setmetatable = setmetatable
+local concat = table.concat
+local lower = string.lower
+local upper = string.upper
+local find = string.find
+local sub = string.sub
+local match = string.match
+local gsub = string.gsub
+local format = string.format
+local byte = string.byte
+local type = type
+local pairs = pairs
+local tostring = tostring
+local tonumber = tonumber
+local error = error
+
+local M = {}
+
+--- Defaults of every option; change a field to change it for the state.
+M.DEFAULTS = {
+  connect_timeout = 10,        -- s, DNS included
+  send_timeout = 30,           -- s, each send
+  read_timeout = 30,           -- s, each wait for bytes
+  timeout = 60,                -- s, the whole call
+  max_body = 10 * 1024 * 1024, -- bytes of response body; over it: "too large"
+  keepalive = true,            -- reuse connections
+  keepalive_timeout = 30,      -- s a pooled connection may stay idle
+  pool_size = 64,              -- idle connections kept per host and port
+  follow_redirects = 0,        -- redirects to follow (0: none)
+}
+
+M.USER_AGENT = "luaserve/" .. core.version
+
+local IDEMPOTENT = { GET = true, HEAD = true, OPTIONS = true, PUT = true,
+  DELETE = true, TRACE = true }
+local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true,
+  [308] = true }
+
+
+-- ---------------------------------------------------------------------------
+-- Responses
+
+local Response = {}
+Response.__index = Response
+Response.__name = "luaserve.http.Response"
+
+
+function Response.__tostring(r)
+  return format("luaserve.http.Response (%d, %d bytes)", r.status, #r.body)
+end
+
+
+--- res:json(): the body decoded, or nil, err when it is not JSON.
+function Response:json()
+  local v, err = json.decode(self.body)
+  if v == nil and err then return nil, "bad json: " .. tostring(err) end
+  return v
+end
+
+M.Response = Response
+
+
+-- ---------------------------------------------------------------------------
+-- URLs
+
+--- parse_url(url): { scheme, host (no brackets), port, authority (for the
+-- Host header), target (path and query) }, or nil, err.
+function M.parse_url(url)
+  local scheme, rest = match(url, "^(%a[%w+.-]*)://(.*)$")
+  if not scheme then return nil, "bad url: " .. url end
+  scheme = lower(scheme)
+  if scheme == "https" then return nil, "https is not supported yet" end
+  if scheme ~= "http" then return nil, "bad url: unsupported scheme " .. scheme end
+  local authority, target = match(rest, "^([^/?#]*)(.*)$")
+  target = gsub(target, "#.*$", "")
+  if find(target, "[%s%c]") then return nil, "bad url: " .. url end
+  if target == "" then target = "/"
+  elseif byte(target, 1) == 63 then target = "/" .. target end   -- "?"
+  if find(authority, "@", 1, true) then
+    return nil, "bad url: credentials in the url are not supported"
+  end
+  local host, port
+  if byte(authority, 1) == 91 then   -- "[v6]" or "[v6]:port"
+    host, port = match(authority, "^%[([%x:.]+)%]:?(%d*)$")
+  else
+    host, port = match(authority, "^([^:]+):?(%d*)$")
+  end
+  if not host then return nil, "bad url: " .. url end
+  port = port ~= "" and tonumber(port) or 80
+  if port < 1 or port > 65535 then return nil, "bad url: port out of range" end
+  local hosthdr = find(host, ":", 1, true) and "[" .. host .. "]" or host
+  if port ~= 80 then hosthdr = hosthdr .. ":" .. port end
+  return { scheme = scheme, host = host, port = port, authority = hosthdr,
+    target = target }
+end
+local parse_url = M.parse_url
+
+
+-- The absolute URL a Location header names, relative to base (parsed).
+local function resolve_location(base, loc)
+  if match(loc, "^%a[%w+.-]*://") then return loc end
+  local origin = "http://" .. base.authority
+  if sub(loc, 1, 2) == "//" then return "http:" .. loc end
+  if byte(loc, 1) == 47 then return origin .. loc end   -- "/"
+  local dir = match(base.target, "^([^?]*/)") or "/"
+  return origin .. dir .. loc
+end
+
+
+local function escape(s)
+  return (gsub(tostring(s), "[^%w%-%._~]", function(c)
+    return format("%%%02X", byte(c))
+  end))
+end
+
+
+local function encode_query(q)
+  local keys = {}
+  for k in pairs(q) do keys[#keys + 1] = tostring(k) end
+  table.sort(keys)
+  local out = {}
+  for _, k in ipairs(keys) do
+    local v = q[k]
+    if type(v) == "table" then
+      for _, x in ipairs(v) do out[#out + 1] = escape(k) .. "=" .. escape(x) end
+    else
+      out[#out + 1] = escape(k) .. "=" .. escape(v)
+    end
+  end
+  return concat(out, "&")
+end
+
+
+-- ---------------------------------------------------------------------------
+-- Reading a response
+
+local parsers, nparsers = {}, 0   -- idle parsers, reused
+
+
+local function take_parser()
+  if nparsers > 0 then
+    local p = parsers[nparsers]
+    parsers[nparsers] = nil
+    nparsers = nparsers - 1
+    return p
+  end
+  return new_parser()
+end
+
+
+local function give_parser(p)
+  if nparsers < 64 then
+    nparsers = nparsers + 1
+    parsers[nparsers] = p
+  end
+end
+
+
+local function remaining(deadline)
+  if deadline == nil then return nil end
+  return deadline - now()
+end
+
+
+-- The read timeout of the next wait: the socket's, capped by the deadline.
+local function cap(t, deadline)
+  local left = remaining(deadline)
+  if left == nil then return t end
+  if left <= 0 then return nil end
+  if t == nil or t <= 0 or left < t then return left end
+  return t
+end
+
+
+--- read_response(sock, opts): read one response off sock. opts: head (the
+-- request was HEAD), max_body, deadline (loop time, see core.now), each
+-- optional. Returns status, headers (case-insensitive), body, reusable
+-- (the connection may carry another request) — or nil, err, got_bytes.
+-- The socket is left open either way; the caller closes or pools it.
+function M.read_response(sock, opts)
+  opts = opts or {}
+  local p = take_parser()
+  p:reset(opts.head, opts.max_body or M.DEFAULTS.max_body)
+  local read_timeout = sock.read_timeout
+  local deadline = opts.deadline
+  local got = false
+  local ok, extra
+  while true do
+    local t = cap(read_timeout, deadline)
+    if t == nil then give_parser(p) return nil, "timeout", got end
+    sock.read_timeout = t
+    local chunk, err = await(sock:receive())
+    sock.read_timeout = read_timeout
+    if chunk == nil then
+      if err == "closed" and got then
+        local fok, ferr = p:finish()
+        if fok then ok, extra = true, 0 break end
+        err = ferr
+      elseif err ~= "timeout" and err ~= "cancelled" then
+        err = "closed"   -- reset, broken pipe: the peer is gone
+      end
+      give_parser(p)
+      return nil, err, got
+    end
+    got = true
+    ok, extra = p:execute(chunk)
+    if ok == nil then give_parser(p) return nil, extra, got end
+    if ok then break end
+  end
+  local status, headers, body, keep = p:result()
+  give_parser(p)
+  return status, setmetatable(headers, headers_mt), body, keep and extra == 0
+end
+local read_response = M.read_response
+
+
+-- ---------------------------------------------------------------------------
+-- Requests
+
+local function opt(o, k)
+  local v = o[k]
+  if v == nil then v = M.DEFAULTS[k] end
+  return v
+end
+
+
+-- Raise (at the caller's level) on a header that would break the request.
+local function check_headers(h, level)
+  if h == nil then return end
+  if type(h) ~= "table" then error("http: headers must be a table", level + 1) end
+  for k, v in pairs(h) do
+    k = tostring(k)
+    if k == "" or find(k, "[%c%s:]") then
+      error(format("http: bad header name %q", k), level + 1)
+    end
+    local vs = type(v) == "table" and v or { v }
+    for _, x in ipairs(vs) do
+      if find(tostring(x), "[\r\n]") then
+        error(format("http: bad value of header %q", k), level + 1)
+      end
+    end
+  end
+end
+
+
+-- The request's bytes: request line, headers, body.
+local function build(method, u, o, body)
+  local head = { method, " ", u.target, " HTTP/1.1\r\n" }
+  local n = #head
+  local has = {}
+  local hdrs = o.headers
+  if hdrs then
+    for k, v in pairs(hdrs) do
+      k = tostring(k)
+      has[lower(k)] = true
+      if type(v) == "table" then
+        for _, x in ipairs(v) do
+          x = tostring(x)
+          head[n + 1], head[n + 2], head[n + 3], head[n + 4] = k, ": ", x, "\r\n"
+          n = n + 4
+        end
+      else
+        v = tostring(v)
+        head[n + 1], head[n + 2], head[n + 3], head[n + 4] = k, ": ", v, "\r\n"
+        n = n + 4
+      end
+    end
+  end
+  local function add(k, v)
+    head[n + 1], head[n + 2], head[n + 3], head[n + 4] = k, ": ", v, "\r\n"
+    n = n + 4
+  end
+  if not has.host then add("Host", u.authority) end
+  if not has["user-agent"] then add("User-Agent", M.USER_AGENT) end
+  if body ~= nil then
+    if not has["content-length"] and not has["transfer-encoding"] then
+      add("Content-Length", tostring(#body))
+    end
+  elseif method == "POST" or method == "PUT" or method == "PATCH" then
+    if not has["content-length"] then add("Content-Length", "0") end
+  end
+  if opt(o, "keepalive") == false and not has.connection then
+    add("Connection", "close")
+  end
+  head[n + 1] = "\r\n"
+  if body ~= nil and body ~= "" then head[n + 2] = body end
+  return concat(head)
+end
+
+
+-- A failure on a pooled connection before any response byte: the peer had
+-- closed it while it was idle.
+local function stale(err, got)
+  return not got and (err == "closed" or err == "connection reset by peer" or
+    err == "broken pipe")
+end
+
+
+local function short_error(err)
+  if err == "connection reset by peer" or err == "broken pipe" or
+      err == "end of file" then
+    return "closed"
+  end
+  return err
+end
+
+
+-- One try on one connection: a response, or nil, err, retryable.
+local function attempt(st, u, raw, method, o, deadline, fresh)
+  local left = remaining(deadline)
+  if left and left <= 0 then return nil, "timeout" end
+  local sock, err = await(tcp.connect(u.host, u.port, {
+    timeout = cap(opt(o, "connect_timeout"), deadline),
+    read_timeout = opt(o, "read_timeout"),
+    pool = "http://" .. u.host .. ":" .. u.port,
+    reuse = not fresh and opt(o, "keepalive") ~= false,
+  }))
+  if not sock then return nil, short_error(err) end
+  st.sock = sock
+  local reused = sock:getreusedtimes() > 0
+  sock:settimeouts(nil, cap(opt(o, "send_timeout"), deadline))
+  local ok, serr = await(sock:send(raw))
+  if not ok then
+    sock:close()
+    st.sock = nil
+    return nil, short_error(serr), reused and stale(serr, false)
+  end
+  local status, headers, body, keep = read_response(sock, {
+    head = method == "HEAD",
+    max_body = opt(o, "max_body"),
+    deadline = deadline,
+  })
+  if status == nil then
+    sock:close()
+    st.sock = nil
+    return nil, headers, reused and stale(headers, body)
+  end
+  st.sock = nil
+  if keep and opt(o, "keepalive") ~= false then
+    sock:setkeepalive(opt(o, "keepalive_timeout"), opt(o, "pool_size"))
+  else
+    sock:close()
+  end
+  return setmetatable({ status = status, headers = headers, body = body },
+    Response)
+end
+
+
+-- The body of a request's task: tries, the retry, redirects.
+local function run(method, url, o, body)
+  local timeout = opt(o, "timeout")
+  local deadline = timeout and timeout > 0 and now() + timeout or nil
+  local st = {}
+  local remove = on_cancel(function()
+    local s = st.sock
+    st.sock = nil
+    if s then s:close() end
+  end)
+  local redirects = opt(o, "follow_redirects") or 0
+  local res, err
+  while true do
+    local u
+    u, err = parse_url(url)
+    if not u then break end
+    if o.query then
+      u.target = u.target .. (find(u.target, "?", 1, true) and "&" or "?") ..
+        encode_query(o.query)
+    end
+    local raw = build(method, u, o, body)
+    local retry
+    res, err, retry = attempt(st, u, raw, method, o, deadline, false)
+    if not res and retry and IDEMPOTENT[method] then
+      res, err = attempt(st, u, raw, method, o, deadline, true)
+    end
+    if not res or redirects <= 0 or not REDIRECT[res.status] then break end
+    local loc = res.headers.location
+    if not loc then break end
+    redirects = redirects - 1
+    url = resolve_location(u, loc)
+    if res.status == 303 or ((res.status == 301 or res.status == 302) and
+        method ~= "GET" and method ~= "HEAD") then
+      method, body = "GET", nil
+    end
+    o = o.query and setmetatable({ query = false }, { __index = o }) or o
+  end
+  if remove then remove() end
+  if res then
+    res.url = url
+    return res
+  end
+  return nil, err
+end
+
+
+--- request{method=, url=, headers=, body=, json=, query=, timeout=, ...}:
+-- a future of a response, or of nil, err. Options (defaults in
+-- M.DEFAULTS): headers ({name = value or {values}}), body (a string),
+-- json (a value sent as JSON), query (a table appended to the url),
+-- timeout, connect_timeout, send_timeout, read_timeout, max_body,
+-- keepalive, keepalive_timeout, pool_size, follow_redirects.
+function M.request(o)
+  if type(o) ~= "table" then error("http.request: expected a table of options", 2) end
+  local url = o.url
+  if type(url) ~= "string" then error("http.request: url must be a string", 2) end
+  local method = upper(o.method or "GET")
+  if not match(method, "^[%u%-_]+$") then
+    error("http.request: bad method " .. tostring(o.method), 2)
+  end
+  check_headers(o.headers, 2)
+  local body = o.body
+  if o.json ~= nil then
+    if body ~= nil then error("http.request: give body or json, not both", 2) end
+    body = json.encode(o.json)
+    local h = {}
+    for k, v in pairs(o.headers or {}) do h[k] = v end
+    local has_ct = false
+    for k in pairs(h) do if lower(tostring(k)) == "content-type" then has_ct = true end end
+    if not has_ct then h["Content-Type"] = "application/json" end
+    o = setmetatable({ headers = h }, { __index = o })
+  elseif body ~= nil and type(body) ~= "string" then
+    error("http.request: body must be a string (or use json)", 2)
+  end
+  local _, err = parse_url(url)
+  if err then return resolved(nil, err) end
+  return spawn(run, method, url, o, body):future()
+end
+local request = M.request
+
+
+local function with(o, method, url, body_or_table)
+  local r = {}
+  if o then
+    if type(o) ~= "table" then error("http: opts must be a table", 3) end
+    for k, v in pairs(o) do r[k] = v end
+  end
+  r.method, r.url = method, url
+  if type(body_or_table) == "table" then
+    r.json, r.body = body_or_table, nil
+  elseif body_or_table ~= nil then
+    r.body = body_or_table
+  end
+  return r
+end
+
+
+--- get(url, opts), head(url, opts), delete(url, opts), options(url, opts).
+function M.get(url, opts) return request(with(opts, "GET", url)) end
+function M.head(url, opts) return request(with(opts, "HEAD", url)) end
+function M.delete(url, opts) return request(with(opts, "DELETE", url)) end
+function M.options(url, opts) return request(with(opts, "OPTIONS", url)) end
+
+
+--- post(url, body_or_table, opts), put(...), patch(...): a string body is
+-- sent as is, a table as JSON.
+function M.post(url, body, opts) return request(with(opts, "POST", url, body)) end
+function M.put(url, body, opts) return request(with(opts, "PUT", url, body)) end
+function M.patch(url, body, opts) return request(with(opts, "PATCH", url, body)) end
+
+return M

@@ -1,0 +1,55 @@
+-- luarocks make rockspec/luaserve-scm-1.rockspec
+rockspec_format = "3.0"
+package = "luaserve"
+version = "scm-1"
+source = {
+  url = "git+file://.",
+}
+description = {
+  summary = "An async application server for Lua: libuv, llhttp and LuaJIT coroutines",
+  detailed = [[
+luaserve runs each HTTP request's handler as a LuaJIT coroutine on a libuv event loop:
+await(sleep(0.1)) or await(http.get(url)) yields to the loop, so one process serves thousands
+of waiting requests.]],
+  license = "MIT",
+}
+dependencies = {
+  "lua == 5.1",
+}
+external_dependencies = {
+  LIBUV = { header = "uv.h" },
+  LUAJIT = { header = "luajit-2.1/luajit.h" },
+}
+build = {
+  type = "make",
+  build_variables = {
+    PREFIX = "$(PREFIX)",
+    LUADIR = "$(LUADIR)",
+  },
+  install_target = "install-bin",
+  install_variables = {
+    PREFIX = "$(PREFIX)",
+    BINDIR = "$(BINDIR)",
+    LUADIR = "$(LUADIR)",
+  },
+  -- The modules, one per line; `make install` copies them into LUADIR.
+  install = {
+    lua = {
+      ["luaserve"] = "lua/luaserve/init.lua",
+      ["luaserve.app"] = "lua/luaserve/app.lua",
+      ["luaserve.cli"] = "lua/luaserve/cli.lua",
+      ["luaserve.errors"] = "lua/luaserve/errors.lua",
+      ["luaserve.future"] = "lua/luaserve/future.lua",
+      ["luaserve.http"] = "lua/luaserve/http.lua",
+      ["luaserve.json"] = "lua/luaserve/json.lua",
+      ["luaserve.log"] = "lua/luaserve/log.lua",
+      ["luaserve.request"] = "lua/luaserve/request.lua",
+      ["luaserve.response"] = "lua/luaserve/response.lua",
+      ["luaserve.server"] = "lua/luaserve/server.lua",
+      ["luaserve.shared"] = "lua/luaserve/shared.lua",
+      ["luaserve.sync"] = "lua/luaserve/sync.lua",
+      ["luaserve.tcp"] = "lua/luaserve/tcp.lua",
+      ["luaserve.testing"] = "lua/luaserve/testing.lua",
+    },
+  },
+}
