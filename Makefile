@@ -38,6 +38,7 @@ CORE_SRCS = core/buf.c \
             core/http.c \
             core/main.c \
             core/pool.c \
+            core/respond.c \
             core/runtime.c \
             core/server.c \
             core/shared.c \

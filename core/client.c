@@ -245,32 +245,8 @@ static int resp_result(lua_State *L) {
   if (!r->complete)
     return luaL_error(L, "response_parser: the response is not complete");
   lua_pushinteger(L, r->status);
-  lua_createtable(L, 0, (int)r->nheaders);
-  ls_hdr_t *h = (ls_hdr_t *)r->hdrs.data;
-  for (unsigned i = 0; i < r->nheaders; i++, h++) {
-    char *name = r->raw.data + h->name_off;
-    for (uint32_t k = 0; k < h->name_len; k++) {
-      char ch = name[k];
-      if (ch >= 'A' && ch <= 'Z')
-        name[k] = (char)(ch + 32);
-    }
-    const char *v = r->raw.data + h->value_off;
-    size_t vlen = h->value_len;
-    while (vlen > 0 && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t'))
-      vlen--;
-    lua_pushlstring(L, name, h->name_len);
-    lua_pushvalue(L, -1);
-    lua_rawget(L, -3);
-    if (lua_isnil(L, -1)) {
-      lua_pop(L, 1);
-      lua_pushlstring(L, v, vlen);
-    } else {
-      lua_pushliteral(L, ", ");
-      lua_pushlstring(L, v, vlen);
-      lua_concat(L, 3);
-    }
-    lua_rawset(L, -3);
-  }
+  ls__http_push_headers(L, r->raw.data, (const ls_hdr_t *)r->hdrs.data,
+                        r->nheaders);
   lua_pushlstring(L, r->body.data ? r->body.data : "", r->body.len);
   lua_pushboolean(L, r->keep_alive);
   return 4;
@@ -310,11 +286,5 @@ static const luaL_Reg resp_methods[] = {
 
 
 void ls__client_open(lua_State *L) {
-  luaL_newmetatable(L, LS_RESP_MT);
-  lua_pushcfunction(L, resp_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_newtable(L);
-  luaL_register(L, NULL, resp_methods);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
+  ls__new_class(L, LS_RESP_MT, resp_methods, resp_gc);
 }

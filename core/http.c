@@ -194,10 +194,52 @@ void ls__http_reset(ls_conn_t *c) {
 }
 
 
+/* Push a table of the n headers h (spans of base): names lower-cased,
+ * trailing blanks cut from values, repeated headers joined with ", "
+ * (RFC 9110 5.3). Requests and upstream responses both come here. */
+void ls__http_push_headers(lua_State *L, const char *base, const ls_hdr_t *h,
+                           unsigned n) {
+  char name[256];
+  lua_createtable(L, 0, (int)n);
+  for (unsigned i = 0; i < n; i++, h++) {
+    const char *src = base + h->name_off;
+    if (h->name_len < sizeof(name)) {
+      for (size_t k = 0; k < h->name_len; k++) {
+        char ch = src[k];
+        name[k] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+      }
+      lua_pushlstring(L, name, h->name_len);
+    } else {   /* a very long name: lower-case it through a Lua buffer */
+      luaL_Buffer b;
+      luaL_buffinit(L, &b);
+      for (size_t k = 0; k < h->name_len; k++) {
+        char ch = src[k];
+        luaL_addchar(&b, (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch);
+      }
+      luaL_pushresult(&b);
+    }
+    const char *v = base + h->value_off;
+    size_t vlen = h->value_len;
+    while (vlen > 0 && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t'))
+      vlen--;
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3);
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+      lua_pushlstring(L, v, vlen);
+    } else {
+      lua_pushliteral(L, ", ");
+      lua_pushlstring(L, v, vlen);
+      lua_concat(L, 3);
+    }
+    lua_rawset(L, -3);
+  }
+}
+
+
 /* Push method, target, headers, body. Header names are lower-cased;
  * repeated headers are joined with ", " (RFC 9110 5.3). */
 int ls__http_push_request(lua_State *L, ls_conn_t *c) {
-  char name[256];
   ls_runtime_t *rt = c->server->rt;
   unsigned m = c->parser.method;
   /* Method strings are made once and kept in the registry. */
@@ -211,32 +253,8 @@ int ls__http_push_request(lua_State *L, ls_conn_t *c) {
     lua_pushstring(L, llhttp_method_name((llhttp_method_t)m));
   }
   lua_pushlstring(L, c->req.data ? c->req.data : "", c->url_len);
-  lua_createtable(L, 0, (int)c->nheaders);
-  ls_hdr_t *h = (ls_hdr_t *)c->hdrs.data;
-  for (unsigned i = 0; i < c->nheaders; i++, h++) {
-    size_t nlen = h->name_len < sizeof(name) ? h->name_len : sizeof(name) - 1;
-    const char *src = c->req.data + h->name_off;
-    for (size_t k = 0; k < nlen; k++) {
-      char ch = src[k];
-      name[k] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
-    }
-    const char *v = c->req.data + h->value_off;
-    size_t vlen = h->value_len;
-    while (vlen > 0 && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t'))
-      vlen--;
-    lua_pushlstring(L, name, nlen);
-    lua_pushvalue(L, -1);
-    lua_rawget(L, -3);
-    if (lua_isnil(L, -1)) {
-      lua_pop(L, 1);
-      lua_pushlstring(L, v, vlen);
-    } else {
-      lua_pushliteral(L, ", ");
-      lua_pushlstring(L, v, vlen);
-      lua_concat(L, 3);
-    }
-    lua_rawset(L, -3);
-  }
+  ls__http_push_headers(L, c->req.data, (const ls_hdr_t *)c->hdrs.data,
+                        c->nheaders);
   lua_pushlstring(L, c->body.data ? c->body.data : "", c->body.len);
   return 4;
 }

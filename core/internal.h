@@ -53,6 +53,12 @@ void ls__resolve(ls_runtime_t *rt, int target_ref, int nargs);
 /* ls__log: one line on stderr, "luaserve: <level>: <message>". */
 void ls__log(const char *level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* ls__new_class: a metatable `name` (with __name), methods as __index,
+ * gc as __gc (either may be NULL); leaves the stack as it was. */
+void ls__new_class(lua_State *L, const char *name, const luaL_Reg *methods,
+                   lua_CFunction gc);
+/* ls__push_addr: push the address's host and port; returns 2. */
+int ls__push_addr(lua_State *L, const struct sockaddr_storage *addr);
 /* ls__push_error: push nil and the message of err; returns 2. */
 int ls__push_error(lua_State *L, int err);
 
@@ -153,6 +159,9 @@ struct ls_server_s {
 /* ls__conn_write: write bufs now where the socket takes them, queue the
  * rest (copied). Returns 0 or a libuv error. */
 int ls__conn_write(ls_conn_t *c, uv_buf_t *bufs, unsigned nbufs);
+/* ls__conn_request_done: the answer to the request in Lua is written (or
+ * abandoned): Lua's hold ends; go on with the next request, or close. */
+void ls__conn_request_done(ls_conn_t *c);
 /* ls__conn_close: start closing (idempotent); freed later. */
 void ls__conn_close(ls_conn_t *c);
 /* ls__conn_linger: close after an error answer that is written or queued:
@@ -166,6 +175,10 @@ void ls__conn_linger(ls_conn_t *c);
 extern const llhttp_settings_t ls__http_settings;
 /* ls__http_reset: forget the request being assembled. */
 void ls__http_reset(ls_conn_t *c);
+/* ls__http_push_headers: push a table of n headers (spans of base): names
+ * lower-cased, repeated ones joined with ", ". */
+void ls__http_push_headers(lua_State *L, const char *base, const ls_hdr_t *h,
+                           unsigned n);
 /* ls__http_push_request: push method, target, headers table, body on L;
  * returns the number pushed (4). */
 int ls__http_push_request(lua_State *L, ls_conn_t *c);
@@ -219,12 +232,12 @@ void ls__shared_release(ls_runtime_t *rt);
 /* ---- Lua-facing functions, one per line, registered in runtime.c -------- */
 
 int ls__lua_listen(lua_State *L);          /* server.c: listen(opts) */
-int ls__lua_respond(lua_State *L);         /* server.c: respond(conn, ...) */
-int ls__lua_release(lua_State *L);         /* server.c: release(conn) */
-int ls__lua_respond_start(lua_State *L);   /* server.c: streamed head */
-int ls__lua_write_chunk(lua_State *L);     /* server.c: one chunk */
-int ls__lua_respond_end(lua_State *L);     /* server.c: last chunk */
-int ls__lua_peer(lua_State *L);            /* server.c: peer(conn) */
+int ls__lua_respond(lua_State *L);         /* respond.c: whole response */
+int ls__lua_release(lua_State *L);         /* respond.c: release(conn) */
+int ls__lua_respond_start(lua_State *L);   /* respond.c: streamed head */
+int ls__lua_write_chunk(lua_State *L);     /* respond.c: one chunk */
+int ls__lua_respond_end(lua_State *L);     /* respond.c: last chunk */
+int ls__lua_peer(lua_State *L);            /* respond.c: peer(conn) */
 int ls__lua_shutdown_on_signals(lua_State *L); /* shutdown.c */
 void ls__server_open(lua_State *L);        /* server.c: metatables */
 void ls__server_close_all(ls_runtime_t *rt); /* server.c: exit path */

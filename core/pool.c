@@ -685,8 +685,5 @@ static int job_gc(lua_State *L) {
 
 
 void ls__pool_open(lua_State *L) {
-  luaL_newmetatable(L, LS_JOB_MT);
-  lua_pushcfunction(L, job_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pop(L, 1);
+  ls__new_class(L, LS_JOB_MT, NULL, job_gc);
 }

@@ -115,6 +115,42 @@ void ls__read_done(uv_handle_t *h, const uv_buf_t *buf) {
 }
 
 
+void ls__new_class(lua_State *L, const char *name, const luaL_Reg *methods,
+                   lua_CFunction gc) {
+  luaL_newmetatable(L, name);
+  lua_pushstring(L, name);
+  lua_setfield(L, -2, "__name");
+  if (gc) {
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  if (methods) {
+    lua_newtable(L);
+    luaL_register(L, NULL, methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+}
+
+
+int ls__push_addr(lua_State *L, const struct sockaddr_storage *addr) {
+  char host[64];
+  int port;
+  if (addr->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)addr;
+    uv_ip6_name(a6, host, sizeof(host));
+    port = ntohs(a6->sin6_port);
+  } else {
+    const struct sockaddr_in *a4 = (const struct sockaddr_in *)addr;
+    uv_ip4_name(a4, host, sizeof(host));
+    port = ntohs(a4->sin_port);
+  }
+  lua_pushstring(L, host);
+  lua_pushinteger(L, port);
+  return 2;
+}
+
+
 /* init(resolve): the Lua function C calls with I/O results. */
 static int core_init(lua_State *L) {
   ls_runtime_t *rt = ls__runtime(L);

@@ -274,7 +274,7 @@ static void conn_dispatch(ls_conn_t *c) {
 
 /* The response to the current request is written: go on with the next
  * request on this connection (pipelined bytes first), or close. */
-static void conn_request_done(ls_conn_t *c) {
+void ls__conn_request_done(ls_conn_t *c) {
   c->lua_holds = 0;
   c->server->inflight--;
   if (c->state == LS_CONN_CLOSING) {
@@ -524,20 +524,10 @@ static int server_address(lua_State *L) {
   ls_server_t *s = check_server(L);
   struct sockaddr_storage addr;
   int len = sizeof(addr);
-  char host[64];
   if (s == NULL || !s->listening)
     return ls__push_error(L, UV_EBADF);
   uv_tcp_getsockname(&s->listener, (struct sockaddr *)&addr, &len);
-  if (addr.ss_family == AF_INET6) {
-    uv_ip6_name((struct sockaddr_in6 *)&addr, host, sizeof(host));
-    lua_pushstring(L, host);
-    lua_pushinteger(L, ntohs(((struct sockaddr_in6 *)&addr)->sin6_port));
-  } else {
-    uv_ip4_name((struct sockaddr_in *)&addr, host, sizeof(host));
-    lua_pushstring(L, host);
-    lua_pushinteger(L, ntohs(((struct sockaddr_in *)&addr)->sin_port));
-  }
-  return 2;
+  return ls__push_addr(L, &addr);
 }
 
 
@@ -561,13 +551,7 @@ static const luaL_Reg server_methods[] = {
 
 
 void ls__server_open(lua_State *L) {
-  luaL_newmetatable(L, LS_SERVER_MT);
-  lua_newtable(L);
-  luaL_register(L, NULL, server_methods);
-  lua_setfield(L, -2, "__index");
-  lua_pushliteral(L, LS_SERVER_MT);
-  lua_setfield(L, -2, "__name");
-  lua_pop(L, 1);
+  ls__new_class(L, LS_SERVER_MT, server_methods, NULL);
 }
 
 
@@ -592,195 +576,4 @@ void ls__server_close_all(ls_runtime_t *rt) {
     free(s);
   }
   ls__shutdown_close(rt);
-}
-
-
-/* ---- the Lua side of a request ------------------------------------------ */
-
-static ls_conn_t *check_conn(lua_State *L, int idx) {
-  luaL_checktype(L, idx, LUA_TLIGHTUSERDATA);
-  return lua_touserdata(L, idx);
-}
-
-
-/* respond(conn, status, body, content_type, headers|nil, close|nil):
- * true, or nil, "closed" when the client is gone. Ends Lua's hold on conn
- * either way: conn must not be used again. */
-int ls__lua_respond(lua_State *L) {
-  ls_conn_t *c = check_conn(L, 1);
-  int status = (int)luaL_checkinteger(L, 2);
-  size_t blen, ctlen = 0;
-  const char *body = luaL_optlstring(L, 3, "", &blen);
-  const char *ctype = luaL_optlstring(L, 4, NULL, &ctlen);
-  int headers = lua_istable(L, 5) ? 5 : 0;
-  if (lua_toboolean(L, 6))
-    c->keepalive = 0;
-  if (c->lua_holds == 0)
-    return luaL_error(L, "respond: this request was already answered");
-  if (c->state == LS_CONN_CLOSING) {
-    conn_request_done(c);
-    lua_pushnil(L);
-    lua_pushliteral(L, "closed");
-    return 2;
-  }
-  if (status < 100 || status > 999)
-    return luaL_error(L, "respond: bad status %d", status);
-  int err = ls__http_format_head(L, c, status, ctype, ctlen, blen, headers);
-  uv_buf_t bufs[2] = {
-    uv_buf_init(c->out.data, (unsigned)c->out.len),
-    uv_buf_init((char *)body, (unsigned)blen),
-  };
-  if (err == 0)
-    err = ls__conn_write(c, bufs, c->is_head || blen == 0 ? 1 : 2);
-  if (c->out.cap > 4096)
-    ls__buf_free(&c->out);
-  else
-    c->out.len = 0;
-  if (err) {
-    ls__conn_close(c);
-    conn_request_done(c);
-    return ls__push_error(L, err);
-  }
-  conn_request_done(c);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-
-/* respond_start(conn, status, content_type, headers|nil): write the head
- * of a streamed response: chunked, or for an HTTP/1.0 client delimited by
- * the close. true, or nil, "closed". Lua keeps the request until
- * respond_end. */
-int ls__lua_respond_start(lua_State *L) {
-  ls_conn_t *c = check_conn(L, 1);
-  int status = (int)luaL_checkinteger(L, 2);
-  size_t ctlen = 0;
-  const char *ctype = luaL_optlstring(L, 3, NULL, &ctlen);
-  int headers = lua_istable(L, 4) ? 4 : 0;
-  if (c->lua_holds == 0 || c->streaming)
-    return luaL_error(L, "respond_start: this request was already answered");
-  if (status < 200 || status > 999 || status == 204 || status == 304)
-    return luaL_error(L, "respond_start: status %d cannot have a body", status);
-  if (c->state == LS_CONN_CLOSING)
-    return ls__push_error(L, UV_EOF);
-  c->streaming = 1;
-  if (c->parser.http_major == 1 && c->parser.http_minor == 0)
-    c->keepalive = 0;   /* no chunked encoding: the close ends the body */
-  int err = ls__http_format_head(L, c, status, ctype, ctlen, LS__STREAMED,
-                                 headers);
-  uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
-  if (err == 0)
-    err = ls__conn_write(c, &b, 1);
-  c->out.len = 0;
-  if (err) {
-    ls__conn_close(c);
-    return ls__push_error(L, err);
-  }
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-
-/* write_chunk(conn, data, target): true when the socket took it now; false
- * when it is queued behind a full socket: target then gets true once the
- * queue is written, or nil, "closed" (back-pressure); nil, "closed" when
- * the client is gone. */
-int ls__lua_write_chunk(lua_State *L) {
-  ls_conn_t *c = check_conn(L, 1);
-  size_t len;
-  const char *data = luaL_checklstring(L, 2, &len);
-  if (!c->streaming || c->lua_holds == 0)
-    return luaL_error(L, "write_chunk: no streamed response in progress");
-  if (c->state == LS_CONN_CLOSING)
-    return ls__push_error(L, UV_EOF);
-  if (len == 0 || c->is_head) {
-    lua_pushboolean(L, 1);
-    return 1;
-  }
-  char size[24];
-  int n = c->keepalive || c->parser.http_minor > 0
-              ? snprintf(size, sizeof(size), "%zx\r\n", len) : 0;
-  uv_buf_t bufs[3] = {
-    uv_buf_init(size, (unsigned)n),
-    uv_buf_init((char *)data, (unsigned)len),
-    uv_buf_init("\r\n", n ? 2 : 0),
-  };
-  int err = ls__conn_write(c, bufs, 3);
-  if (err) {
-    ls__conn_close(c);
-    return ls__push_error(L, err);
-  }
-  if (c->writes_pending == 0) {
-    lua_pushboolean(L, 1);
-    return 1;
-  }
-  luaL_checkany(L, 3);
-  if (c->drain_ref > 0)
-    return luaL_error(L, "write_chunk: a write is already waiting");
-  lua_pushvalue(L, 3);
-  c->drain_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_pushboolean(L, 0);
-  return 1;
-}
-
-
-/* respond_end(conn, abort): the last chunk, and the request is done; with
- * abort true the connection is closed instead (an error mid-stream: the
- * client must not take a cut body for a whole one). Ends Lua's hold. */
-int ls__lua_respond_end(lua_State *L) {
-  ls_conn_t *c = check_conn(L, 1);
-  int abort = lua_toboolean(L, 2);
-  if (!c->streaming || c->lua_holds == 0)
-    return luaL_error(L, "respond_end: no streamed response in progress");
-  c->streaming = 0;
-  if (c->drain_ref > 0)
-    luaL_unref(L, LUA_REGISTRYINDEX, c->drain_ref);
-  c->drain_ref = 0;
-  if (abort) {
-    c->keepalive = 0;
-    if (c->state != LS_CONN_CLOSING)
-      ls__conn_close(c);
-  } else if (c->state != LS_CONN_CLOSING && !c->is_head &&
-             (c->keepalive || c->parser.http_minor > 0)) {
-    uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);
-    if (ls__conn_write(c, &b, 1) != 0)
-      ls__conn_close(c);
-  }
-  conn_request_done(c);
-  return 0;
-}
-
-
-/* release(conn): Lua is done with a request it will not answer (its client
- * went away). */
-int ls__lua_release(lua_State *L) {
-  ls_conn_t *c = check_conn(L, 1);
-  if (c->lua_holds > 0) {
-    if (c->state != LS_CONN_CLOSING)
-      ls__conn_close(c);
-    conn_request_done(c);
-  }
-  return 0;
-}
-
-
-/* peer(conn): the client's address and port, or nil. */
-int ls__lua_peer(lua_State *L) {
-  ls_conn_t *c = check_conn(L, 1);
-  struct sockaddr_storage addr;
-  int len = sizeof(addr);
-  char host[64];
-  if (c->state == LS_CONN_CLOSING ||
-      uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&addr, &len) != 0)
-    return 0;
-  if (addr.ss_family == AF_INET6) {
-    uv_ip6_name((struct sockaddr_in6 *)&addr, host, sizeof(host));
-    lua_pushstring(L, host);
-    lua_pushinteger(L, ntohs(((struct sockaddr_in6 *)&addr)->sin6_port));
-  } else {
-    uv_ip4_name((struct sockaddr_in *)&addr, host, sizeof(host));
-    lua_pushstring(L, host);
-    lua_pushinteger(L, ntohs(((struct sockaddr_in *)&addr)->sin_port));
-  }
-  return 2;
 }

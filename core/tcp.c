@@ -473,21 +473,10 @@ static int tcp_peer(lua_State *L) {
   ls_tcp_t *s = check_tcp(L);
   struct sockaddr_storage addr;
   int len = sizeof(addr);
-  char host[64];
   if (s == NULL || s->closed ||
       uv_tcp_getpeername(&s->handle, (struct sockaddr *)&addr, &len) != 0)
     return 0;
-  int port;
-  if (addr.ss_family == AF_INET6) {
-    uv_ip6_name((struct sockaddr_in6 *)&addr, host, sizeof(host));
-    port = ntohs(((struct sockaddr_in6 *)&addr)->sin6_port);
-  } else {
-    uv_ip4_name((struct sockaddr_in *)&addr, host, sizeof(host));
-    port = ntohs(((struct sockaddr_in *)&addr)->sin_port);
-  }
-  lua_pushstring(L, host);
-  lua_pushinteger(L, port);
-  return 2;
+  return ls__push_addr(L, &addr);
 }
 
 
@@ -539,11 +528,5 @@ static const luaL_Reg tcp_methods[] = {
 
 
 void ls__tcp_open(lua_State *L) {
-  luaL_newmetatable(L, LS_TCP_MT);
-  lua_pushcfunction(L, tcp_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_newtable(L);
-  luaL_register(L, NULL, tcp_methods);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
+  ls__new_class(L, LS_TCP_MT, tcp_methods, tcp_gc);
 }

@@ -82,14 +82,9 @@ static int timer_stop(lua_State *L) {
 }
 
 
-static int core_now(lua_State *L) {
+int ls__lua_now(lua_State *L) {
   lua_pushnumber(L, (double)uv_now(ls__runtime(L)->loop) / 1000.0);
   return 1;
-}
-
-
-int ls__lua_now(lua_State *L) {
-  return core_now(L);
 }
 
 
@@ -120,12 +115,6 @@ int ls__lua_stop(lua_State *L) {
 
 
 void ls__timer_open(lua_State *L) {
-  luaL_newmetatable(L, LS_TIMER_MT);
-  lua_pushcfunction(L, timer_stop);
-  lua_setfield(L, -2, "__gc");
-  lua_newtable(L);
-  lua_pushcfunction(L, timer_stop);
-  lua_setfield(L, -2, "stop");
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
+  static const luaL_Reg methods[] = {{"stop", timer_stop}, {NULL, NULL}};
+  ls__new_class(L, LS_TIMER_MT, methods, timer_stop);
 }
