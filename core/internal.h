@@ -30,6 +30,8 @@ struct ls_runtime_s {
                           a waiting connection or socket holds no buffer */
   int read_buf_busy;
   int method_refs[48];  /* registry refs of method name strings, 0: none */
+  uint64_t block_warn_ns;  /* an entry into Lua this long blocked the loop */
+  int blocked_ref;         /* Lua blocked(seconds) hook, 0: none */
   struct ls_server_s *servers;     /* this runtime's listening servers */
   struct ls_shutdown_s *shutdown;  /* signal watchers (shutdown.c), or NULL */
 };
@@ -47,6 +49,10 @@ ls_runtime_t *ls__runtime(lua_State *L);
 /* ls__pcall: lua_pcall with a traceback handler; on error logs `what` and
  * the traceback, pops it and returns the nonzero status. */
 int ls__pcall(lua_State *L, int nargs, int nresults, const char *what);
+/* ls__pcall_entry: ls__pcall (no results) of an entry from the loop into
+ * Lua; one that held the loop longer than watch_blocking's threshold is
+ * reported to the Lua hook. */
+int ls__pcall_entry(ls_runtime_t *rt, int nargs, const char *what);
 /* ls__resolve: call resolve(target, <nargs values on top>) and unref target.
  * Pops the nargs values. Does nothing (but pop and unref) when closing. */
 void ls__resolve(ls_runtime_t *rt, int target_ref, int nargs);

@@ -60,8 +60,10 @@ ls_runtime_t *ls__runtime(lua_State *L) {
 }
 
 
-int ls__pcall(lua_State *L, int nargs, int nresults, const char *what) {
-  ls_runtime_t *rt = ls__runtime(L);
+/* lua_pcall with the traceback handler, on the runtime's state. */
+static int pcall_rt(ls_runtime_t *rt, int nargs, int nresults,
+                    const char *what) {
+  lua_State *L = rt->L;
   int base = lua_gettop(L) - nargs;   /* the function's index */
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->traceback_ref);
   lua_insert(L, base);
@@ -71,6 +73,26 @@ int ls__pcall(lua_State *L, int nargs, int nresults, const char *what) {
     const char *msg = lua_tostring(L, -1);
     ls__log("error", "%s: %s", what, msg ? msg : "(error object is not a string)");
     lua_pop(L, 1);
+  }
+  return status;
+}
+
+
+int ls__pcall(lua_State *L, int nargs, int nresults, const char *what) {
+  return pcall_rt(ls__runtime(L), nargs, nresults, what);
+}
+
+
+int ls__pcall_entry(ls_runtime_t *rt, int nargs, const char *what) {
+  if (rt->block_warn_ns == 0)
+    return pcall_rt(rt, nargs, 0, what);
+  uint64_t t0 = uv_hrtime();
+  int status = pcall_rt(rt, nargs, 0, what);
+  uint64_t dt = uv_hrtime() - t0;
+  if (dt >= rt->block_warn_ns && !rt->closing) {
+    lua_rawgeti(rt->L, LUA_REGISTRYINDEX, rt->blocked_ref);
+    lua_pushnumber(rt->L, (double)dt / 1e9);
+    pcall_rt(rt, 1, 0, "blocked");
   }
   return status;
 }
@@ -87,7 +109,7 @@ void ls__resolve(ls_runtime_t *rt, int target_ref, int nargs) {
   luaL_unref(L, LUA_REGISTRYINDEX, target_ref);
   lua_insert(L, -2 - nargs);
   lua_insert(L, -2 - nargs);
-  ls__pcall(L, nargs + 1, 0, "resolve");
+  ls__pcall_entry(rt, nargs + 1, "resolve");
 }
 
 
@@ -163,6 +185,27 @@ static int core_init(lua_State *L) {
 }
 
 
+/* watch_blocking(seconds, fn): after any entry from the loop into Lua (a
+ * request dispatched, an I/O result) that held the loop at least that
+ * long, fn(seconds_held) is called. 0 turns it off. Not in pool states:
+ * blocking is what their threads are for. */
+static int core_watch_blocking(lua_State *L) {
+  ls_runtime_t *rt = ls__runtime(L);
+  double s = luaL_checknumber(L, 1);
+  if (rt->blocked_ref > 0)
+    luaL_unref(L, LUA_REGISTRYINDEX, rt->blocked_ref);
+  rt->blocked_ref = 0;
+  rt->block_warn_ns = 0;
+  if (s > 0 && !rt->is_pool_state) {
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2);
+    rt->blocked_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    rt->block_warn_ns = (uint64_t)(s * 1e9);
+  }
+  return 0;
+}
+
+
 /* is_pool_state(): true in a pool thread's state. */
 static int core_is_pool_state(lua_State *L) {
   lua_pushboolean(L, ls__runtime(L)->is_pool_state);
@@ -173,6 +216,7 @@ static int core_is_pool_state(lua_State *L) {
 static const luaL_Reg core_functions[] = {
   {"init", core_init},
   {"is_pool_state", core_is_pool_state},
+  {"watch_blocking", core_watch_blocking},
   {"listen", ls__lua_listen},
   {"respond", ls__lua_respond},
   {"release", ls__lua_release},

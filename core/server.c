@@ -256,7 +256,7 @@ static void conn_dispatch(ls_conn_t *c) {
   lua_pushlightuserdata(L, c);
   int n = ls__http_push_request(L, c);
   ls__http_reset(c);
-  if (ls__pcall(L, 1 + n, 0, "dispatch") != 0 && c->lua_holds > 0) {
+  if (ls__pcall_entry(s->rt, 1 + n, "dispatch") != 0 && c->lua_holds > 0) {
     /* The framework itself failed: answer for it rather than hang. */
     c->lua_holds = 0;
     s->inflight--;

@@ -275,6 +275,48 @@ describe("luaserve.server", function()
     end)
   end)
 
+  describe("watch_blocking", function()
+    local server = require "luaserve.server"
+    local blocking = luaserve.app()
+    blocking:get("/spin", function()
+      local stop = hrtime() + 0.15   -- CPU work on the loop: everyone waits
+      while hrtime() < stop do end
+      return "done"
+    end)
+    blocking:get("/waits", function()
+      await(sleep(0.15))   -- a wait: the loop is free
+      return "done"
+    end)
+    local c
+    setup(function()
+      c = testing.client(blocking)
+      server.watch_blocking(0.08)
+    end)
+    teardown(function()
+      server.watch_blocking(0)
+      c:close()
+    end)
+
+    it("names the route that held the loop", function()
+      local text = capture_log(function() assert.equal(200, c:get("/spin").status) end)
+      local ms = tonumber(text:match("blocked for (%d+) ms by GET /spin %(route /spin%)"))
+      assert.is_number(ms, text)
+      assert.is_true(ms >= 100, text)
+    end)
+
+    it("says nothing of a handler that only waits", function()
+      local text = capture_log(function() assert.equal(200, c:get("/waits").status) end)
+      assert.is_nil(text:find("blocked", 1, true), text)
+    end)
+
+    it("is off at 0", function()
+      server.watch_blocking(0)
+      local text = capture_log(function() c:get("/spin") end)
+      server.watch_blocking(0.08)
+      assert.is_nil(text:find("blocked", 1, true), text)
+    end)
+  end)
+
   describe("serve", function()
     it("gives nil, err when the port is taken", function()
       local srv, err = require("luaserve.server").serve(luaserve.app(),

@@ -184,6 +184,20 @@ class BlockingTest(unittest.TestCase):
         # Answered only once the blocking call ended, ~0.5 s later.
         self.assertGreater(t, 0.25, "the probe took %.3f s" % t)
 
+    def test_blocking_async_is_named_in_the_log(self):
+        timed_get(self.srv.port, "/blocking-async?ms=300")
+        m = self.srv.wait_log(r"blocked for (\d+) ms by GET /blocking-async "
+                              r"\(route /blocking-async\)")
+        self.assertIsNotNone(m, self.srv.log())
+        self.assertGreaterEqual(int(m.group(1)), 250)
+
+    def test_blocking_sync_is_not_reported(self):
+        before = self.srv.log().count("blocked for")
+        timed_get(self.srv.port, "/blocking-sync?ms=300")
+        timed_get(self.srv.port, "/async")
+        after = self.srv.log()
+        self.assertEqual(after.count("blocked for"), before, after)
+
     def test_blocking_sync_leaves_the_loop_free(self):
         ok, results = retry(3, lambda: (lambda t: (t < 0.2, "%.3f s" % t))(
             self.probe_during("/blocking-sync?ms=%d" % self.BLOCK_MS)))

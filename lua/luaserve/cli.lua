@@ -24,6 +24,7 @@ local OPTIONS = {
   { "max-header-bytes", "bytes", 16384, "largest request line + headers (431 beyond)" },
   { "max-headers", "count", 100, "most header fields in a request (431 beyond)" },
   { "backlog", "count", 1024, "listen backlog" },
+  { "warn-blocking", "seconds", 0.1, "warn, naming the route, when code holds the loop this long (0: off)" },
   { "threads", "count", 0, "sync pool threads (0: one per core)" },
   { "pool-queue", "count", 128, "sync jobs waiting for a thread before 503 / \"pool full\"" },
   { "pool-nice", "count", 5, "how much lower the pool threads' priority is than the loop's (0-19)" },
@@ -252,6 +253,7 @@ local function serve(args)
     log.info(("sync pool: %d threads, queue %d"):format(st.threads, st.queue_max))
   end
   core.shutdown_on_signals(opts["timeout-graceful-shutdown"] * 1000)
+  server.watch_blocking(opts["warn-blocking"])
   core.run()
   log.flush()
   log.info("stopped")

@@ -82,6 +82,7 @@ local ready = {}           -- tasks to resume, with the future they waited on
 local ready_head, ready_tail = 1, 0
 local draining = false
 local current = nil        -- the task running now, or nil
+local last_stepped = nil   -- the task resumed last (who held the loop)
 local step                 -- forward: resumes a task
 
 
@@ -281,6 +282,7 @@ M.on_error = on_error
 function step(task, ...)
   local prev = current
   current = task
+  last_stepped = task
   local ok, tag = co_resume(task._co, ...)
   current = prev
   if not ok then
@@ -452,6 +454,13 @@ end
 
 function M.current()
   return current
+end
+
+
+--- The task resumed last: after an entry from the loop that blocked it,
+-- the likely culprit (see server.watch_blocking).
+function M.last_task()
+  return last_stepped
 end
 
 

@@ -87,6 +87,13 @@ local function send_stream(requests, req, status, ctype, headers, stream)
     respond(conn, 500, INTERNAL_ERROR, JSON)
     return 0
   end
+  if not started then   -- nil, "closed": the client is gone already
+    if requests[conn] == req then
+      requests[conn] = nil
+      release(conn)
+    end
+    return 0
+  end
   local nbytes = 0
   local function write(data)
     if type(data) ~= "string" then
@@ -100,10 +107,7 @@ local function send_stream(requests, req, status, ctype, headers, stream)
     if done then return true end
     return await(f)   -- the socket is full: wait until it drains
   end
-  local sok, serr = true, nil
-  if started then   -- else nil, "closed": the client is gone already
-    sok, serr = xpcall(stream, on_error, write)
-  end
+  local sok, serr = xpcall(stream, on_error, write)
   if requests[conn] ~= req then return nbytes end   -- aborted meanwhile
   requests[conn] = nil
   if not sok then
@@ -157,6 +161,29 @@ local function make_handler(app, opts)
       log.access(req, status, #body, hrtime() - req._t0)
     end
   end
+end
+
+
+--- watch_blocking(seconds): log a warning naming the route whenever one
+-- entry from the loop into Lua (a request's handler starting, or resuming
+-- after a wait) held the loop at least that long: every other request
+-- waited meanwhile. 0 turns it off. The culprit is the task resumed last.
+function M.watch_blocking(seconds)
+  if not seconds or seconds <= 0 then
+    core.watch_blocking(0)
+    return
+  end
+  core.watch_blocking(seconds, function(held)
+    local task = future.last_task()
+    local root = task and (task._root or task)
+    local req = root and root._a1
+    local who = "a task"
+    if type(req) == "table" and req.method and req.path then
+      who = ("%s %s (route %s)"):format(req.method, req.path, req.route or "-")
+    end
+    log.warn(("the loop was blocked for %.0f ms by %s: await waits, and run " ..
+      "blocking or CPU-heavy code with sync()"):format(held * 1000, who))
+  end)
 end
 
 
