@@ -307,8 +307,11 @@ end
 -- task, which nobody awaits, costs no future.
 local function start(fn, opts, ...)
   local n = select("#", ...)
-  local task = setmetatable({ _fn = fn }, Task)
-  if n == 1 then task._a1 = ... elseif n > 1 then task._args = { n = n, ... } end
+  -- Every field a task gets is named here, so the table is made once at
+  -- its full size instead of growing (rehashing) per field.
+  local task = setmetatable({ _fn = fn, _a1 = (...), _co = false,
+    _waiting = false, _finished = false }, Task)
+  if n > 1 then task._a1 = nil task._args = { n = n, ... } end
   local parent = opts ~= false and current or nil
   if parent and not (opts and opts.detached) then
     local root = parent._root or parent

@@ -53,10 +53,12 @@ end
 -- cost nothing more)
 local function needs_placeholders(v, seen)
   if getmetatable(v) == M.array_mt and next(v) == nil then return true end
-  seen[v] = true
   for _, x in pairs(v) do
     local t = type(x)
     if t == "table" then
+      -- made only once tables nest: a flat table allocates nothing here
+      seen = seen or {}
+      seen[v] = true
       if not seen[x] and needs_placeholders(x, seen) then return true end
     elseif t == "number" and big_int(x) then
       return true
@@ -101,7 +103,7 @@ end
 -- (functions, userdata, cycles, sparse arrays, NaN and infinities).
 function M.encode(v)
   local t = type(v)
-  if t == "table" and needs_placeholders(v, {}) then
+  if t == "table" and needs_placeholders(v) then
     local s = encode(with_placeholders(v, {}))
     s = gsub(s, EMPTY_ARRAY_PATTERN, "[]")
     return unescape_slashes((gsub(s, BIG_INT_PATTERN, "%1")))

@@ -11,6 +11,7 @@ local setmetatable = setmetatable
 local rawget = rawget
 local lower = string.lower
 local find = string.find
+local byte = string.byte
 local sub = string.sub
 local gsub = string.gsub
 local char = string.char
@@ -129,7 +130,7 @@ function M.new(conn, method, target, headers, body)
   local q = find(target, "?", 1, true)
   local path, qs = target, nil
   if q then path, qs = sub(target, 1, q - 1), sub(target, q + 1) end
-  if sub(path, 1, 1) ~= "/" then
+  if byte(path, 1) ~= 47 then   -- not "/"
     -- absolute-form (RFC 9112 3.2.2, "GET http://host/x"): the path is what
     -- follows the authority; "*" (OPTIONS) and the rest stay as they are
     local rest = path:match("^[%a][%w+.-]*://[^/]*(.*)$")
@@ -144,6 +145,12 @@ function M.new(conn, method, target, headers, body)
     headers = setmetatable(headers, headers_mt),
     body = body,
     _conn = conn,
+    -- Set during the request; named here so the table is made at its full
+    -- size once, not grown (rehashed) as they are added.
+    _task = false,
+    _route = false,
+    route = false,
+    params = false,
   }, Request)
 end
 
