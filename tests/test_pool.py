@@ -116,20 +116,25 @@ class ParallelTest(unittest.TestCase):
 
         def measure():
             def run():
-                one = in_threads(self.srv.port, [self.CPU])[0][0]
+                # Two one after the other, then two at once. Each pool state
+                # JIT-compiles fib on its own, and one may come out slower
+                # than the other (LuaJIT's trace choices vary by state), so
+                # the yardstick is the serial sum, not one request.
+                serial = sum(in_threads(self.srv.port, [self.CPU])[0][0]
+                             for _ in range(2))
                 t0 = time.monotonic()
                 both = in_threads(self.srv.port, [self.CPU, self.CPU])
                 self.assertEqual([s for _, s in both], [200, 200])
-                return one, time.monotonic() - t0
-            (one, two), other = others_busy(self.srv.proc.pid, run)
-            info = "one %.3f s, two at once %.3f s, other processes %.2f cores" % (
-                one, two, other)
+                return serial, time.monotonic() - t0
+            (serial, two), other = others_busy(self.srv.proc.pid, run)
+            info = "two in a row %.3f s, two at once %.3f s, other processes %.2f cores" % (
+                serial, two, other)
             if other > 0.15:   # part of a core was taken: parallelism cannot show
                 busy_runs.append(info)
                 time.sleep(1)
                 return False, info
-            # Serial: 2.0 x one. Parallel: about 1.0 x.
-            return two < 1.5 * one, info
+            # Serial: about 1.0 x the two in a row. Parallel: about 0.5-0.65 x.
+            return two < 0.8 * serial, info
         ok, results = retry(5, measure)
         if not ok and len(busy_runs) == len(results):
             self.skipTest("the machine was busy with other work: %s" % results)
