@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LUASERVE = os.environ.get("LUASERVE", os.path.join(ROOT, "luaserve"))
@@ -287,6 +288,25 @@ class Client:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class ServerTest(unittest.TestCase):
+    """Test classes that share one server: SERVER = (app, *flags) and, if
+    needed, SERVER_ENV. The server is started once for the class (self.srv)
+    and must exit 0 on the SIGTERM that stops it (stop() also fails on any
+    sanitizer report)."""
+
+    SERVER = ("apps/bench",)
+    SERVER_ENV = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = Server(*cls.SERVER, env=cls.SERVER_ENV)
+
+    @classmethod
+    def tearDownClass(cls):
+        status, _ = cls.srv.stop()
+        assert status == 0, status
 
 
 def read_until_close(s, timeout=5.0):

@@ -102,15 +102,8 @@ TOLERATED = {
 }
 
 
-class BadInputTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = harness.Server(INSPECT_APP)
-
-    @classmethod
-    def tearDownClass(cls):
-        status, _ = cls.srv.stop()
-        assert status == 0, status
+class BadInputTest(harness.ServerTest):
+    SERVER = (INSPECT_APP,)
 
     def check_rejected(self, data, first=None):
         """Send data (after `first`, a good request, if given) on one
@@ -246,18 +239,11 @@ def mutate(rng, data):
     return bytes(data)
 
 
-class FuzzTest(unittest.TestCase):
+class FuzzTest(harness.ServerTest):
     """Seeded random edits of good requests: whatever the server answers is
     never a 5xx, and it stays up."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = harness.Server(INSPECT_APP)
-
-    @classmethod
-    def tearDownClass(cls):
-        status, _ = cls.srv.stop()
-        assert status == 0, status
+    SERVER = (INSPECT_APP,)
 
     def test_mutated_requests(self):
         import random

@@ -13,15 +13,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 INSPECT_APP = os.path.join(HERE, "apps", "inspect_app.lua")
 
 
-class KeepAliveTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = harness.Server("apps/bench")
-
-    @classmethod
-    def tearDownClass(cls):
-        status, _ = cls.srv.stop()
-        assert status == 0, status
+class KeepAliveTest(harness.ServerTest):
+    SERVER = ("apps/bench",)
 
     def test_http11_keeps_the_connection_by_default(self):
         with Client(self.srv.port) as c:
@@ -72,15 +65,8 @@ class KeepAliveTest(unittest.TestCase):
             self.assertTrue(c.wait_closed(5))
 
 
-class PipeliningTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = harness.Server("apps/bench")
-
-    @classmethod
-    def tearDownClass(cls):
-        status, _ = cls.srv.stop()
-        assert status == 0, status
+class PipeliningTest(harness.ServerTest):
+    SERVER = ("apps/bench",)
 
     def test_answers_come_in_request_order(self):
         # A slow request first: the quick ones behind it wait their turn.
@@ -241,15 +227,8 @@ class HeadAndHeadersTest(unittest.TestCase):
             self.assertEqual(c.response().body, b"Hello, World!")
 
 
-class BodyTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = harness.Server("apps/bench")
-
-    @classmethod
-    def tearDownClass(cls):
-        status, _ = cls.srv.stop()
-        assert status == 0, status
+class BodyTest(harness.ServerTest):
+    SERVER = ("apps/bench",)
 
     def test_content_length_body(self):
         with Client(self.srv.port) as c:
@@ -314,15 +293,8 @@ class BodyTest(unittest.TestCase):
         self.assertEqual(r.body, body)
 
 
-class ExpectContinueTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = harness.Server("apps/bench", "--max-body", "1000")
-
-    @classmethod
-    def tearDownClass(cls):
-        status, _ = cls.srv.stop()
-        assert status == 0, status
+class ExpectContinueTest(harness.ServerTest):
+    SERVER = ("apps/bench", "--max-body", "1000")
 
     def test_100_continue_before_the_body(self):
         with Client(self.srv.port) as c:
@@ -364,15 +336,8 @@ class ExpectContinueTest(unittest.TestCase):
             self.assertEqual(r.body, b"abc")
 
 
-class HandlerErrorTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = harness.Server("apps/demo")
-
-    @classmethod
-    def tearDownClass(cls):
-        status, _ = cls.srv.stop()
-        assert status == 0, status
+class HandlerErrorTest(harness.ServerTest):
+    SERVER = ("apps/demo",)
 
     def test_error_is_a_500_logged_with_route_and_traceback(self):
         with Client(self.srv.port) as c:

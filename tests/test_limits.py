@@ -23,15 +23,8 @@ def get_with_header(port, value_len, extra=b""):
         return r, r.status >= 400 and c.wait_closed(5)
 
 
-class HeaderLimitsDefaultTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = harness.Server("apps/bench")
-
-    @classmethod
-    def tearDownClass(cls):
-        status, _ = cls.srv.stop()
-        assert status == 0, status
+class HeaderLimitsDefaultTest(harness.ServerTest):
+    SERVER = ("apps/bench",)
 
     def test_headers_under_16k_pass(self):
         r, _ = get_with_header(self.srv.port, 15 * 1024)
@@ -68,16 +61,8 @@ class HeaderLimitsDefaultTest(unittest.TestCase):
         self.assertTrue(closed)
 
 
-class HeaderLimitsFlagsTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = harness.Server("apps/bench", "--max-header-bytes", "2048",
-                                 "--max-headers", "10")
-
-    @classmethod
-    def tearDownClass(cls):
-        status, _ = cls.srv.stop()
-        assert status == 0, status
+class HeaderLimitsFlagsTest(harness.ServerTest):
+    SERVER = ("apps/bench", "--max-header-bytes", "2048", "--max-headers", "10")
 
     def test_max_header_bytes(self):
         r, _ = get_with_header(self.srv.port, 1500)
@@ -97,15 +82,8 @@ class HeaderLimitsFlagsTest(unittest.TestCase):
         self.assertTrue(self.srv.alive())
 
 
-class BodyLimitDefaultTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = harness.Server("apps/bench")
-
-    @classmethod
-    def tearDownClass(cls):
-        status, _ = cls.srv.stop()
-        assert status == 0, status
+class BodyLimitDefaultTest(harness.ServerTest):
+    SERVER = ("apps/bench",)
 
     def test_1mb_passes(self):
         body = b"b" * (1024 * 1024)
@@ -146,19 +124,12 @@ class BodyLimitDefaultTest(unittest.TestCase):
         self.assertEqual(harness.get(self.srv.port, "/json")[0], 200)
 
 
-class BodyLimitPerRouteTest(unittest.TestCase):
+class BodyLimitPerRouteTest(harness.ServerTest):
     """--max-body 1000; /big allows 2 MB, /tiny 10 bytes, /small the
     server's 1000. The core reads up to the largest; Lua enforces each
     route's own."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = harness.Server(INSPECT_APP, "--max-body", "1000")
-
-    @classmethod
-    def tearDownClass(cls):
-        status, _ = cls.srv.stop()
-        assert status == 0, status
+    SERVER = (INSPECT_APP, "--max-body", "1000")
 
     def post(self, path, n):
         with Client(self.srv.port, timeout=10) as c:
@@ -190,17 +161,10 @@ class BodyLimitPerRouteTest(unittest.TestCase):
             self.assertEqual(c.response().json(), {"body_len": 5000})
 
 
-class HeaderTimeoutTest(unittest.TestCase):
+class HeaderTimeoutTest(harness.ServerTest):
     """--timeout-header 1 (keep-alive timeout: the default 5 s)."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = harness.Server("apps/bench", "--timeout-header", "1")
-
-    @classmethod
-    def tearDownClass(cls):
-        status, _ = cls.srv.stop()
-        assert status == 0, status
+    SERVER = ("apps/bench", "--timeout-header", "1")
 
     def test_slow_header_sender_gets_408_and_close(self):
         data = b"GET /plaintext HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"s" * 40 + b"\r\n\r\n"
@@ -250,17 +214,10 @@ class HeaderTimeoutTest(unittest.TestCase):
             self.assertEqual(r.json(), {"slept_ms": 1500})
 
 
-class KeepAliveTimeoutTest(unittest.TestCase):
+class KeepAliveTimeoutTest(harness.ServerTest):
     """--timeout-keep-alive 1 (header timeout: the default 10 s)."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = harness.Server("apps/bench", "--timeout-keep-alive", "1")
-
-    @classmethod
-    def tearDownClass(cls):
-        status, _ = cls.srv.stop()
-        assert status == 0, status
+    SERVER = ("apps/bench", "--timeout-keep-alive", "1")
 
     def test_idle_keep_alive_connection_is_closed(self):
         with Client(self.srv.port) as c:
@@ -290,15 +247,8 @@ class KeepAliveTimeoutTest(unittest.TestCase):
             self.assertEqual(c.response().json(), {"slept_ms": 1500})
 
 
-class LimitConcurrencyTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = harness.Server("apps/bench", "--limit-concurrency", "2")
-
-    @classmethod
-    def tearDownClass(cls):
-        status, _ = cls.srv.stop()
-        assert status == 0, status
+class LimitConcurrencyTest(harness.ServerTest):
+    SERVER = ("apps/bench", "--limit-concurrency", "2")
 
     def test_503_beyond_the_limit(self):
         slow = [Client(self.srv.port, timeout=10) for _ in range(2)]

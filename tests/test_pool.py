@@ -95,21 +95,17 @@ def retry(attempts, fn):
     return False, results
 
 
-class ParallelTest(unittest.TestCase):
+class ParallelTest(harness.ServerTest):
     """apps/bench with two pool threads: /cpu runs on both at once."""
 
-    CPU = "/cpu?n=36"   # about 0.3 s of fib in LuaJIT
+    CPU = "/cpu?n=36"   # about 0.1-0.3 s of fib in LuaJIT
+    SERVER = ("apps/bench", "--threads", "2", "--no-access-log")
 
     @classmethod
     def setUpClass(cls):
-        cls.srv = harness.Server("apps/bench", "--threads", "2", "--no-access-log")
+        super().setUpClass()
         for _ in range(2):   # compile fib in both states
             in_threads(cls.srv.port, [cls.CPU, cls.CPU])
-
-    @classmethod
-    def tearDownClass(cls):
-        status, _ = cls.srv.stop()
-        assert status == 0, status
 
     def test_two_cpu_requests_take_about_as_long_as_one(self):
         busy_runs = []
@@ -160,19 +156,12 @@ class ParallelTest(unittest.TestCase):
         self.assertGreaterEqual(len(tasks), 3)   # the loop + 2 pool threads
 
 
-class BlockingTest(unittest.TestCase):
+class BlockingTest(harness.ServerTest):
     """apps/demo: the same blocking call in an async and in a sync handler."""
 
     BLOCK_MS = 600
 
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = harness.Server("apps/demo", "--threads", "2", "--no-access-log")
-
-    @classmethod
-    def tearDownClass(cls):
-        status, _ = cls.srv.stop()
-        assert status == 0, status
+    SERVER = ("apps/demo", "--threads", "2", "--no-access-log")
 
     def probe_during(self, path):
         """Latency of an /async probe sent 0.1 s into a request for path."""
@@ -217,18 +206,10 @@ class BlockingTest(unittest.TestCase):
         self.assertEqual(json.loads(body)["count"], first + 1)
 
 
-class FullPoolTest(unittest.TestCase):
+class FullPoolTest(harness.ServerTest):
     """One thread and a queue of one: the third sync request gets 503."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = harness.Server("apps/demo", "--threads", "1", "--pool-queue", "1",
-                                 "--no-access-log")
-
-    @classmethod
-    def tearDownClass(cls):
-        status, _ = cls.srv.stop()
-        assert status == 0, status
+    SERVER = ("apps/demo", "--threads", "1", "--pool-queue", "1", "--no-access-log")
 
     def test_sync_request_beyond_the_queue_answers_503(self):
         slow = [threading.Thread(target=timed_get,
