@@ -63,6 +63,9 @@ void ls__log(const char *level, const char *fmt, ...)
  * gc as __gc (either may be NULL); leaves the stack as it was. */
 void ls__new_class(lua_State *L, const char *name, const luaL_Reg *methods,
                    lua_CFunction gc);
+/* ls__format_addr: the address's host as text into host; returns the port. */
+int ls__format_addr(const struct sockaddr_storage *addr, char *host,
+                    size_t size);
 /* ls__push_addr: push the address's host and port; returns 2. */
 int ls__push_addr(lua_State *L, const struct sockaddr_storage *addr);
 /* ls__push_error: push nil and the message of err; returns 2. */
@@ -144,6 +147,8 @@ typedef struct ls_conn_s {
   uint32_t url_len;
   uint64_t started;         /* uv_now when the request was dispatched */
   int streaming;             /* a streamed response is being written */
+  uint16_t peer_port;       /* the client's address, read once at accept */
+  char peer_host[46];       /* (INET6_ADDRSTRLEN); "" if unknown */
   int drain_ref;            /* target waiting for the write queue, or 0 */
   uint64_t deadline;        /* loop time of the current timeout, 0: none */
   uint64_t timer_due;       /* loop time the libuv timer is set for */

@@ -178,10 +178,9 @@ int ls__lua_release(lua_State *L) {
 /* peer(conn): the client's address and port, or nil. */
 int ls__lua_peer(lua_State *L) {
   ls_conn_t *c = check_conn(L, 1);
-  struct sockaddr_storage addr;
-  int len = sizeof(addr);
-  if (c->state == LS_CONN_CLOSING ||
-      uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&addr, &len) != 0)
+  if (c->peer_host[0] == '\0')
     return 0;
-  return ls__push_addr(L, &addr);
+  lua_pushstring(L, c->peer_host);
+  lua_pushinteger(L, c->peer_port);
+  return 2;
 }

@@ -155,18 +155,22 @@ void ls__new_class(lua_State *L, const char *name, const luaL_Reg *methods,
 }
 
 
-int ls__push_addr(lua_State *L, const struct sockaddr_storage *addr) {
-  char host[64];
-  int port;
+int ls__format_addr(const struct sockaddr_storage *addr, char *host,
+                    size_t size) {
   if (addr->ss_family == AF_INET6) {
     const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)addr;
-    uv_ip6_name(a6, host, sizeof(host));
-    port = ntohs(a6->sin6_port);
-  } else {
-    const struct sockaddr_in *a4 = (const struct sockaddr_in *)addr;
-    uv_ip4_name(a4, host, sizeof(host));
-    port = ntohs(a4->sin_port);
+    uv_ip6_name(a6, host, size);
+    return ntohs(a6->sin6_port);
   }
+  const struct sockaddr_in *a4 = (const struct sockaddr_in *)addr;
+  uv_ip4_name(a4, host, size);
+  return ntohs(a4->sin_port);
+}
+
+
+int ls__push_addr(lua_State *L, const struct sockaddr_storage *addr) {
+  char host[64];
+  int port = ls__format_addr(addr, host, sizeof(host));
   lua_pushstring(L, host);
   lua_pushinteger(L, port);
   return 2;

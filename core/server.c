@@ -428,6 +428,13 @@ static void server_on_connection(uv_stream_t *listener, int status) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
+  /* The client's address, once: the access log wants it per request, and
+   * still after the client left (a 499). */
+  struct sockaddr_storage peer;
+  int plen = sizeof(peer);
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&peer, &plen) == 0)
+    c->peer_port = (uint16_t)ls__format_addr(&peer, c->peer_host,
+                                             sizeof(c->peer_host));
   c->read_stopped = 1;
   conn_process(c);   /* starts reading */
   /* The first request is awaited for the header timeout, not the keep-alive

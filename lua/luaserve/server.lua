@@ -141,9 +141,6 @@ local function make_handler(app, opts)
       end
     end
     if requests[conn] ~= req then return end   -- aborted meanwhile
-    -- The access line's client address: ask while the connection is open
-    -- (respond may close it).
-    if access_log then local _ = req.client end
     if stream then
       local nbytes = send_stream(requests, req, status, ctype, headers, stream)
       if access_log then log.access(req, status, nbytes, hrtime() - req._t0) end
