@@ -378,7 +378,7 @@ static void pool_drain(ls_pool_t *pool) {
     if (job->target_ref != LUA_NOREF && !job->aborted && !rt->closing) {
       lua_pushcfunction(rt->L, deliver_call);
       lua_pushlightuserdata(rt->L, job);
-      ls__pcall(rt->L, 1, 0, "sync result");
+      ls__pcall_entry(rt, 1, "sync result");   /* resumes tasks: timed */
     }
     if (job->target_ref != LUA_NOREF && !rt->closing)
       luaL_unref(rt->L, LUA_REGISTRYINDEX, job->target_ref);
