@@ -12,14 +12,15 @@ PORT ?= 8080
 
 # Debian packages: build, run, test, bench.
 PACKAGES = gcc make pkg-config luajit2 libluajit2-5.1-dev libuv1-dev \
-           node-llhttp lua-cjson lua-busted python3 curl
+           node-llhttp lua-cjson lua-busted libssl-dev openssl \
+           ca-certificates python3 curl
 BENCH_PACKAGES = wrk
 
 CC ?= cc
 CFLAGS ?= -O2 -g
 WARN = -Wall -Wextra -Wshadow -Wno-unused-parameter
-PKG_CFLAGS = $(shell pkg-config --cflags luajit libuv 2>/dev/null)
-PKG_LIBS = $(shell pkg-config --libs luajit libuv 2>/dev/null)
+PKG_CFLAGS = $(shell pkg-config --cflags luajit libuv openssl 2>/dev/null)
+PKG_LIBS = $(shell pkg-config --libs luajit libuv openssl 2>/dev/null)
 
 # SAN=1: AddressSanitizer + UndefinedBehaviorSanitizer, built apart.
 ifeq ($(SAN),1)
@@ -43,8 +44,10 @@ CORE_SRCS = core/buf.c \
             core/server.c \
             core/shared.c \
             core/shutdown.c \
+            core/stream.c \
             core/tcp.c \
-            core/timer.c
+            core/timer.c \
+            core/tls.c
 LLHTTP_SRCS = $(LLHTTP_DIR)/api.c $(LLHTTP_DIR)/http.c $(LLHTTP_DIR)/llhttp.c
 
 CORE_OBJS = $(patsubst core/%.c,$(BUILD)/core/%.o,$(CORE_SRCS))

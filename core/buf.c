@@ -21,6 +21,8 @@ int ls__buf_reserve(ls_buf_t *b, size_t n) {
 
 
 int ls__buf_append(ls_buf_t *b, const char *p, size_t n) {
+  if (n == 0)
+    return 0;
   if (ls__buf_reserve(b, n))
     return UV_ENOMEM;
   memcpy(b->data + b->len, p, n);

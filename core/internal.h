@@ -15,6 +15,25 @@
 
 /* ---- runtime.c ---------------------------------------------------------- */
 
+/* Work the loop does after the current callback, never from inside a Lua
+ * call: an owner embeds an ls_defer_t and queues it (ls__defer); the
+ * runtime's idle and check handles run the queue (see runtime.c). */
+typedef struct ls_defer_s ls_defer_t;
+typedef void (*ls_defer_cb)(ls_defer_t *d);
+struct ls_defer_s {
+  ls_defer_t *prev, *next;
+  ls_defer_cb cb;
+  int queued;               /* on the queue: the owner must not be freed */
+};
+
+/* A checked handle table: Lua holds a number (generation and index), never
+ * a pointer; a stale number finds nothing (see ls__slot_get). */
+typedef struct {
+  void *ptr;                /* NULL: free */
+  uint32_t gen;
+  uint32_t next_free;       /* index + 1 of the next free slot, 0: none */
+} ls_slot_t;
+
 /* Per Lua state: its loop and what the C side calls back into. */
 struct ls_runtime_s {
   uv_loop_t *loop;
@@ -25,6 +44,7 @@ struct ls_runtime_s {
   void *pool;          /* the thread pool (main state) or NULL */
   void *shared;        /* the shared dictionary, or NULL */
   int is_pool_state;   /* 1 in a pool thread's state */
+  int log_level;       /* 1 debug, 2 info, 3 warn, 4 error (luaserve.log's) */
   char *lua_dir;       /* the framework's Lua folder (pool states need it) */
   char *read_buf;      /* LS__READ_BUF bytes every read of this loop lands in:
                           a waiting connection or socket holds no buffer */
@@ -34,6 +54,11 @@ struct ls_runtime_s {
   int blocked_ref;         /* Lua blocked(seconds) hook, 0: none */
   struct ls_server_s *servers;     /* this runtime's listening servers */
   struct ls_shutdown_s *shutdown;  /* signal watchers (shutdown.c), or NULL */
+  uv_idle_t defer_idle;    /* runs the deferred queue before the loop waits */
+  uv_check_t defer_check;  /* and after the I/O callbacks of an iteration */
+  ls_defer_t *defer_head, *defer_tail;
+  ls_slot_t *slots;        /* request handles (server.c) */
+  uint32_t nslots, slot_cap, slot_free;
 };
 
 #define LS__READ_BUF (64 * 1024)
@@ -70,6 +95,25 @@ int ls__format_addr(const struct sockaddr_storage *addr, char *host,
 int ls__push_addr(lua_State *L, const struct sockaddr_storage *addr);
 /* ls__push_error: push nil and the message of err; returns 2. */
 int ls__push_error(lua_State *L, int err);
+/* ls__log_at: ls__log when level (1 debug .. 4 error) passes rt's. */
+#define ls__log_at(rt, lvl, name, ...)                                      \
+  do {                                                                      \
+    if ((lvl) >= (rt)->log_level) ls__log(name, __VA_ARGS__);              \
+  } while (0)
+/* ls__defer: run cb(d) after the current callback, from the loop (never
+ * inside a Lua call). Queuing a queued item does nothing. Not while the
+ * runtime closes. */
+void ls__defer(ls_runtime_t *rt, ls_defer_t *d, ls_defer_cb cb);
+/* ls__defer_cancel: take d off the queue if it is on it. */
+void ls__defer_cancel(ls_runtime_t *rt, ls_defer_t *d);
+/* ls__slot_new: a handle slot for ptr; its index, or UINT32_MAX (no memory). */
+uint32_t ls__slot_new(ls_runtime_t *rt, void *ptr);
+/* ls__slot_free: the slot's handles are stale from now on. */
+void ls__slot_free(ls_runtime_t *rt, uint32_t idx);
+/* ls__slot_next: a new handle for the slot; earlier ones go stale. */
+double ls__slot_next(ls_runtime_t *rt, uint32_t idx);
+/* ls__slot_get: the pointer a handle names, or NULL when it is stale. */
+void *ls__slot_get(ls_runtime_t *rt, double handle);
 
 /* ---- buffers (buf.c) ---------------------------------------------------- */
 
@@ -87,6 +131,138 @@ int ls__buf_reserve(ls_buf_t *b, size_t n);
 /* ls__buf_free: release the storage; the buffer is empty again. */
 void ls__buf_free(ls_buf_t *b);
 
+/* ---- stream.c: the byte stream under every socket ---------------------- */
+
+typedef struct ls_stream_s ls_stream_t;
+typedef struct ls_tls_s ls_tls_t;
+
+enum { LS_TIMEOUT_DEADLINE, LS_TIMEOUT_SEND };
+
+/* What a stream tells its owner. Each runs from a libuv callback or the
+ * deferred queue, never from inside a call the owner made. */
+typedef struct {
+  /* plaintext bytes, only while the owner reads; data is valid during the
+   * call only */
+  void (*on_read)(ls_stream_t *s, const char *data, size_t len);
+  /* no more input: UV_EOF, a socket error or LS_ETLS; reading stopped */
+  void (*on_end)(ls_stream_t *s, int err);
+  /* what waited for the socket is written (0), or writing failed (< 0) */
+  void (*on_drain)(ls_stream_t *s, int status);
+  /* the owner's deadline passed (LS_TIMEOUT_DEADLINE), or queued output
+   * made no progress for the send timeout (LS_TIMEOUT_SEND) */
+  void (*on_timeout)(ls_stream_t *s, int kind);
+  /* the TLS handshake finished (0) or failed (LS_ETLS, UV_EOF, ...) */
+  void (*on_handshake)(ls_stream_t *s, int err);
+  /* both handles are closed and nothing is in flight: free the owner */
+  void (*on_close)(ls_stream_t *s);
+} ls_stream_ops_t;
+
+/* A TCP byte stream, embedded in its owner. Reads are pulled (nothing is
+ * read while the owner does not read); writes go through one queue: `out`
+ * collects bytes (ciphertext under TLS) while `flight` is with uv_write.
+ * One timer serves the owner's deadline and the send timeout. */
+struct ls_stream_s {
+  uv_tcp_t tcp;             /* tcp.data = the stream */
+  uv_timer_t timer;
+  uv_write_t wreq;          /* the one write in flight */
+  uv_shutdown_t sreq;
+  ls_runtime_t *rt;
+  const ls_stream_ops_t *ops;
+  ls_tls_t *tls;            /* the TLS filter, or NULL: plain TCP */
+  ls_buf_t out;             /* bytes waiting behind the write in flight */
+  ls_buf_t flight;          /* bytes handed to uv_write */
+  ls_defer_t defer;         /* delivers plaintext TLS holds after a pause */
+  uint64_t deadline;        /* the owner's, loop ms; 0: none */
+  uint64_t send_ms;         /* send timeout; 0: none */
+  uint64_t send_deadline;   /* loop ms while output waits; 0: none */
+  uint64_t bytes_in;        /* bytes ever queued for the socket */
+  uint64_t send_mark;       /* bytes the kernel had taken at the last check */
+  uint64_t timer_due;       /* when the libuv timer is set to fire */
+  int corked;               /* writes collect until uncorked */
+  int handles_open;         /* 2 until both close callbacks ran */
+  unsigned reading : 1;     /* the owner reads */
+  unsigned uv_reading : 1;  /* libuv reads */
+  unsigned writing : 1;     /* flight is with uv_write */
+  unsigned closing : 1;
+  unsigned eof : 1;         /* no more input */
+  unsigned wfailed : 1;     /* a write failed: output is dropped */
+  unsigned tls_ready : 1;   /* handshake done */
+  unsigned end_pending : 1; /* close once output is written */
+  unsigned shut_pending : 1;/* half-close once output is written */
+};
+
+/* ls__stream_init: handles on rt's loop; the owner zeroed s. */
+void ls__stream_init(ls_runtime_t *rt, ls_stream_t *s,
+                     const ls_stream_ops_t *ops);
+/* ls__stream_read_start / _stop: the owner wants bytes, or not now.
+ * read_start returns 0 or a libuv error. */
+int ls__stream_read_start(ls_stream_t *s);
+void ls__stream_read_stop(ls_stream_t *s);
+/* ls__stream_write: queue bufs (copied where the socket does not take them
+ * now). 0, or an error: the stream cannot write any more. */
+int ls__stream_write(ls_stream_t *s, const uv_buf_t *bufs, unsigned nbufs);
+/* ls__stream_queued: output bytes not yet taken by the kernel (a corked
+ * stream's included). */
+size_t ls__stream_queued(const ls_stream_t *s);
+/* ls__stream_blocked: the socket is full: output waits for it, and
+ * on_drain will come. */
+#define ls__stream_blocked(s) ((s)->writing)
+/* ls__stream_cork / _uncork: collect writes, then write them at once
+ * (pipelined answers in one system call). uncork returns 0 or an error. */
+void ls__stream_cork(ls_stream_t *s);
+int ls__stream_uncork(ls_stream_t *s);
+/* ls__stream_deadline: the owner's one deadline, ms from now (0: none). */
+void ls__stream_deadline(ls_stream_t *s, uint64_t ms);
+/* ls__stream_send_timeout: ms queued output may go without progress. */
+void ls__stream_send_timeout(ls_stream_t *s, uint64_t ms);
+/* ls__stream_close: close now (queued output is dropped; TLS sends its
+ * close_notify if the socket takes it). Idempotent. */
+void ls__stream_close(ls_stream_t *s);
+/* ls__stream_end: close once the queued output is written. */
+void ls__stream_end(ls_stream_t *s);
+/* ls__stream_shutdown: half-close once the queued output is written;
+ * reading goes on (a lingering close). */
+void ls__stream_shutdown(ls_stream_t *s);
+/* ls__stream_tls: put a TLS filter on s (server: accept; client: connect,
+ * with `name` for SNI and the certificate check, NULL: none) and start
+ * the handshake; its end comes through on_handshake. 0 or an error. */
+int ls__stream_tls(ls_stream_t *s, void *ssl_ctx, int server,
+                   const char *name, int check_name);
+/* ls__stream_error: the reason of the last TLS error ("" if none). */
+const char *ls__stream_error(const ls_stream_t *s);
+
+/* ---- tls.c: OpenSSL contexts and the filter under a stream ------------- */
+
+/* ls__tls_new: a filter on ctx (an SSL_CTX), memory BIOs both ways. */
+ls_tls_t *ls__tls_new(void *ctx, int server, const char *name,
+                      int check_name);
+void ls__tls_free(ls_tls_t *t);
+/* ls__tls_feed: bytes from the socket; 0 or UV_ENOMEM. */
+int ls__tls_feed(ls_tls_t *t, const char *data, size_t len);
+/* ls__tls_handshake: 1 done, 0 needs input, LS_ETLS failed (reason). */
+int ls__tls_handshake(ls_tls_t *t);
+/* ls__tls_read: plaintext bytes (> 0), 0 needs input, UV_EOF (the peer's
+ * close_notify) or LS_ETLS. */
+int ls__tls_read(ls_tls_t *t, char *buf, size_t cap);
+/* ls__tls_write: encrypt len bytes; 0 or LS_ETLS. */
+int ls__tls_write(ls_tls_t *t, const char *data, size_t len);
+/* ls__tls_output: append the bytes to send to out; 0 or UV_ENOMEM. */
+int ls__tls_output(ls_tls_t *t, ls_buf_t *out);
+/* ls__tls_pending: input held that may give plaintext without a read. */
+int ls__tls_pending(ls_tls_t *t);
+/* ls__tls_close_notify: queue the close_notify alert (ls__tls_output). */
+void ls__tls_close_notify(ls_tls_t *t);
+/* ls__tls_reason: what the last failure was ("" if none). */
+const char *ls__tls_reason(const ls_tls_t *t);
+/* ls__tls_push_info: push a table {version, cipher, alpn, peer_subject,
+ * peer_verified} of an established connection. */
+void ls__tls_push_info(lua_State *L, ls_tls_t *t);
+/* ls__tls_check_context: the SSL_CTX of the context userdata at idx. */
+void *ls__tls_check_context(lua_State *L, int idx);
+/* ls__tls_context_ref / _unref: keep a context alive (a server's). */
+void ls__tls_context_ref(void *ctx);
+void ls__tls_context_unref(void *ctx);
+
 /* ---- server.c: listeners, connections, reads, writes, timeouts ---------- */
 
 /* Limits and timeouts of one server; set from Lua at listen time. */
@@ -95,8 +271,11 @@ typedef struct {
   unsigned max_headers;     /* header count; over it: 431 */
   size_t max_body;          /* body bytes; over it: 413 */
   uint64_t header_timeout;  /* ms from a request's first byte to its headers;
-                               also the longest pause inside a body */
-  uint64_t keepalive_timeout; /* ms an idle keep-alive connection is kept */
+                               also the longest pause inside a body, and
+                               the TLS handshake's bound */
+  uint64_t keepalive_timeout; /* ms an idle keep-alive connection is kept,
+                                 counted once its last answer is written */
+  uint64_t send_timeout;    /* ms an answer may wait without progress */
   unsigned limit_concurrency; /* requests in Lua at once; 0: no limit */
 } ls_limits_t;
 
@@ -113,24 +292,27 @@ typedef struct {
 enum { LS_CONN_IDLE, LS_CONN_READING, LS_CONN_BUSY, LS_CONN_CLOSING,
        LS_CONN_LINGER };
 
-/* A client connection. Allocated apart from Lua; freed when both handles are
- * closed and Lua no longer holds it (see conn_maybe_free in server.c). */
+/* A client connection. Allocated apart from Lua, which knows it by a
+ * checked handle (a slot); freed when its stream is closed, Lua no longer
+ * holds a request of it and no notification is queued (conn_maybe_free). */
 typedef struct ls_conn_s {
-  uv_tcp_t tcp;             /* tcp.data = the connection */
-  uv_timer_t timer;         /* header, body and keep-alive timeouts */
-  uv_shutdown_t shutdown;   /* the lingering close's half-close */
+  ls_stream_t stream;       /* first: a stream pointer is the connection */
+  ls_runtime_t *rt;
   ls_server_t *server;
   struct ls_conn_s *prev, *next;  /* the server's connection list */
   llhttp_t parser;
+  ls_defer_t notify;        /* tells Lua what happened, from the loop */
+  uint32_t slot;            /* the handle slot */
+  double handle;            /* the request in Lua's handle */
   int state;                /* LS_CONN_* */
-  int handles_open;         /* 2 until both close callbacks ran */
+  int stream_open;          /* until the stream's on_close */
   int lua_holds;            /* 1 while Lua has a request of this connection */
-  int in_process;           /* inside conn_process: do not recurse */
+  int in_process;           /* parsing: answers are corked, the parse loop
+                               goes on by itself */
+  int in_notify;            /* inside the notify callback: do not free */
   int keepalive;            /* the current request allows keep-alive */
   int close_after_write;    /* close once queued writes are done */
-  int read_stopped;         /* reading paused (back-pressure or busy) */
   int is_head;              /* the request in Lua is HEAD */
-  int writes_pending;       /* uv_write requests in flight */
   int error_status;         /* status chosen by a parser callback, or 0 */
   const char *error_reason; /* and its detail (static): llhttp replaces
                                the reason of non-span callbacks */
@@ -145,21 +327,22 @@ typedef struct ls_conn_s {
   ls_buf_t pending;         /* unparsed bytes read ahead (pipelining) */
   ls_buf_t out;             /* the response head being formatted */
   uint32_t url_len;
-  uint64_t started;         /* uv_now when the request was dispatched */
-  int streaming;             /* a streamed response is being written */
+  int streaming;            /* a streamed response is being written */
   uint16_t peer_port;       /* the client's address, read once at accept */
   char peer_host[46];       /* (INET6_ADDRSTRLEN); "" if unknown */
   int drain_ref;            /* target waiting for the write queue, or 0 */
-  uint64_t deadline;        /* loop time of the current timeout, 0: none */
-  uint64_t timer_due;       /* loop time the libuv timer is set for */
+  unsigned notify_abort : 1;   /* tell Lua the client went away */
+  unsigned notify_closed : 1;  /* wake drain_ref with nil, "closed" */
+  unsigned notify_process : 1; /* parse pipelined bytes */
 } ls_conn_t;
 
 struct ls_server_s {
   uv_tcp_t listener;
   ls_runtime_t *rt;
   ls_limits_t lim;
-  int dispatch_ref;         /* Lua dispatch(conn, method, target, headers, body) */
-  int abort_ref;            /* Lua abort(conn): the client went away */
+  void *tls_ctx;            /* SSL_CTX: the listener speaks TLS; or NULL */
+  int dispatch_ref;         /* Lua dispatch(handle, method, target, headers, body) */
+  int abort_ref;            /* Lua abort(handle): the client went away */
   int listening;
   int draining;             /* shutting down: finish in-flight, accept none */
   unsigned inflight;        /* connections with a request in Lua */
@@ -167,18 +350,22 @@ struct ls_server_s {
   ls_server_t *next_server; /* every server of this runtime */
 };
 
-/* ls__conn_write: write bufs now where the socket takes them, queue the
- * rest (copied). Returns 0 or a libuv error. */
+/* ls__conn_write: write bufs on c's stream. 0 or an error. */
 int ls__conn_write(ls_conn_t *c, uv_buf_t *bufs, unsigned nbufs);
 /* ls__conn_request_done: the answer to the request in Lua is written (or
- * abandoned): Lua's hold ends; go on with the next request, or close. */
+ * abandoned): Lua's hold ends; go on with the next request, or close.
+ * Safe from inside a Lua call: parsing what is pipelined is deferred. */
 void ls__conn_request_done(ls_conn_t *c);
-/* ls__conn_close: start closing (idempotent); freed later. */
+/* ls__conn_close: start closing (idempotent); freed later. Lua hears of a
+ * request it holds through the deferred notify, never from inside here. */
 void ls__conn_close(ls_conn_t *c);
 /* ls__conn_linger: close after an error answer that is written or queued:
  * half-close, discard what the client still sends, close on its EOF or
  * after a short while. Nothing more is parsed. */
 void ls__conn_linger(ls_conn_t *c);
+/* ls__conn_lookup: the connection of a request handle (Lua value at idx),
+ * or NULL when that request is over. */
+ls_conn_t *ls__conn_lookup(lua_State *L, int idx);
 
 /* ---- http.c: the llhttp glue and response formatting -------------------- */
 
@@ -248,7 +435,11 @@ int ls__lua_release(lua_State *L);         /* respond.c: release(conn) */
 int ls__lua_respond_start(lua_State *L);   /* respond.c: streamed head */
 int ls__lua_write_chunk(lua_State *L);     /* respond.c: one chunk */
 int ls__lua_respond_end(lua_State *L);     /* respond.c: last chunk */
-int ls__lua_peer(lua_State *L);            /* respond.c: peer(conn) */
+int ls__lua_peer(lua_State *L);            /* respond.c: peer(handle) */
+int ls__lua_tls_info(lua_State *L);        /* respond.c: tls_info(handle) */
+int ls__lua_tls_server_context(lua_State *L); /* tls.c: server context */
+int ls__lua_tls_client_context(lua_State *L); /* tls.c: client context */
+void ls__tls_open(lua_State *L);           /* tls.c: metatables */
 int ls__lua_shutdown_on_signals(lua_State *L); /* shutdown.c */
 void ls__server_open(lua_State *L);        /* server.c: metatables */
 void ls__server_close_all(ls_runtime_t *rt); /* server.c: exit path */

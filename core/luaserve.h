@@ -15,7 +15,8 @@
   XX(ELUA, "a Lua call failed")                                             \
   XX(ECOPY, "the value cannot be copied between Lua states")                \
   XX(EPOOLFULL, "pool full")                                                \
-  XX(ESHAREDFULL, "shared dictionary full")
+  XX(ESHAREDFULL, "shared dictionary full")                                \
+  XX(ETLS, "tls error")
 
 #define LS__ERRNO_BASE (-30000)
 

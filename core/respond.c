@@ -1,22 +1,29 @@
 /* respond.c: the Lua side of a request in the core: respond (a whole
  * response), respond_start / write_chunk / respond_end (a streamed one,
- * with back-pressure), release (a request Lua will not answer), peer.
- * `conn` is the light userdata dispatch() gave Lua; Lua must not use it
- * after respond, respond_end or release. Loop thread only. */
+ * with back-pressure), release (a request Lua will not answer), peer and
+ * tls_info. A request is the number dispatch() gave Lua, a checked handle:
+ * once the request is answered, released or its connection is gone, the
+ * handle is stale and these calls give nil, "closed" (respond_start,
+ * write_chunk, peer) or do nothing. Loop thread only. */
 #include <stdio.h>
 
 #include "internal.h"
 
 
-static ls_conn_t *check_conn(lua_State *L, int idx) {
-  luaL_checktype(L, idx, LUA_TLIGHTUSERDATA);
-  return lua_touserdata(L, idx);
+/* The connection of the request handle at idx, or NULL: the request is
+ * over. */
+#define check_conn ls__conn_lookup
+
+static int push_closed(lua_State *L) {
+  lua_pushnil(L);
+  lua_pushliteral(L, "closed");
+  return 2;
 }
 
 
-/* respond(conn, status, body, content_type, headers|nil, close|nil):
- * true, or nil, "closed" when the client is gone. Ends Lua's hold on conn
- * either way: conn must not be used again. */
+/* respond(handle, status, body, content_type, headers|nil, close|nil):
+ * true, or nil, "closed" when the client is gone (or the request was
+ * over). Ends the request either way. */
 int ls__lua_respond(lua_State *L) {
   ls_conn_t *c = check_conn(L, 1);
   int status = (int)luaL_checkinteger(L, 2);
@@ -24,10 +31,10 @@ int ls__lua_respond(lua_State *L) {
   const char *body = luaL_optlstring(L, 3, "", &blen);
   const char *ctype = luaL_optlstring(L, 4, NULL, &ctlen);
   int headers = lua_istable(L, 5) ? 5 : 0;
+  if (c == NULL || c->lua_holds == 0)
+    return push_closed(L);
   if (lua_toboolean(L, 6))
     c->keepalive = 0;
-  if (c->lua_holds == 0)
-    return luaL_error(L, "respond: this request was already answered");
   if (c->state == LS_CONN_CLOSING) {
     ls__conn_request_done(c);
     lua_pushnil(L);
@@ -47,10 +54,10 @@ int ls__lua_respond(lua_State *L) {
     ls__buf_free(&c->out);
   else
     c->out.len = 0;
-  if (err) {
+  if (err) {   /* the client is gone (a reset, a broken pipe) */
     ls__conn_close(c);
     ls__conn_request_done(c);
-    return ls__push_error(L, err);
+    return push_closed(L);
   }
   ls__conn_request_done(c);
   lua_pushboolean(L, 1);
@@ -58,7 +65,7 @@ int ls__lua_respond(lua_State *L) {
 }
 
 
-/* respond_start(conn, status, content_type, headers|nil): write the head
+/* respond_start(handle, status, content_type, headers|nil): write the head
  * of a streamed response: chunked, or for an HTTP/1.0 client delimited by
  * the close. true, or nil, "closed". Lua keeps the request until
  * respond_end. */
@@ -68,42 +75,42 @@ int ls__lua_respond_start(lua_State *L) {
   size_t ctlen = 0;
   const char *ctype = luaL_optlstring(L, 3, NULL, &ctlen);
   int headers = lua_istable(L, 4) ? 4 : 0;
-  if (c->lua_holds == 0 || c->streaming)
-    return luaL_error(L, "respond_start: this request was already answered");
   if (status < 200 || status > 999 || status == 204 || status == 304)
     return luaL_error(L, "respond_start: status %d cannot have a body", status);
-  if (c->state == LS_CONN_CLOSING)
-    return ls__push_error(L, UV_EOF);
-  c->streaming = 1;
+  if (c == NULL || c->lua_holds == 0 || c->state == LS_CONN_CLOSING)
+    return push_closed(L);
+  if (c->streaming)
+    return luaL_error(L, "respond_start: this request was already answered");
   if (c->parser.http_major == 1 && c->parser.http_minor == 0)
     c->keepalive = 0;   /* no chunked encoding: the close ends the body */
   int err = ls__http_format_head(L, c, status, ctype, ctlen, LS__STREAMED,
-                                 headers);
+                                 headers);   /* raises on a bad header */
+  c->streaming = 1;
   uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
   if (err == 0)
     err = ls__conn_write(c, &b, 1);
   c->out.len = 0;
   if (err) {
     ls__conn_close(c);
-    return ls__push_error(L, err);
+    return push_closed(L);
   }
   lua_pushboolean(L, 1);
   return 1;
 }
 
 
-/* write_chunk(conn, data, target): true when the socket took it now; false
- * when it is queued behind a full socket: target then gets true once the
- * queue is written, or nil, "closed" (back-pressure); nil, "closed" when
- * the client is gone. */
+/* write_chunk(handle, data, target): true when the socket took it now;
+ * false when it is queued behind a full socket: target then gets true once
+ * the queue is written, or nil, "closed" (back-pressure); nil, "closed"
+ * when the client is gone or the request is over. */
 int ls__lua_write_chunk(lua_State *L) {
   ls_conn_t *c = check_conn(L, 1);
   size_t len;
   const char *data = luaL_checklstring(L, 2, &len);
-  if (!c->streaming || c->lua_holds == 0)
+  if (c == NULL || c->lua_holds == 0 || c->state == LS_CONN_CLOSING)
+    return push_closed(L);
+  if (!c->streaming)
     return luaL_error(L, "write_chunk: no streamed response in progress");
-  if (c->state == LS_CONN_CLOSING)
-    return ls__push_error(L, UV_EOF);
   if (len == 0 || c->is_head) {
     lua_pushboolean(L, 1);
     return 1;
@@ -117,11 +124,11 @@ int ls__lua_write_chunk(lua_State *L) {
     uv_buf_init("\r\n", n ? 2 : 0),
   };
   int err = ls__conn_write(c, bufs, 3);
-  if (err) {
+  if (err) {   /* a reset, a broken pipe: the client is gone */
     ls__conn_close(c);
-    return ls__push_error(L, err);
+    return push_closed(L);
   }
-  if (c->writes_pending == 0) {
+  if (!ls__stream_blocked(&c->stream)) {   /* written, or corked: soon */
     lua_pushboolean(L, 1);
     return 1;
   }
@@ -135,13 +142,16 @@ int ls__lua_write_chunk(lua_State *L) {
 }
 
 
-/* respond_end(conn, abort): the last chunk, and the request is done; with
- * abort true the connection is closed instead (an error mid-stream: the
- * client must not take a cut body for a whole one). Ends Lua's hold. */
+/* respond_end(handle, abort): the last chunk, and the request is done;
+ * with abort true the connection is closed instead (an error mid-stream:
+ * the client must not take a cut body for a whole one). Ends the request;
+ * nothing when it was over. */
 int ls__lua_respond_end(lua_State *L) {
   ls_conn_t *c = check_conn(L, 1);
   int abort = lua_toboolean(L, 2);
-  if (!c->streaming || c->lua_holds == 0)
+  if (c == NULL || c->lua_holds == 0)
+    return 0;
+  if (!c->streaming)
     return luaL_error(L, "respond_end: no streamed response in progress");
   c->streaming = 0;
   if (c->drain_ref > 0)
@@ -162,11 +172,11 @@ int ls__lua_respond_end(lua_State *L) {
 }
 
 
-/* release(conn): Lua is done with a request it will not answer (its client
- * went away). */
+/* release(handle): Lua is done with a request it will not answer (its
+ * client went away). */
 int ls__lua_release(lua_State *L) {
   ls_conn_t *c = check_conn(L, 1);
-  if (c->lua_holds > 0) {
+  if (c && c->lua_holds > 0) {
     if (c->state != LS_CONN_CLOSING)
       ls__conn_close(c);
     ls__conn_request_done(c);
@@ -175,12 +185,29 @@ int ls__lua_release(lua_State *L) {
 }
 
 
-/* peer(conn): the client's address and port, or nil. */
+/* peer(handle): the client's address and port; nothing if unknown; nil,
+ * "closed" when the request is over. */
 int ls__lua_peer(lua_State *L) {
   ls_conn_t *c = check_conn(L, 1);
+  if (c == NULL || c->lua_holds == 0)
+    return push_closed(L);
   if (c->peer_host[0] == '\0')
     return 0;
   lua_pushstring(L, c->peer_host);
   lua_pushinteger(L, c->peer_port);
   return 2;
+}
+
+
+/* tls_info(handle): {version, cipher, alpn, peer_subject, peer_verified}
+ * of a TLS connection; nothing for plain TCP; nil, "closed" when the
+ * request is over. */
+int ls__lua_tls_info(lua_State *L) {
+  ls_conn_t *c = check_conn(L, 1);
+  if (c == NULL || c->lua_holds == 0)
+    return push_closed(L);
+  if (c->stream.tls == NULL)
+    return 0;
+  ls__tls_push_info(L, c->stream.tls);
+  return 1;
 }

@@ -113,6 +113,124 @@ void ls__resolve(ls_runtime_t *rt, int target_ref, int nargs) {
 }
 
 
+/* ---- deferred work ------------------------------------------------------
+ * C never calls back into Lua from inside a Lua call (a resume must never
+ * nest in a running task). What a call into C sets in motion, a close that
+ * must tell Lua, pipelined bytes to parse after an answer, goes on a queue
+ * that the loop runs: the idle handle runs it before the loop would wait
+ * (and keeps it from waiting while work is queued), the check handle right
+ * after the I/O callbacks of the iteration. */
+
+static void defer_run(ls_runtime_t *rt) {
+  ls_defer_t *d;
+  while ((d = rt->defer_head) != NULL && !rt->closing) {
+    rt->defer_head = d->next;
+    if (rt->defer_head) rt->defer_head->prev = NULL; else rt->defer_tail = NULL;
+    d->next = d->prev = NULL;
+    d->queued = 0;
+    d->cb(d);
+  }
+  uv_idle_stop(&rt->defer_idle);
+}
+
+
+static void defer_on_idle(uv_idle_t *h) {
+  defer_run(h->data);
+}
+
+
+static void defer_on_check(uv_check_t *h) {
+  ls_runtime_t *rt = h->data;
+  if (rt->defer_head)
+    defer_run(rt);
+}
+
+
+void ls__defer(ls_runtime_t *rt, ls_defer_t *d, ls_defer_cb cb) {
+  if (d->queued || rt->closing)
+    return;
+  d->cb = cb;
+  d->queued = 1;
+  d->next = NULL;
+  d->prev = rt->defer_tail;
+  if (rt->defer_tail) rt->defer_tail->next = d; else rt->defer_head = d;
+  rt->defer_tail = d;
+  if (!uv_is_active((uv_handle_t *)&rt->defer_idle))
+    uv_idle_start(&rt->defer_idle, defer_on_idle);
+}
+
+
+void ls__defer_cancel(ls_runtime_t *rt, ls_defer_t *d) {
+  if (!d->queued)
+    return;
+  if (d->prev) d->prev->next = d->next; else rt->defer_head = d->next;
+  if (d->next) d->next->prev = d->prev; else rt->defer_tail = d->prev;
+  d->next = d->prev = NULL;
+  d->queued = 0;
+}
+
+
+/* ---- handles --------------------------------------------------------------
+ * A handle is gen * LS__SLOT_SPAN + index, a number Lua can hold and
+ * compare (exact up to 2^53). Each new handle of a slot bumps its
+ * generation, so every earlier one goes stale. */
+
+#define LS__SLOT_SPAN 4194304.0   /* 2^22 slots */
+#define LS__SLOT_GENS 0x3fffffffu /* generations wrap below 2^30 */
+
+uint32_t ls__slot_new(ls_runtime_t *rt, void *ptr) {
+  uint32_t idx;
+  if (rt->slot_free) {
+    idx = rt->slot_free - 1;
+    rt->slot_free = rt->slots[idx].next_free;
+  } else {
+    if (rt->nslots == rt->slot_cap) {
+      uint32_t cap = rt->slot_cap ? rt->slot_cap * 2 : 256;
+      if (cap > (uint32_t)LS__SLOT_SPAN)
+        return UINT32_MAX;
+      ls_slot_t *p = realloc(rt->slots, cap * sizeof(*p));
+      if (p == NULL)
+        return UINT32_MAX;
+      rt->slots = p;
+      rt->slot_cap = cap;
+    }
+    idx = rt->nslots++;
+    rt->slots[idx].gen = 0;
+  }
+  rt->slots[idx].ptr = ptr;
+  rt->slots[idx].next_free = 0;
+  return idx;
+}
+
+
+void ls__slot_free(ls_runtime_t *rt, uint32_t idx) {
+  ls_slot_t *sl = &rt->slots[idx];
+  sl->ptr = NULL;
+  sl->gen = (sl->gen + 1) & LS__SLOT_GENS;
+  sl->next_free = rt->slot_free;
+  rt->slot_free = idx + 1;
+}
+
+
+double ls__slot_next(ls_runtime_t *rt, uint32_t idx) {
+  ls_slot_t *sl = &rt->slots[idx];
+  sl->gen = (sl->gen + 1) & LS__SLOT_GENS;
+  return (double)sl->gen * LS__SLOT_SPAN + (double)idx;
+}
+
+
+void *ls__slot_get(ls_runtime_t *rt, double handle) {
+  if (!(handle >= 0 && handle < LS__SLOT_SPAN * (LS__SLOT_GENS + 1.0)))
+    return NULL;
+  uint64_t h = (uint64_t)handle;
+  uint32_t idx = (uint32_t)(h & ((uint64_t)LS__SLOT_SPAN - 1));
+  uint32_t gen = (uint32_t)(h / (uint64_t)LS__SLOT_SPAN);
+  if (idx >= rt->nslots || rt->slots[idx].gen != gen || (double)h != handle)
+    return NULL;
+  return rt->slots[idx].ptr;
+}
+
+
 void ls__read_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   ls_runtime_t *rt = h->loop->data;
   (void)hint;
@@ -210,6 +328,13 @@ static int core_watch_blocking(lua_State *L) {
 }
 
 
+/* set_log_level(n): 1 debug .. 4 error; what the core logs itself. */
+static int core_set_log_level(lua_State *L) {
+  ls__runtime(L)->log_level = (int)luaL_checkinteger(L, 1);
+  return 0;
+}
+
+
 /* is_pool_state(): true in a pool thread's state. */
 static int core_is_pool_state(lua_State *L) {
   lua_pushboolean(L, ls__runtime(L)->is_pool_state);
@@ -221,6 +346,7 @@ static const luaL_Reg core_functions[] = {
   {"init", core_init},
   {"is_pool_state", core_is_pool_state},
   {"watch_blocking", core_watch_blocking},
+  {"set_log_level", core_set_log_level},
   {"listen", ls__lua_listen},
   {"respond", ls__lua_respond},
   {"release", ls__lua_release},
@@ -228,6 +354,9 @@ static const luaL_Reg core_functions[] = {
   {"write_chunk", ls__lua_write_chunk},
   {"respond_end", ls__lua_respond_end},
   {"peer", ls__lua_peer},
+  {"tls_info", ls__lua_tls_info},
+  {"tls_server_context", ls__lua_tls_server_context},
+  {"tls_client_context", ls__lua_tls_client_context},
   {"shutdown_on_signals", ls__lua_shutdown_on_signals},
   {"timer", ls__lua_timer},
   {"now", ls__lua_now},
@@ -268,6 +397,7 @@ static int core_open(lua_State *L) {
   ls__tcp_open(L);
   ls__client_open(L);
   ls__pool_open(L);
+  ls__tls_open(L);
   return 1;
 }
 
@@ -290,7 +420,13 @@ ls_runtime_t *ls_runtime_new(uv_loop_t *loop, const char *lua_dir) {
     free(rt);
     return NULL;
   }
+  rt->log_level = 2;
   loop->data = rt;
+  uv_idle_init(loop, &rt->defer_idle);
+  uv_check_init(loop, &rt->defer_check);
+  rt->defer_idle.data = rt->defer_check.data = rt;
+  uv_check_start(&rt->defer_check, defer_on_check);
+  uv_unref((uv_handle_t *)&rt->defer_check);
   luaL_openlibs(L);
   lua_pushlightuserdata(L, (void *)&runtime_key);
   lua_pushlightuserdata(L, rt);
@@ -329,6 +465,9 @@ static void close_leftover(uv_handle_t *h, void *arg) {
 
 void ls_runtime_free(ls_runtime_t *rt) {
   rt->closing = 1;
+  /* Nothing deferred runs any more; owners may be freed. */
+  while (rt->defer_head)
+    ls__defer_cancel(rt, rt->defer_head);
   /* The pool first: its threads are joined before the state they report
    * to closes. Pool states never serve: the server list is the main's. */
   ls__pool_free(rt);
@@ -338,6 +477,8 @@ void ls_runtime_free(ls_runtime_t *rt) {
    * callbacks free the C side without entering Lua (rt->closing). */
   lua_close(rt->L);
   rt->L = NULL;
+  uv_close((uv_handle_t *)&rt->defer_idle, NULL);
+  uv_close((uv_handle_t *)&rt->defer_check, NULL);
   uv_run(rt->loop, UV_RUN_DEFAULT);
   if (uv_loop_close(rt->loop) == UV_EBUSY) {
     uv_walk(rt->loop, close_leftover, NULL);
@@ -345,6 +486,7 @@ void ls_runtime_free(ls_runtime_t *rt) {
     uv_loop_close(rt->loop);
   }
   ls__shared_release(rt);
+  free(rt->slots);
   free(rt->read_buf);
   free(rt->lua_dir);
   free(rt);

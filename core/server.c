@@ -1,5 +1,8 @@
-/* server.c: listeners, client connections, reads, writes, timeouts and
- * graceful shutdown. Everything here runs on the loop thread of its runtime. */
+/* server.c: listeners and client connections: reading and parsing requests
+ * on a connection's stream (stream.c), keep-alive and pipelining, timeouts,
+ * lingering closes, and what Lua hears of a connection (a request to
+ * dispatch; a client that went away). Everything here runs on the loop
+ * thread of its runtime. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,47 +16,72 @@
 /* How long a lingering close waits for the client's EOF. */
 #define LS_LINGER_MS 2000
 
-typedef struct {
-  uv_write_t req;
-  ls_conn_t *conn;
-  size_t len;
-  char data[];
-} write_req_t;
+#define CONN(st) ((ls_conn_t *)(st))   /* the stream is the first member */
 
 typedef struct {
   ls_server_t *server;      /* NULL once closed */
 } server_ud_t;
 
 static void conn_process(ls_conn_t *c);
-static void conn_resolve_drain(ls_conn_t *c, int ok);
-static void conn_on_read(uv_stream_t *stream, ssize_t nread,
-                         const uv_buf_t *buf);
 
 
 /* ---- connection lifetime ---------------------------------------------- */
 
-/* Free the connection once libuv and Lua are both done with it. */
+/* Free the connection once libuv, Lua and the notify queue are done. */
 static void conn_maybe_free(ls_conn_t *c) {
-  if (c->handles_open > 0 || c->lua_holds > 0 || c->writes_pending > 0)
+  if (c->stream_open || c->lua_holds > 0 || c->notify.queued || c->in_notify)
     return;
   ls__buf_free(&c->req);
   ls__buf_free(&c->hdrs);
   ls__buf_free(&c->body);
   ls__buf_free(&c->pending);
   ls__buf_free(&c->out);
+  if (c->slot != UINT32_MAX)
+    ls__slot_free(c->rt, c->slot);
   free(c);
 }
 
 
-static void conn_on_close(uv_handle_t *h) {
-  ls_conn_t *c = h->data;
-  c->handles_open--;
+/* What Lua must hear, from the loop: the client went away (abort), a
+ * streamed write waiting for the socket will never drain, pipelined bytes
+ * wait to be parsed. */
+static void conn_on_notify(ls_defer_t *d) {
+  ls_conn_t *c = (ls_conn_t *)((char *)d - offsetof(ls_conn_t, notify));
+  ls_runtime_t *rt = c->rt;
+  c->in_notify = 1;
+  if (c->notify_closed && c->drain_ref > 0) {
+    int ref = c->drain_ref;
+    c->drain_ref = 0;
+    lua_pushnil(rt->L);
+    lua_pushliteral(rt->L, "closed");
+    ls__resolve(rt, ref, 2);
+  }
+  c->notify_closed = 0;
+  if (c->notify_abort && c->lua_holds > 0) {
+    /* Lua cancels the request's task and calls release(handle). */
+    lua_State *L = rt->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->server->abort_ref);
+    lua_pushnumber(L, c->handle);
+    ls__pcall_entry(rt, 1, "abort");
+  }
+  c->notify_abort = 0;
+  if (c->notify_process) {
+    c->notify_process = 0;
+    if (c->state == LS_CONN_IDLE || c->state == LS_CONN_READING)
+      conn_process(c);
+  }
+  c->in_notify = 0;
   conn_maybe_free(c);
 }
 
 
-/* Unlink from the server, tell Lua if it holds a request, close both
- * handles. Never frees: that happens in the close callbacks. */
+static void conn_notify(ls_conn_t *c) {
+  ls__defer(c->rt, &c->notify, conn_on_notify);
+}
+
+
+/* Unlink from the server, close the stream; Lua hears of a request it
+ * holds through the notify queue. Never frees: the stream's close does. */
 void ls__conn_close(ls_conn_t *c) {
   ls_server_t *s = c->server;
   if (c->state == LS_CONN_CLOSING)
@@ -63,182 +91,122 @@ void ls__conn_close(ls_conn_t *c) {
   if (c->prev) c->prev->next = c->next; else s->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   c->prev = c->next = NULL;
-  uv_close((uv_handle_t *)&c->tcp, conn_on_close);
-  uv_close((uv_handle_t *)&c->timer, conn_on_close);
-  if (c->drain_ref > 0)
-    conn_resolve_drain(c, 0);
-  if (was_busy && c->lua_holds > 0 && !s->rt->closing) {
-    /* The client went away mid-request: Lua cancels its waits and calls
-     * release(conn) (possibly right now). */
-    lua_State *L = s->rt->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, s->abort_ref);
-    lua_pushlightuserdata(L, c);
-    ls__pcall(L, 1, 0, "abort");
+  ls__stream_close(&c->stream);
+  if (!c->rt->closing) {
+    if (c->drain_ref > 0)
+      c->notify_closed = 1;
+    if (was_busy && c->lua_holds > 0)
+      c->notify_abort = 1;
+    if (c->notify_closed || c->notify_abort)
+      conn_notify(c);
   }
-  ls__shutdown_check(s->rt);
+  ls__shutdown_check(c->rt);
 }
 
 
-/* Header or body too slow: 408. Idle keep-alive, or lingering: close.
- * Deadlines move lazily (see conn_timer_arm): a timer that fires early only
- * re-arms itself for the time left. */
-static void conn_on_timeout(uv_timer_t *t) {
-  ls_conn_t *c = t->data;
-  uint64_t now = uv_now(t->loop);
-  if (c->deadline == 0)
-    return;
-  if (now < c->deadline) {
-    c->timer_due = c->deadline;
-    uv_timer_start(&c->timer, conn_on_timeout, c->deadline - now, 0);
-    return;
-  }
-  c->deadline = 0;
-  if (c->state == LS_CONN_READING) {
+static void conn_on_close(ls_stream_t *st) {
+  ls_conn_t *c = CONN(st);
+  c->stream_open = 0;
+  conn_maybe_free(c);
+}
+
+
+/* Header or body too slow: 408. Idle keep-alive, a handshake that never
+ * ends, or lingering: close. A client that reads nothing: close. */
+static void conn_on_timeout(ls_stream_t *st, int kind) {
+  ls_conn_t *c = CONN(st);
+  if (kind == LS_TIMEOUT_SEND) {
+    ls__log_at(c->rt, 2, "info", "send timeout: %s:%u took no bytes for %.0f s; "
+               "connection closed", c->peer_host, c->peer_port,
+               (double)c->server->lim.send_timeout / 1000.0);
+    ls__conn_close(c);
+  } else if (c->state == LS_CONN_READING) {
     ls__http_error_response(c, 408, "request timeout");
-    return;
+  } else {
+    ls__conn_close(c);
   }
+}
+
+
+/* The end of the client's input (EOF, reset) closes: a request in Lua is
+ * cancelled. */
+static void conn_on_end(ls_stream_t *st, int err) {
+  (void)err;
+  ls__conn_close(CONN(st));
+}
+
+
+static void conn_on_handshake(ls_stream_t *st, int err) {
+  ls_conn_t *c = CONN(st);
+  if (err == 0)
+    return;
+  /* Bad input on the TLS port (plain HTTP, a broken ClientHello, a client
+   * gone mid-handshake) closes this connection only. */
+  ls__log_at(c->rt, 1, "debug", "tls: %s:%u: handshake failed: %s",
+             c->peer_host, c->peer_port,
+             err == LS_ETLS ? ls__stream_error(st) : ls_strerror(err));
   ls__conn_close(c);
-}
-
-
-/* Set the connection's one deadline, ms from now (0: none). Every request
- * moves it several times, so the libuv timer is only restarted when the
- * deadline comes earlier than the timer is due; otherwise the timer fires,
- * sees the later deadline and re-arms (no timer-heap work per request). */
-static void conn_timer_arm(ls_conn_t *c, uint64_t ms) {
-  if (ms == 0) {
-    c->deadline = 0;
-    return;
-  }
-  c->deadline = uv_now(c->timer.loop) + ms;
-  if (!uv_is_active((uv_handle_t *)&c->timer) || c->timer_due > c->deadline) {
-    c->timer_due = c->deadline;
-    uv_timer_start(&c->timer, conn_on_timeout, ms, 0);
-  }
-}
-
-
-static void conn_on_shutdown(uv_shutdown_t *req, int status) {
-  if (status < 0)   /* also UV_ECANCELED when the connection closed first */
-    ls__conn_close(req->handle->data);
 }
 
 
 /* Closing at once after an error answer would turn into an RST if the
  * client is still sending (a body we refused), and an RST can destroy the
  * answer before the client reads it. So: half-close once the answer is
- * written (uv_shutdown waits for queued writes), read and discard until
- * the client's EOF, and close then or after LS_LINGER_MS. */
+ * written, read and discard until the client's EOF, and close then or
+ * after LS_LINGER_MS. */
 void ls__conn_linger(ls_conn_t *c) {
   if (c->state == LS_CONN_CLOSING || c->state == LS_CONN_LINGER)
     return;
   c->state = LS_CONN_LINGER;
   c->keepalive = 0;
-  if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, conn_on_shutdown)) {
-    ls__conn_close(c);
-    return;
-  }
-  conn_timer_arm(c, LS_LINGER_MS);
-  if (c->read_stopped &&
-      uv_read_start((uv_stream_t *)&c->tcp, ls__read_alloc, conn_on_read) == 0)
-    c->read_stopped = 0;
+  ls__stream_shutdown(&c->stream);
+  if (c->state != LS_CONN_LINGER)
+    return;   /* the shutdown failed: closed */
+  ls__stream_deadline(&c->stream, LS_LINGER_MS);
+  ls__stream_read_start(&c->stream);
 }
 
 
 /* ---- writing ------------------------------------------------------------ */
 
-/* A streamed response waits for the socket (drain_ref): wake it with true
- * (the queue is written) or nil, "closed". */
-static void conn_resolve_drain(ls_conn_t *c, int ok) {
-  ls_runtime_t *rt = c->server->rt;
-  int ref = c->drain_ref;
-  c->drain_ref = 0;
-  if (rt->closing)
-    return;
-  if (ok) {
-    lua_pushboolean(rt->L, 1);
-    ls__resolve(rt, ref, 1);
-  } else {
-    lua_pushnil(rt->L);
-    lua_pushliteral(rt->L, "closed");
-    ls__resolve(rt, ref, 2);
-  }
-}
-
-
-static void conn_on_write(uv_write_t *req, int status) {
-  write_req_t *w = (write_req_t *)req;
-  ls_conn_t *c = w->conn;
-  free(w);
-  c->writes_pending--;
-  if (status < 0) {
-    ls__conn_close(c);
-  } else if (c->writes_pending == 0 && c->state != LS_CONN_CLOSING) {
-    if (c->drain_ref > 0)
-      conn_resolve_drain(c, 1);
-    if (c->close_after_write)
-      ls__conn_close(c);
-    else if (c->read_stopped && (c->state == LS_CONN_IDLE ||
-                                 c->state == LS_CONN_READING))
-      conn_process(c);
-  }
-  conn_maybe_free(c);
-}
-
-
 int ls__conn_write(ls_conn_t *c, uv_buf_t *bufs, unsigned nbufs) {
-  size_t total = 0, done = 0;
   if (c->state == LS_CONN_CLOSING)
     return UV_ECANCELED;
-  for (unsigned i = 0; i < nbufs; i++)
-    total += bufs[i].len;
-  if (c->writes_pending == 0) {
-    int n = uv_try_write((uv_stream_t *)&c->tcp, bufs, nbufs);
-    if (n < 0 && n != UV_EAGAIN)
-      return n;
-    if (n > 0)
-      done = (size_t)n;
-    if (done == total)
-      return 0;
+  return ls__stream_write(&c->stream, bufs, nbufs);
+}
+
+
+/* The socket took what waited (or failed). Wake a streamed write that
+ * waits; close a connection that was to close after its answer; else
+ * the keep-alive timer starts now, and reading goes on. */
+static void conn_on_drain(ls_stream_t *st, int status) {
+  ls_conn_t *c = CONN(st);
+  if (status < 0) {   /* the client is gone */
+    ls__conn_close(c);
+    return;
   }
-  /* The socket is full: copy what is left, it is written in order. */
-  write_req_t *w = malloc(sizeof(*w) + (total - done));
-  if (w == NULL)
-    return UV_ENOMEM;
-  w->conn = c;
-  w->len = 0;
-  for (unsigned i = 0; i < nbufs; i++) {
-    size_t skip = done > bufs[i].len ? bufs[i].len : done;
-    done -= skip;
-    memcpy(w->data + w->len, bufs[i].base + skip, bufs[i].len - skip);
-    w->len += bufs[i].len - skip;
+  if (c->drain_ref > 0) {
+    int ref = c->drain_ref;
+    c->drain_ref = 0;
+    lua_pushboolean(c->rt->L, 1);
+    ls__resolve(c->rt, ref, 1);
   }
-  uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
-  int err = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, conn_on_write);
-  if (err < 0) {
-    free(w);
-    return err;
-  }
-  c->writes_pending++;
-  return 0;
+  if (c->state == LS_CONN_CLOSING || c->state == LS_CONN_LINGER)
+    return;
+  if (c->close_after_write)
+    ls__conn_close(c);
+  else if (c->state == LS_CONN_IDLE || c->state == LS_CONN_READING)
+    conn_process(c);
 }
 
 
 /* ---- reading and parsing ------------------------------------------------ */
 
-static void conn_read_stop(ls_conn_t *c) {
-  if (!c->read_stopped) {
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    c->read_stopped = 1;
-  }
-}
-
-
 /* Hand the parsed request to Lua. The request's data is copied onto the Lua
  * stack, so the connection's parse buffers are free again afterwards. */
 static void conn_dispatch(ls_conn_t *c) {
   ls_server_t *s = c->server;
-  lua_State *L = s->rt->L;
+  lua_State *L = c->rt->L;
   if (s->lim.limit_concurrency > 0 && s->inflight >= s->lim.limit_concurrency) {
     c->keepalive = 0;
     ls__http_error_response(c, 503, "Service Unavailable");
@@ -249,16 +217,17 @@ static void conn_dispatch(ls_conn_t *c) {
   c->state = LS_CONN_BUSY;
   c->lua_holds = 1;
   c->is_head = c->parser.method == HTTP_HEAD;
-  c->started = uv_now(s->rt->loop);
+  c->handle = ls__slot_next(c->rt, c->slot);
   s->inflight++;
-  conn_timer_arm(c, 0);
+  ls__stream_deadline(&c->stream, 0);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->dispatch_ref);
-  lua_pushlightuserdata(L, c);
+  lua_pushnumber(L, c->handle);
   int n = ls__http_push_request(L, c);
   ls__http_reset(c);
-  if (ls__pcall_entry(s->rt, 1 + n, "dispatch") != 0 && c->lua_holds > 0) {
+  if (ls__pcall_entry(c->rt, 1 + n, "dispatch") != 0 && c->lua_holds > 0) {
     /* The framework itself failed: answer for it rather than hang. */
     c->lua_holds = 0;
+    ls__slot_next(c->rt, c->slot);
     s->inflight--;
     c->state = LS_CONN_READING;
     ls__http_error_response(c, 500, "Internal Server Error");
@@ -272,10 +241,25 @@ static void conn_dispatch(ls_conn_t *c) {
 }
 
 
-/* The response to the current request is written: go on with the next
- * request on this connection (pipelined bytes first), or close. */
+/* Keep-alive: wait for the next request once the answers are written
+ * (a slow reader of a big answer is bounded by the send timeout, not cut
+ * off by the idle one), and read while the client reads its answers. */
+static void conn_await_next(ls_conn_t *c) {
+  int drained = ls__stream_queued(&c->stream) == 0;
+  if (c->state == LS_CONN_IDLE)
+    ls__stream_deadline(&c->stream, drained ? c->server->lim.keepalive_timeout
+                                            : 0);
+  if (drained && c->pending.len < LS_MAX_PENDING)
+    ls__stream_read_start(&c->stream);
+}
+
+
+/* The response to the current request is written (or queued): go on with
+ * the next request on this connection, or close. Parsing pipelined bytes
+ * dispatches into Lua, so from inside a Lua call it is deferred. */
 void ls__conn_request_done(ls_conn_t *c) {
   c->lua_holds = 0;
+  ls__slot_next(c->rt, c->slot);   /* the request's handle goes stale */
   c->server->inflight--;
   if (c->state == LS_CONN_CLOSING) {
     conn_maybe_free(c);
@@ -284,15 +268,21 @@ void ls__conn_request_done(ls_conn_t *c) {
   if (!c->keepalive || c->server->draining) {
     if (c->pending.len > 0)   /* unread pipelined bytes: avoid an RST */
       ls__conn_linger(c);
-    else if (c->writes_pending > 0)
+    else if (ls__stream_queued(&c->stream) > 0)
       c->close_after_write = 1;
     else
       ls__conn_close(c);
     return;
   }
   c->state = LS_CONN_IDLE;
-  if (!c->in_process)
-    conn_process(c);
+  if (c->in_process)
+    return;   /* the parse loop goes on by itself */
+  if (c->pending.len > 0) {
+    c->notify_process = 1;
+    conn_notify(c);
+  } else {
+    conn_await_next(c);
+  }
 }
 
 
@@ -304,13 +294,13 @@ static size_t conn_parse(ls_conn_t *c, const char *data, size_t len) {
          (c->state == LS_CONN_IDLE || c->state == LS_CONN_READING)) {
     if (c->state == LS_CONN_IDLE) {
       c->state = LS_CONN_READING;
-      conn_timer_arm(c, c->server->lim.header_timeout);
+      ls__stream_deadline(&c->stream, c->server->lim.header_timeout);
     }
     llhttp_errno_t err = llhttp_execute(&c->parser, data + off, len - off);
     if (err == HPE_OK) {
       off = len;
       if (c->in_body)   /* a body arriving: its pauses are bounded instead */
-        conn_timer_arm(c, c->server->lim.header_timeout);
+        ls__stream_deadline(&c->stream, c->server->lim.header_timeout);
       break;
     }
     if (err == HPE_PAUSED) {   /* on_message_complete: a whole request */
@@ -336,71 +326,83 @@ static size_t conn_parse(ls_conn_t *c, const char *data, size_t len) {
 }
 
 
+/* Answers written while parsing are corked: the answers to pipelined
+ * requests that are ready together go out in one write. */
+static void conn_uncork(ls_conn_t *c) {
+  if (ls__stream_uncork(&c->stream) != 0 && c->state != LS_CONN_CLOSING)
+    ls__conn_close(c);
+  else if (c->close_after_write && c->state != LS_CONN_CLOSING &&
+           ls__stream_queued(&c->stream) == 0)
+    ls__conn_close(c);
+}
+
+
 /* Parse buffered bytes left from an earlier read, then read again. */
 static void conn_process(ls_conn_t *c) {
-  c->in_process = 1;
+  ls__stream_cork(&c->stream);
+  c->in_process++;
   while (c->pending.len > 0 &&
          (c->state == LS_CONN_IDLE || c->state == LS_CONN_READING)) {
     size_t n = conn_parse(c, c->pending.data, c->pending.len);
     memmove(c->pending.data, c->pending.data + n, c->pending.len - n);
     c->pending.len -= n;
   }
-  c->in_process = 0;
+  c->in_process--;
+  conn_uncork(c);
   if (c->state == LS_CONN_CLOSING || c->state == LS_CONN_LINGER)
     return;
   if (c->pending.len == 0)
     ls__buf_free(&c->pending);
-  if (c->state == LS_CONN_IDLE)
-    conn_timer_arm(c, c->server->lim.keepalive_timeout);
-  if (c->read_stopped && c->pending.len < LS_MAX_PENDING &&
-      c->writes_pending == 0) {
-    if (uv_read_start((uv_stream_t *)&c->tcp, ls__read_alloc, conn_on_read) == 0)
-      c->read_stopped = 0;
-  }
+  if (c->state == LS_CONN_IDLE || c->state == LS_CONN_READING)
+    conn_await_next(c);
 }
 
 
-static void conn_read(ls_conn_t *c, ssize_t nread, const uv_buf_t *buf) {
-  if (nread == 0)
-    return;
-  if (nread < 0) {
-    /* EOF or error. With a request in Lua this cancels it (abort). */
-    ls__conn_close(c);
-    return;
-  }
+static void conn_on_read(ls_stream_t *st, const char *data, size_t len) {
+  ls_conn_t *c = CONN(st);
   if (c->state == LS_CONN_CLOSING || c->state == LS_CONN_LINGER)
     return;   /* lingering: what the client still sends is discarded */
   size_t used = 0;
-  if (c->pending.len == 0) {
-    c->in_process = 1;
-    used = conn_parse(c, buf->base, (size_t)nread);
-    c->in_process = 0;
-    if (c->state == LS_CONN_CLOSING || c->state == LS_CONN_LINGER)
-      return;
-  }
-  if (used < (size_t)nread) {
+  ls__stream_cork(st);
+  c->in_process++;
+  if (c->pending.len == 0)
+    used = conn_parse(c, data, len);
+  if (used < len && c->state != LS_CONN_CLOSING &&
+      c->state != LS_CONN_LINGER) {
     /* A request is in Lua: keep the rest for when it is answered. */
-    if (ls__buf_append(&c->pending, buf->base + used, (size_t)nread - used)) {
+    if (ls__buf_append(&c->pending, data + used, len - used)) {
+      c->in_process--;
       ls__conn_close(c);
       return;
     }
     if (c->pending.len >= LS_MAX_PENDING)
-      conn_read_stop(c);
-    if (c->state != LS_CONN_BUSY)
+      ls__stream_read_stop(st);
+    if (c->state != LS_CONN_BUSY) {
+      c->in_process--;
+      conn_uncork(c);
       conn_process(c);
-  } else if (c->state == LS_CONN_IDLE) {
-    conn_timer_arm(c, c->server->lim.keepalive_timeout);
+      return;
+    }
   }
-  if (c->writes_pending > 0)   /* the client does not read its answers */
-    conn_read_stop(c);
+  c->in_process--;
+  conn_uncork(c);
+  if (c->state == LS_CONN_CLOSING || c->state == LS_CONN_LINGER)
+    return;
+  if (ls__stream_queued(st) > 0)
+    ls__stream_read_stop(st);   /* the client does not read its answers */
+  else if (c->state == LS_CONN_IDLE)
+    ls__stream_deadline(st, c->server->lim.keepalive_timeout);
 }
 
 
-static void conn_on_read(uv_stream_t *stream, ssize_t nread,
-                         const uv_buf_t *buf) {
-  conn_read(stream->data, nread, buf);
-  ls__read_done((uv_handle_t *)stream, buf);
-}
+static const ls_stream_ops_t conn_ops = {
+  .on_read = conn_on_read,
+  .on_end = conn_on_end,
+  .on_drain = conn_on_drain,
+  .on_timeout = conn_on_timeout,
+  .on_handshake = conn_on_handshake,
+  .on_close = conn_on_close,
+};
 
 
 static void server_on_connection(uv_stream_t *listener, int status) {
@@ -412,34 +414,45 @@ static void server_on_connection(uv_stream_t *listener, int status) {
   ls_conn_t *c = calloc(1, sizeof(*c));
   if (c == NULL)
     return;
+  c->rt = s->rt;
   c->server = s;
-  uv_tcp_init(s->rt->loop, &c->tcp);
-  uv_timer_init(s->rt->loop, &c->timer);
-  c->tcp.data = c->timer.data = c;
-  c->handles_open = 2;
+  ls__stream_init(s->rt, &c->stream, &conn_ops);
+  c->stream_open = 1;
   c->state = LS_CONN_IDLE;
   c->next = s->conns;
   if (s->conns) s->conns->prev = c;
   s->conns = c;
   llhttp_init(&c->parser, HTTP_REQUEST, &ls__http_settings);
   c->parser.data = c;
-  if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
+  c->slot = ls__slot_new(s->rt, c);
+  if (c->slot == UINT32_MAX ||
+      uv_accept(listener, (uv_stream_t *)&c->stream.tcp) != 0) {
     ls__conn_close(c);
     return;
   }
-  uv_tcp_nodelay(&c->tcp, 1);
+  uv_tcp_nodelay(&c->stream.tcp, 1);
   /* The client's address, once: the access log wants it per request, and
    * still after the client left (a 499). */
   struct sockaddr_storage peer;
   int plen = sizeof(peer);
-  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&peer, &plen) == 0)
+  if (uv_tcp_getpeername(&c->stream.tcp, (struct sockaddr *)&peer, &plen) == 0)
     c->peer_port = (uint16_t)ls__format_addr(&peer, c->peer_host,
                                              sizeof(c->peer_host));
-  c->read_stopped = 1;
-  conn_process(c);   /* starts reading */
-  /* The first request is awaited for the header timeout, not the keep-alive
-   * one: a client that connects and sends nothing is a slow sender. */
-  conn_timer_arm(c, s->lim.header_timeout);
+  ls__stream_send_timeout(&c->stream, s->lim.send_timeout);
+  if ((s->tls_ctx && ls__stream_tls(&c->stream, s->tls_ctx, 1, NULL, 0)) ||
+      ls__stream_read_start(&c->stream)) {
+    ls__conn_close(c);
+    return;
+  }
+  /* The first request (and a TLS handshake) is awaited for the header
+   * timeout, not the keep-alive one: a client that connects and sends
+   * nothing is a slow sender. */
+  ls__stream_deadline(&c->stream, s->lim.header_timeout);
+}
+
+
+ls_conn_t *ls__conn_lookup(lua_State *L, int idx) {
+  return ls__slot_get(ls__runtime(L), luaL_checknumber(L, idx));
 }
 
 
@@ -467,8 +480,8 @@ static uint64_t opt_uint(lua_State *L, const char *name, uint64_t def) {
 }
 
 
-/* listen{host=, port=, dispatch=fn, abort=fn, limits...}: a server userdata,
- * or nil, err (e.g. "address already in use"). */
+/* listen{host=, port=, dispatch=fn, abort=fn, tls=context, limits...}: a
+ * server userdata, or nil, err (e.g. "address already in use"). */
 int ls__lua_listen(lua_State *L) {
   ls_runtime_t *rt = ls__runtime(L);
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -483,6 +496,16 @@ int ls__lua_listen(lua_State *L) {
   if (err)
     return luaL_error(L, "listen: host must be a numeric address, got '%s'",
                       host);
+  void *tls_ctx = NULL;
+  lua_getfield(L, 1, "tls");
+  if (!lua_isnil(L, -1))
+    tls_ctx = ls__tls_check_context(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "dispatch");
+  luaL_checktype(L, -1, LUA_TFUNCTION);
+  lua_getfield(L, 1, "abort");
+  luaL_checktype(L, -1, LUA_TFUNCTION);
+  lua_pop(L, 2);
   ls_server_t *s = calloc(1, sizeof(*s));
   if (s == NULL)
     return ls__push_error(L, UV_ENOMEM);
@@ -492,6 +515,7 @@ int ls__lua_listen(lua_State *L) {
   s->lim.max_body = opt_uint(L, "max_body", 1024 * 1024);
   s->lim.header_timeout = opt_uint(L, "header_timeout_ms", 10000);
   s->lim.keepalive_timeout = opt_uint(L, "keepalive_timeout_ms", 5000);
+  s->lim.send_timeout = opt_uint(L, "send_timeout_ms", 60000);
   s->lim.limit_concurrency = (unsigned)opt_uint(L, "limit_concurrency", 0);
   uv_tcp_init(rt->loop, &s->listener);
   s->listener.data = s;
@@ -504,11 +528,13 @@ int ls__lua_listen(lua_State *L) {
     return ls__push_error(L, err);
   }
   s->listening = 1;
+  if (tls_ctx) {
+    ls__tls_context_ref(tls_ctx);
+    s->tls_ctx = tls_ctx;
+  }
   lua_getfield(L, 1, "dispatch");
-  luaL_checktype(L, -1, LUA_TFUNCTION);
   s->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_getfield(L, 1, "abort");
-  luaL_checktype(L, -1, LUA_TFUNCTION);
   s->abort_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   s->next_server = rt->servers;
   rt->servers = s;
@@ -580,6 +606,8 @@ void ls__server_close_all(ls_runtime_t *rt) {
     uv_run(rt->loop, UV_RUN_NOWAIT);
     luaL_unref(rt->L, LUA_REGISTRYINDEX, s->dispatch_ref);
     luaL_unref(rt->L, LUA_REGISTRYINDEX, s->abort_ref);
+    if (s->tls_ctx)
+      ls__tls_context_unref(s->tls_ctx);
     free(s);
   }
   ls__shutdown_close(rt);

@@ -1,5 +1,6 @@
 /* shutdown.c: graceful shutdown on SIGINT and SIGTERM. Stop accepting, close
- * idle connections, let requests in flight finish up to a drain timeout,
+ * idle connections, let requests in flight finish and answers being written
+ * reach their clients, up to a drain timeout,
  * then stop the loop so run() returns and the program exits 0. A second
  * signal cuts the wait. Loop thread of the main runtime only. */
 #include <signal.h>
@@ -56,7 +57,11 @@ static void on_signal(uv_signal_t *h, int signum) {
     ls_conn_t *c = s->conns, *next;
     for (; c; c = next) {
       next = c->next;
-      if (c->state == LS_CONN_IDLE && c->pending.len == 0)
+      if (c->state != LS_CONN_IDLE || c->pending.len > 0)
+        continue;   /* a request in flight: its answer closes it */
+      if (ls__stream_queued(&c->stream) > 0)
+        c->close_after_write = 1;   /* an answer still being written */
+      else
         ls__conn_close(c);
     }
   }

@@ -1,14 +1,17 @@
-/* tcp.c: client TCP sockets for Lua: connect (with an asynchronous DNS
- * look-up through libuv's getaddrinfo; numeric addresses skip it), write,
- * read one chunk at a time, wait idle in a keep-alive pool, close.
+/* tcp.c: client sockets for Lua on the stream layer (stream.c): connect
+ * (with an asynchronous DNS look-up through libuv's getaddrinfo; numeric
+ * addresses skip it), the TLS handshake, write, read one chunk at a time,
+ * wait idle in a keep-alive pool, close.
  *
  * Every pending operation anchors a Lua target (registry reference) that
  * is resolved exactly once: with its result, with nil, "timeout" when the
- * operation's timer fires, or with nil, "closed" when the socket is closed
- * first; a cancelled operation's target is released unresolved. One timer
- * per socket serves the connect, read and idle timeouts (those never
- * overlap); send timeouts are the Lua side's. Loop thread of the runtime
- * only. */
+ * operation's deadline passes, or with nil, "closed" when the socket is
+ * closed first; a cancelled operation's target is released unresolved.
+ * Results reach Lua from libuv callbacks or the deferred queue, never from
+ * inside a call Lua made (a close from Lua resolves its targets later).
+ * The stream's one deadline serves the connect, handshake, read and idle
+ * timeouts (those never overlap); its send timeout bounds a write that
+ * makes no progress. Loop thread of the runtime only. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,51 +22,42 @@
 
 typedef struct tcp_ud_s tcp_ud_t;
 
+/* What the stream's deadline is for (one at a time). */
+enum { WAIT_NONE, WAIT_CONNECT, WAIT_HANDSHAKE, WAIT_READ, WAIT_IDLE };
+
 /* The C side of a socket. Allocated apart from the Lua userdata: it lives
- * until both handles are closed, the DNS request and every write have
- * finished, and Lua has let go of it (tcp_maybe_free). */
+ * until its stream is closed, the DNS request has finished, no result is
+ * queued for Lua, and Lua has let go of it (tcp_maybe_free). */
 typedef struct {
-  uv_tcp_t handle;
-  uv_timer_t timer;         /* connect, read or idle timeout; never keeps
-                               the loop alive by itself (unref'd) */
+  ls_stream_t stream;       /* first: a stream pointer is the socket */
   uv_connect_t connect_req;
   uv_getaddrinfo_t dns_req;
+  ls_defer_t notify;        /* resolves the targets of a closed socket */
   ls_runtime_t *rt;
   tcp_ud_t *ud;             /* the Lua side, NULL once collected */
-  int port;
   int connect_ref;          /* target of connect, or LUA_NOREF */
-  int read_ref;             /* target of the pending read, or LUA_NOREF */
-  int idle_ref;             /* target of the idle watch, or LUA_NOREF */
-  int writes;               /* uv_write requests in flight */
+  int read_ref;             /* target of the pending read */
+  int idle_ref;             /* target of the idle watch */
+  int drain_ref;            /* target waiting for queued writes */
+  int hs_ref;               /* target of the TLS handshake */
+  int wait;                 /* WAIT_*: what the deadline means */
   int resolving;            /* getaddrinfo in flight */
-  int closed;               /* close() called: handles closing or closed */
-  int handles_open;         /* 2 until both close callbacks ran */
-  int idle;                 /* waiting in a pool: handle unref'd */
+  int closed;               /* close() called: the stream is closing */
+  int stream_open;          /* until the stream's on_close */
+  const char *close_why;    /* what closed targets hear ("closed") */
 } ls_tcp_t;
 
 struct tcp_ud_s {
   ls_tcp_t *s;
 };
 
-typedef struct {
-  uv_write_t req;
-  ls_tcp_t *s;
-  int target_ref;
-  char data[];
-} tcp_write_t;
+#define TCP(st) ((ls_tcp_t *)(st))
 
 
 static void tcp_maybe_free(ls_tcp_t *s) {
-  if (s->handles_open > 0 || s->resolving || s->writes > 0 || s->ud != NULL)
+  if (s->stream_open || s->resolving || s->ud != NULL || s->notify.queued)
     return;
   free(s);
-}
-
-
-static void tcp_on_close(uv_handle_t *h) {
-  ls_tcp_t *s = h->data;
-  s->handles_open--;
-  tcp_maybe_free(s);
 }
 
 
@@ -72,8 +66,10 @@ static void tcp_on_close(uv_handle_t *h) {
 static void tcp_resolve(ls_tcp_t *s, int *ref, int nargs) {
   int r = *ref;
   *ref = LUA_NOREF;
-  if (r == LUA_NOREF) {
+  if (r == LUA_NOREF || s->rt->closing) {
     lua_pop(s->rt->L, nargs);
+    if (r != LUA_NOREF && !s->rt->closing)
+      luaL_unref(s->rt->L, LUA_REGISTRYINDEX, r);
     return;
   }
   ls__resolve(s->rt, r, nargs);
@@ -97,64 +93,198 @@ static void tcp_unref(ls_tcp_t *s, int *ref) {
 }
 
 
-/* Leave the idle state: the handle counts for the loop again. */
-static void tcp_idle_end(ls_tcp_t *s) {
-  if (!s->idle)
-    return;
-  s->idle = 0;
-  uv_read_stop((uv_stream_t *)&s->handle);
-  uv_timer_stop(&s->timer);
-  if (!s->closed)
-    uv_ref((uv_handle_t *)&s->handle);
+/* The targets of a closed socket hear of it from the loop. */
+static void tcp_on_notify(ls_defer_t *d) {
+  ls_tcp_t *s = (ls_tcp_t *)((char *)d - offsetof(ls_tcp_t, notify));
+  const char *why = s->close_why ? s->close_why : "closed";
+  tcp_resolve_error(s, &s->connect_ref, why);
+  tcp_resolve_error(s, &s->hs_ref, why);
+  tcp_resolve_error(s, &s->read_ref, why);
+  tcp_resolve_error(s, &s->drain_ref, why);
+  tcp_maybe_free(s);
 }
 
 
-/* Close the socket; pending connect and read targets get nil, "closed", an
- * idle watch is released (whoever closes an idle socket knows). */
-static void tcp_close(ls_tcp_t *s) {
+/* Leave the idle state: the socket counts for the loop again. */
+static void tcp_idle_end(ls_tcp_t *s) {
+  if (s->wait != WAIT_IDLE)
+    return;
+  s->wait = WAIT_NONE;
+  ls__stream_read_stop(&s->stream);
+  ls__stream_deadline(&s->stream, 0);
+  if (!s->closed)
+    uv_ref((uv_handle_t *)&s->stream.tcp);
+}
+
+
+/* Close the socket; pending targets get nil, why (default "closed") from
+ * the loop; an idle watch is released (whoever closes an idle socket
+ * knows). */
+static void tcp_close(ls_tcp_t *s, const char *why) {
   if (s->closed)
     return;
   tcp_idle_end(s);
   s->closed = 1;
+  s->close_why = why;
   if (s->resolving)
     uv_cancel((uv_req_t *)&s->dns_req);
-  uv_close((uv_handle_t *)&s->timer, tcp_on_close);
-  uv_close((uv_handle_t *)&s->handle, tcp_on_close);
+  ls__stream_close(&s->stream);
   tcp_unref(s, &s->idle_ref);
-  if (!s->rt->closing) {
-    tcp_resolve_error(s, &s->connect_ref, "closed");
-    tcp_resolve_error(s, &s->read_ref, "closed");
+  if (!s->rt->closing &&
+      (s->connect_ref != LUA_NOREF || s->hs_ref != LUA_NOREF ||
+       s->read_ref != LUA_NOREF || s->drain_ref != LUA_NOREF))
+    ls__defer(s->rt, &s->notify, tcp_on_notify);
+}
+
+
+static void tcp_wait(ls_tcp_t *s, int what, double ms) {
+  s->wait = what;
+  ls__stream_deadline(&s->stream, ms > 0 ? (uint64_t)(ms + 0.5) : 0);
+}
+
+
+/* ---- stream events ------------------------------------------------------ */
+
+static void tcp_on_read(ls_stream_t *st, const char *data, size_t len) {
+  ls_tcp_t *s = TCP(st);
+  if (s->wait == WAIT_IDLE) {
+    /* While idle anything from the peer means the connection cannot carry
+     * another request. */
+    tcp_idle_end(s);
+    lua_pushliteral(s->rt->L, "data");
+    tcp_resolve(s, &s->idle_ref, 1);
+    return;
+  }
+  ls__stream_read_stop(st);   /* one chunk per read(): Lua pulls */
+  s->wait = WAIT_NONE;
+  ls__stream_deadline(st, 0);
+  lua_pushlstring(s->rt->L, data, len);
+  tcp_resolve(s, &s->read_ref, 1);
+}
+
+
+/* The message for an end of input: "closed", or the TLS reason. */
+static const char *end_message(ls_tcp_t *s, int err, char *buf, size_t n) {
+  if (err == LS_ETLS) {
+    snprintf(buf, n, "tls: %s", ls__stream_error(&s->stream));
+    return buf;
+  }
+  return ls_strerror(err);
+}
+
+
+static void tcp_on_end(ls_stream_t *st, int err) {
+  ls_tcp_t *s = TCP(st);
+  char msg[200];
+  if (s->wait == WAIT_IDLE) {
+    tcp_idle_end(s);
+    lua_pushliteral(s->rt->L, "closed");
+    tcp_resolve(s, &s->idle_ref, 1);
+    return;
+  }
+  s->wait = WAIT_NONE;
+  ls__stream_deadline(st, 0);
+  tcp_resolve_error(s, &s->read_ref, end_message(s, err, msg, sizeof(msg)));
+}
+
+
+static void tcp_on_drain(ls_stream_t *st, int status) {
+  ls_tcp_t *s = TCP(st);
+  if (status < 0) {
+    char msg[200];
+    int ref = s->drain_ref;
+    s->drain_ref = LUA_NOREF;
+    tcp_close(s, NULL);
+    tcp_resolve_error(s, &ref, end_message(s, status, msg, sizeof(msg)));
+    return;
+  }
+  lua_pushboolean(s->rt->L, 1);
+  tcp_resolve(s, &s->drain_ref, 1);
+}
+
+
+static void tcp_on_timeout(ls_stream_t *st, int kind) {
+  ls_tcp_t *s = TCP(st);
+  if (kind == LS_TIMEOUT_SEND) {   /* a write made no progress: closed */
+    int ref = s->drain_ref;
+    s->drain_ref = LUA_NOREF;
+    tcp_close(s, NULL);
+    tcp_resolve_error(s, &ref, "timeout");
+    return;
+  }
+  if (s->wait == WAIT_IDLE) {
+    tcp_idle_end(s);
+    lua_pushliteral(s->rt->L, "timeout");
+    tcp_resolve(s, &s->idle_ref, 1);
+    return;
+  }
+  int what = s->wait;
+  s->wait = WAIT_NONE;
+  if (what == WAIT_READ) {   /* the socket stays open */
+    ls__stream_read_stop(st);
+    tcp_resolve_error(s, &s->read_ref, "timeout");
+  } else if (what == WAIT_CONNECT || what == WAIT_HANDSHAKE) {
+    int *ref = what == WAIT_CONNECT ? &s->connect_ref : &s->hs_ref;
+    int r = *ref;
+    *ref = LUA_NOREF;
+    tcp_close(s, NULL);
+    tcp_resolve_error(s, &r, what == WAIT_CONNECT ? "timeout"
+                                                   : "tls: handshake timeout");
   }
 }
 
 
-static void tcp_timer_start(ls_tcp_t *s, uv_timer_cb cb, double ms) {
-  if (ms > 0)
-    uv_timer_start(&s->timer, cb, (uint64_t)(ms + 0.5), 0);
+static void tcp_on_handshake(ls_stream_t *st, int err) {
+  ls_tcp_t *s = TCP(st);
+  char msg[200];
+  s->wait = WAIT_NONE;
+  ls__stream_deadline(st, 0);
+  if (err == 0) {
+    lua_pushboolean(s->rt->L, 1);
+    tcp_resolve(s, &s->hs_ref, 1);
+    return;
+  }
+  if (err == LS_ETLS)
+    snprintf(msg, sizeof(msg), "tls: %s", ls__stream_error(st));
+  else
+    snprintf(msg, sizeof(msg), "tls: handshake failed: %s", ls_strerror(err));
+  int ref = s->hs_ref;
+  s->hs_ref = LUA_NOREF;
+  tcp_close(s, NULL);
+  tcp_resolve_error(s, &ref, msg);
 }
 
 
-/* The connect timer fired (DNS and connect took too long): close, and the
- * connect target gets nil, "timeout". */
-static void tcp_on_connect_timeout(uv_timer_t *t) {
-  ls_tcp_t *s = t->data;
-  int ref = s->connect_ref;
-  s->connect_ref = LUA_NOREF;
-  tcp_close(s);
-  tcp_resolve_error(s, &ref, "timeout");
+static void tcp_on_close(ls_stream_t *st) {
+  ls_tcp_t *s = TCP(st);
+  s->stream_open = 0;
+  tcp_maybe_free(s);
 }
 
+
+static const ls_stream_ops_t tcp_ops = {
+  .on_read = tcp_on_read,
+  .on_end = tcp_on_end,
+  .on_drain = tcp_on_drain,
+  .on_timeout = tcp_on_timeout,
+  .on_handshake = tcp_on_handshake,
+  .on_close = tcp_on_close,
+};
+
+
+/* ---- connecting --------------------------------------------------------- */
 
 static void tcp_on_connect(uv_connect_t *req, int status) {
   ls_tcp_t *s = req->data;
   if (s->rt->closing || status == UV_ECANCELED || s->closed)
-    return;   /* close() resolved the target already */
-  uv_timer_stop(&s->timer);
+    return;   /* close() resolves the target */
+  s->wait = WAIT_NONE;
+  ls__stream_deadline(&s->stream, 0);
   if (status < 0) {
     tcp_resolve_error(s, &s->connect_ref, ls_strerror(status));
     return;
   }
-  uv_tcp_nodelay(&s->handle, 1);
+  uv_tcp_nodelay(&s->stream.tcp, 1);
   lua_pushboolean(s->rt->L, 1);
   tcp_resolve(s, &s->connect_ref, 1);
 }
@@ -163,7 +293,7 @@ static void tcp_on_connect(uv_connect_t *req, int status) {
 /* Start connecting to addr; 0 or a libuv error. */
 static int tcp_start_connect(ls_tcp_t *s, const struct sockaddr *addr) {
   s->connect_req.data = s;
-  return uv_tcp_connect(&s->connect_req, &s->handle, addr, tcp_on_connect);
+  return uv_tcp_connect(&s->connect_req, &s->stream.tcp, addr, tcp_on_connect);
 }
 
 
@@ -182,10 +312,12 @@ static void tcp_on_dns(uv_getaddrinfo_t *req, int status,
   if (err < 0) {
     char msg[160];
     snprintf(msg, sizeof(msg), "dns: %s", uv_strerror(err));
-    uv_timer_stop(&s->timer);
+    s->wait = WAIT_NONE;
+    ls__stream_deadline(&s->stream, 0);
     tcp_resolve_error(s, &s->connect_ref, msg);
   } else if ((err = tcp_start_connect(s, res->ai_addr)) != 0) {
-    uv_timer_stop(&s->timer);
+    s->wait = WAIT_NONE;
+    ls__stream_deadline(&s->stream, 0);
     tcp_resolve_error(s, &s->connect_ref, ls_strerror(err));
   }
   uv_freeaddrinfo(res);
@@ -224,13 +356,11 @@ int ls__lua_tcp_connect(lua_State *L) {
   if (s == NULL)
     return ls__push_error(L, UV_ENOMEM);
   s->rt = rt;
-  s->port = port;
-  s->connect_ref = s->read_ref = s->idle_ref = LUA_NOREF;
-  uv_tcp_init(rt->loop, &s->handle);
-  uv_timer_init(rt->loop, &s->timer);
-  uv_unref((uv_handle_t *)&s->timer);
-  s->handle.data = s->timer.data = s;
-  s->handles_open = 2;
+  s->connect_ref = s->read_ref = s->idle_ref = s->drain_ref = s->hs_ref =
+      LUA_NOREF;
+  ls__stream_init(rt, &s->stream, &tcp_ops);
+  uv_unref((uv_handle_t *)&s->stream.timer);   /* never keeps the loop alive */
+  s->stream_open = 1;
 
   int err;
   if (numeric) {
@@ -248,7 +378,7 @@ int ls__lua_tcp_connect(lua_State *L) {
     s->resolving = err == 0;
   }
   if (err) {   /* nothing started: close what was opened, tell the caller */
-    tcp_close(s);
+    tcp_close(s, NULL);
     lua_pushnil(L);
     if (numeric)
       lua_pushstring(L, ls_strerror(err));
@@ -263,7 +393,7 @@ int ls__lua_tcp_connect(lua_State *L) {
   s->ud = ud;
   lua_pushvalue(L, 3);
   s->connect_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  tcp_timer_start(s, tcp_on_connect_timeout, timeout_ms);
+  tcp_wait(s, WAIT_CONNECT, timeout_ms);
   return 1;
 }
 
@@ -274,112 +404,96 @@ static ls_tcp_t *check_tcp(lua_State *L) {
 }
 
 
-static void tcp_on_write(uv_write_t *req, int status) {
-  tcp_write_t *w = (tcp_write_t *)req;
-  ls_tcp_t *s = w->s;
-  int ref = w->target_ref;
-  free(w);
-  s->writes--;
-  if (!s->rt->closing && ref != LUA_NOREF) {
-    if (status < 0) {
-      tcp_resolve_error(s, &ref, status == UV_ECANCELED ? "closed"
-                                                        : ls_strerror(status));
-    } else {
-      lua_pushboolean(s->rt->L, 1);
-      tcp_resolve(s, &ref, 1);
-    }
+/* sock:tls(context, name, check_name, target[, timeout_ms]): start a TLS
+ * handshake over the connected socket; name is sent as SNI (names only)
+ * and, with check_name, the certificate must be for it. target gets true,
+ * or nil, "tls: <reason>" (the socket is closed then). Returns true, or
+ * nil, err at once. */
+static int tcp_tls(lua_State *L) {
+  ls_tcp_t *s = check_tcp(L);
+  void *ctx = ls__tls_check_context(L, 2);
+  const char *name = luaL_optstring(L, 3, NULL);
+  int check_name = lua_toboolean(L, 4);
+  luaL_checkany(L, 5);
+  double timeout_ms = luaL_optnumber(L, 6, 0);
+  if (s == NULL || s->closed)
+    return ls__push_error(L, UV_EOF);
+  if (s->stream.tls || s->wait != WAIT_NONE || s->stream.writing ||
+      s->stream.out.len)
+    return luaL_error(L, "tcp: sslhandshake on a busy socket, or twice");
+  int err = ls__stream_tls(&s->stream, ctx, 0, name, check_name);
+  if (err) {
+    char msg[200];
+    lua_pushnil(L);
+    lua_pushstring(L, end_message(s, err, msg, sizeof(msg)));
+    tcp_close(s, NULL);
+    return 2;
   }
-  tcp_maybe_free(s);
+  lua_pushvalue(L, 5);
+  s->hs_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  tcp_wait(s, WAIT_HANDSHAKE, timeout_ms);
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
 
-/* sock:write(data, target): true when all was written now (target is not
- * used); false when the rest is queued (copied) and target will get true
- * or nil, err; or nil, err at once. */
+/* ---- writing and reading ------------------------------------------------ */
+
+/* sock:write(data, target[, send_timeout_ms]): true when all was written
+ * now (target is not used); false when the rest is queued (copied): the
+ * target then gets true once everything queued is written, or nil, err
+ * ("timeout" when the peer took nothing for send_timeout_ms: the socket
+ * is closed); or nil, err at once. One target waits at a time: a later
+ * write while one waits shares it. */
 static int tcp_write(lua_State *L) {
   ls_tcp_t *s = check_tcp(L);
   size_t len;
   const char *data = luaL_checklstring(L, 2, &len);
   luaL_checkany(L, 3);
+  double send_ms = luaL_optnumber(L, 4, 0);
   if (s == NULL || s->closed)
     return ls__push_error(L, UV_EOF);
-  size_t done = 0;
-  if (s->writes == 0) {
-    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
-    int n = uv_try_write((uv_stream_t *)&s->handle, &b, 1);
-    if (n < 0 && n != UV_EAGAIN)
-      return ls__push_error(L, n);
-    if (n > 0)
-      done = (size_t)n;
-    if (done == len) {
-      lua_pushboolean(L, 1);
-      return 1;
-    }
-  }
-  tcp_write_t *w = malloc(sizeof(*w) + (len - done));
-  if (w == NULL)
-    return ls__push_error(L, UV_ENOMEM);
-  memcpy(w->data, data + done, len - done);
-  w->s = s;
-  uv_buf_t b = uv_buf_init(w->data, (unsigned)(len - done));
-  int err = uv_write(&w->req, (uv_stream_t *)&s->handle, &b, 1, tcp_on_write);
+  ls__stream_send_timeout(&s->stream, send_ms > 0 ? (uint64_t)send_ms : 0);
+  uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+  int err = ls__stream_write(&s->stream, &b, 1);
   if (err) {
-    free(w);
-    return ls__push_error(L, err);
+    char msg[200];
+    lua_pushnil(L);
+    lua_pushstring(L, end_message(s, err, msg, sizeof(msg)));
+    return 2;
   }
-  lua_pushvalue(L, 3);
-  w->target_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  s->writes++;
+  if (ls__stream_queued(&s->stream) == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (s->drain_ref == LUA_NOREF) {
+    lua_pushvalue(L, 3);
+    s->drain_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
   lua_pushboolean(L, 0);
   return 1;
 }
 
 
-static void tcp_on_read(uv_stream_t *stream, ssize_t nread,
-                        const uv_buf_t *buf) {
-  ls_tcp_t *s = stream->data;
-  if (nread != 0) {
-    uv_read_stop(stream);   /* one chunk per read(): Lua pulls */
-    uv_timer_stop(&s->timer);
-    if (s->rt->closing) {
-      /* nothing */
-    } else if (nread > 0) {
-      lua_pushlstring(s->rt->L, buf->base, (size_t)nread);
-      tcp_resolve(s, &s->read_ref, 1);
-    } else {
-      tcp_resolve_error(s, &s->read_ref, ls_strerror((int)nread));
-    }
-  }
-  ls__read_done((uv_handle_t *)stream, buf);
-}
-
-
-static void tcp_on_read_timeout(uv_timer_t *t) {
-  ls_tcp_t *s = t->data;
-  uv_read_stop((uv_stream_t *)&s->handle);
-  tcp_resolve_error(s, &s->read_ref, "timeout");
-}
-
-
 /* sock:read(target[, timeout_ms]): target gets the next chunk of bytes, or
  * nil, err ("closed" at the end of the stream, "timeout" when nothing came
- * for timeout_ms; the socket stays open then). Returns true, or nil, err
- * at once (target unused). One read at a time; never while idle. */
+ * for timeout_ms: the socket stays open then; "tls: <reason>"). Returns
+ * true, or nil, err at once (target unused). One read at a time; never
+ * while idle. */
 static int tcp_read(lua_State *L) {
   ls_tcp_t *s = check_tcp(L);
   luaL_checkany(L, 2);
   double timeout_ms = luaL_optnumber(L, 3, 0);
-  if (s == NULL || s->closed)
+  if (s == NULL || s->closed || s->stream.eof)
     return ls__push_error(L, UV_EOF);
-  if (s->read_ref != LUA_NOREF || s->idle)
+  if (s->read_ref != LUA_NOREF || s->wait == WAIT_IDLE)
     return luaL_error(L, "tcp: a read is already pending on this socket");
-  int err = uv_read_start((uv_stream_t *)&s->handle, ls__read_alloc,
-                          tcp_on_read);
+  int err = ls__stream_read_start(&s->stream);
   if (err)
     return ls__push_error(L, err);
   lua_pushvalue(L, 2);
   s->read_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  tcp_timer_start(s, tcp_on_read_timeout, timeout_ms);
+  tcp_wait(s, WAIT_READ, timeout_ms);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -390,60 +504,37 @@ static int tcp_read(lua_State *L) {
 static int tcp_cancel_read(lua_State *L) {
   ls_tcp_t *s = check_tcp(L);
   if (s && s->read_ref != LUA_NOREF) {
-    uv_read_stop((uv_stream_t *)&s->handle);
-    uv_timer_stop(&s->timer);
+    ls__stream_read_stop(&s->stream);
+    s->wait = WAIT_NONE;
+    ls__stream_deadline(&s->stream, 0);
     tcp_unref(s, &s->read_ref);
   }
   return 0;
 }
 
 
-/* While idle anything from the peer, bytes or the end of the stream, means
- * the connection cannot carry another request. */
-static void tcp_on_idle_read(uv_stream_t *stream, ssize_t nread,
-                             const uv_buf_t *buf) {
-  ls_tcp_t *s = stream->data;
-  ls__read_done((uv_handle_t *)stream, buf);
-  if (nread == 0 || s->rt->closing)
-    return;
-  tcp_idle_end(s);
-  lua_pushstring(s->rt->L, nread > 0 ? "data" : "closed");
-  tcp_resolve(s, &s->idle_ref, 1);
-}
-
-
-static void tcp_on_idle_timeout(uv_timer_t *t) {
-  ls_tcp_t *s = t->data;
-  tcp_idle_end(s);
-  lua_pushliteral(s->rt->L, "timeout");
-  tcp_resolve(s, &s->idle_ref, 1);
-}
-
-
 /* sock:set_idle(ms, target): the socket waits in a keep-alive pool. A read
- * stays armed and a timer runs for ms (0: no limit); target is resolved
- * with "closed" or "data" when the peer closes or sends, or "timeout".
- * Neither keeps the loop alive. Returns true, or nil, err. */
+ * stays armed and the deadline runs for ms (0: no limit); target is
+ * resolved with "closed" or "data" when the peer closes or sends, or
+ * "timeout". Neither keeps the loop alive. Returns true, or nil, err. */
 static int tcp_set_idle(lua_State *L) {
   ls_tcp_t *s = check_tcp(L);
   double ms = luaL_checknumber(L, 2);
   luaL_checkany(L, 3);
-  if (s == NULL || s->closed)
+  if (s == NULL || s->closed || s->stream.eof)
     return ls__push_error(L, UV_EOF);
-  if (s->idle || s->read_ref != LUA_NOREF || s->connect_ref != LUA_NOREF ||
-      s->writes > 0)
+  if (s->wait != WAIT_NONE || s->read_ref != LUA_NOREF ||
+      s->connect_ref != LUA_NOREF || s->hs_ref != LUA_NOREF ||
+      ls__stream_queued(&s->stream) > 0)
     return luaL_error(L, "tcp: set_idle on a busy socket");
-  int err = uv_read_start((uv_stream_t *)&s->handle, ls__read_alloc,
-                          tcp_on_idle_read);
+  int err = ls__stream_read_start(&s->stream);
   if (err)
     return ls__push_error(L, err);
-  s->idle = 1;
-  uv_unref((uv_handle_t *)&s->handle);
+  uv_unref((uv_handle_t *)&s->stream.tcp);
   lua_pushvalue(L, 3);
   s->idle_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  tcp_timer_start(s, tcp_on_idle_timeout, ms);
-  lua_pushboolean(L, 1);
-  return 1;
+  tcp_wait(s, WAIT_IDLE, ms);
+  return (lua_pushboolean(L, 1), 1);
 }
 
 
@@ -455,7 +546,7 @@ static int tcp_clear_idle(lua_State *L) {
     return 0;
   tcp_idle_end(s);
   tcp_unref(s, &s->idle_ref);
-  lua_pushboolean(L, !s->closed);
+  lua_pushboolean(L, !s->closed && !s->stream.eof);
   return 1;
 }
 
@@ -463,7 +554,7 @@ static int tcp_clear_idle(lua_State *L) {
 static int tcp_close_lua(lua_State *L) {
   ls_tcp_t *s = check_tcp(L);
   if (s)
-    tcp_close(s);
+    tcp_close(s, NULL);
   return 0;
 }
 
@@ -474,7 +565,7 @@ static int tcp_peer(lua_State *L) {
   struct sockaddr_storage addr;
   int len = sizeof(addr);
   if (s == NULL || s->closed ||
-      uv_tcp_getpeername(&s->handle, (struct sockaddr *)&addr, &len) != 0)
+      uv_tcp_getpeername(&s->stream.tcp, (struct sockaddr *)&addr, &len) != 0)
     return 0;
   return ls__push_addr(L, &addr);
 }
@@ -486,12 +577,23 @@ static int tcp_local_port(lua_State *L) {
   struct sockaddr_storage addr;
   int len = sizeof(addr);
   if (s == NULL || s->closed ||
-      uv_tcp_getsockname(&s->handle, (struct sockaddr *)&addr, &len) != 0)
+      uv_tcp_getsockname(&s->stream.tcp, (struct sockaddr *)&addr, &len) != 0)
     return 0;
   if (addr.ss_family == AF_INET6)
     lua_pushinteger(L, ntohs(((struct sockaddr_in6 *)&addr)->sin6_port));
   else
     lua_pushinteger(L, ntohs(((struct sockaddr_in *)&addr)->sin_port));
+  return 1;
+}
+
+
+/* sock:tls_info(): {version, cipher, alpn, peer_subject, peer_verified}
+ * once a handshake is done, else nothing. */
+static int tcp_tls_info(lua_State *L) {
+  ls_tcp_t *s = check_tcp(L);
+  if (s == NULL || s->closed || !s->stream.tls || !s->stream.tls_ready)
+    return 0;
+  ls__tls_push_info(L, s->stream.tls);
   return 1;
 }
 
@@ -508,7 +610,9 @@ static int tcp_gc(lua_State *L) {
   tcp_unref(s, &s->connect_ref);
   tcp_unref(s, &s->read_ref);
   tcp_unref(s, &s->idle_ref);
-  tcp_close(s);
+  tcp_unref(s, &s->drain_ref);
+  tcp_unref(s, &s->hs_ref);
+  tcp_close(s, NULL);
   tcp_maybe_free(s);
   return 0;
 }
@@ -518,6 +622,8 @@ static const luaL_Reg tcp_methods[] = {
   {"write", tcp_write},
   {"read", tcp_read},
   {"cancel_read", tcp_cancel_read},
+  {"tls", tcp_tls},
+  {"tls_info", tcp_tls_info},
   {"set_idle", tcp_set_idle},
   {"clear_idle", tcp_clear_idle},
   {"close", tcp_close_lua},

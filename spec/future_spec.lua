@@ -654,6 +654,60 @@ describe("luaserve.future", function()
     end)
   end)
 
+  describe("the scheduler stays healthy", function()
+    -- Each in a fresh process: a broken scheduler would break every spec
+    -- after it.
+    it("after a task cancels itself and runs on", function()
+      local out, ok = run_script([[
+        local luaserve = require "luaserve"
+        local await, sleep, spawn = luaserve.await, luaserve.sleep, luaserve.spawn
+        local t
+        t = spawn(function()
+          await(sleep(0))
+          t:cancel()          -- itself, while it runs
+          return "ran on"
+        end)
+        await(sleep(0.02))
+        local n = 0
+        for i = 1, 300 do     -- more than the idle runners kept
+          n = n + await(spawn(function() await(sleep(0)) return 1 end))
+        end
+        print("tasks " .. n)
+      ]])
+      assert.is_true(ok, out)
+      assert.matches("tasks 300", out)
+    end)
+
+    it("when a resolve callback raises: logged, and the other waiters wake", function()
+      local out, ok = run_script([[
+        local luaserve = require "luaserve"
+        local future = require "luaserve.future"
+        local f = future.new()
+        f:on_done(function() error("callback boom") end)
+        local t = luaserve.spawn(function() return luaserve.await(f) end)
+        f:resolve("value")
+        print("waiter got " .. tostring(luaserve.await(t)))
+      ]])
+      assert.is_true(ok, out)
+      assert.matches("callback boom", out)
+      assert.matches("waiter got value", out)
+    end)
+
+    it("when the log hook raises inside the drain", function()
+      local out, ok = run_script([[
+        local luaserve = require "luaserve"
+        local future = require "luaserve.future"
+        local await, sleep, spawn = luaserve.await, luaserve.sleep, luaserve.spawn
+        future.set_logger(function() error("log hook broken") end)
+        spawn(function() await(sleep(0)) error("task fails") end)
+        await(sleep(0.02))
+        print(await(spawn(function() await(sleep(0.01)) return "still resuming" end)))
+      ]])
+      assert.is_true(ok, out)
+      assert.matches("still resuming", out)
+    end)
+  end)
+
   describe("user coroutines", function()
     it("coroutine.wrap around code that awaits works", testing.async(function()
       local gen = coroutine.wrap(function(n)

@@ -73,8 +73,12 @@ class ClientAppTest(unittest.TestCase):
         self.assertEqual(r, {"ok": False, "err": "connection refused"})
         _, r = get_json(self.srv.port, "/call?url=http://bad..name/")
         self.assertTrue(r["err"].startswith("dns: "), r)
-        _, r = get_json(self.srv.port, "/call?url=https://127.0.0.1:1/")
-        self.assertEqual(r, {"ok": False, "err": "https is not supported yet"})
+        # https to a plain HTTP server that waits for a request line: the
+        # handshake is bounded by the connect timeout
+        _, r = get_json(self.srv.port, "/call?" + urllib.parse.urlencode({
+            "url": "https://127.0.0.1:%d/ok" % self.up.http_port,
+            "connect_timeout": 0.3}))
+        self.assertEqual(r, {"ok": False, "err": "tls: handshake timeout"})
         _, r = get_json(self.srv.port, "/call?" + urllib.parse.urlencode({
             "url": "http://127.0.0.1:%d/" % self.up.blackhole_port,
             "connect_timeout": 0.2}))

@@ -19,7 +19,13 @@ local OPTIONS = {
   { "limit-concurrency", "count", 0, "requests in flight before 503 (0: no limit)" },
   { "timeout-keep-alive", "seconds", 5, "close idle keep-alive connections after this" },
   { "timeout-header", "seconds", 10, "a request's headers must arrive within this" },
+  { "timeout-send", "seconds", 60, "close a connection whose client takes no bytes of an answer for this long" },
   { "timeout-graceful-shutdown", "seconds", 10, "on SIGINT/SIGTERM, wait this for requests in flight" },
+  { "ssl-certfile", "file", "", "serve HTTPS with this certificate chain (PEM)" },
+  { "ssl-keyfile", "file", "", "its private key (PEM; default: in the certfile)" },
+  { "ssl-keyfile-password", "string", "", "the key's password, if it is encrypted" },
+  { "ssl-ca-certs", "file", "", "CA certificates (PEM) that client certificates are checked against" },
+  { "ssl-cert-reqs", "certreqs", "none", "client certificates: none, optional or required" },
   { "max-body", "bytes", 1048576, "largest request body (413 beyond; routes may raise it)" },
   { "max-header-bytes", "bytes", 16384, "largest request line + headers (431 beyond)" },
   { "max-headers", "count", 100, "most header fields in a request (431 beyond)" },
@@ -49,8 +55,10 @@ options (each also read from LUASERVE_<NAME>, e.g. LUASERVE_PORT=9000):
 local function usage()
   local lines = {}
   for _, o in ipairs(OPTIONS) do
-    local flag = "--" .. o[1] .. (o[2] == "flag" and "" or " " .. o[2]:upper())
-    local def = o[2] == "flag" and "" or (" (default %s)"):format(tostring(o[3]))
+    local kind = o[2] == "certreqs" and "MODE" or o[2]:upper()
+    local flag = "--" .. o[1] .. (o[2] == "flag" and "" or " " .. kind)
+    local def = (o[2] == "flag" or o[3] == "") and "" or
+      (" (default %s)"):format(tostring(o[3]))
     lines[#lines + 1] = ("  %-34s %s%s\n"):format(flag, o[4], def)
   end
   return USAGE:format(table.concat(lines))
@@ -70,8 +78,11 @@ local function convert(o, v)
     if v == true or v == "1" or v == "true" or v == "yes" then return true end
     if v == "0" or v == "false" or v == "no" or v == "" then return false end
     return nil, "expects 1 or 0"
-  elseif kind == "string" then
+  elseif kind == "string" or kind == "file" then
     return v
+  elseif kind == "certreqs" then
+    if v == "none" or v == "optional" or v == "required" then return v end
+    return nil, "must be none, optional or required"
   elseif kind == "level" then
     if v == "debug" or v == "info" or v == "warn" or v == "error" then return v end
     return nil, "must be debug, info, warn or error"
@@ -201,12 +212,55 @@ function M.load_app(path)
 end
 
 
+-- The server's TLS context from the ssl-* options: nil (plain HTTP), a
+-- context, or false after printing why (a missing, unreadable or broken
+-- file, a key that does not match: one line naming the file).
+local function refuse(fmt, ...)
+  fail(2, fmt, ...)
+  return false
+end
+
+
+local function tls_context(opts)
+  local cert, key = opts["ssl-certfile"], opts["ssl-keyfile"]
+  local ca, reqs = opts["ssl-ca-certs"], opts["ssl-cert-reqs"]
+  if cert == "" then
+    for _, name in ipairs({ "ssl-keyfile", "ssl-ca-certs" }) do
+      if opts[name] ~= "" then
+        return refuse("--%s needs --ssl-certfile", name)
+      end
+    end
+    if reqs ~= "none" then return refuse("--ssl-cert-reqs needs --ssl-certfile") end
+    return nil
+  end
+  if reqs ~= "none" and ca == "" then
+    return refuse("--ssl-cert-reqs %s needs --ssl-ca-certs (the CAs to check "
+      .. "client certificates against)", reqs)
+  end
+  local ctx, err, which = require("luaserve.server").tls_context({
+    cert = cert,
+    key = key ~= "" and key or nil,
+    password = opts["ssl-keyfile-password"] ~= "" and opts["ssl-keyfile-password"] or nil,
+    ca = ca ~= "" and ca or nil,
+    verify = reqs,
+  })
+  if not ctx then
+    local flag = ({ cert = "ssl-certfile", key = key ~= "" and "ssl-keyfile" or "ssl-certfile",
+      ca = "ssl-ca-certs" })[which] or "ssl-certfile"
+    return refuse("--%s %s", flag, tostring(err))
+  end
+  return ctx
+end
+
+
 local function serve(args)
   local opts, app_path = M.parse(args)
   if opts == nil then return app_path end
   local log = require "luaserve.log"
   log.set_level(opts["log-level"])
   core.shared_configure(opts["shared-size"])
+  local tls = tls_context(opts)
+  if tls == false then return 2 end
   local app, err = M.load_app(app_path)
   if not app then
     io.stderr:write("luaserve: cannot load app: ", err, "\n")
@@ -216,12 +270,14 @@ local function serve(args)
   local ok, srv, lerr = pcall(server.serve, app, {
     host = opts.host,
     port = opts.port,
+    tls = tls,
     access_log = not opts["no-access-log"] and log.LEVELS[opts["log-level"]] <= log.LEVELS.info,
     max_body = opts["max-body"],
     max_header_bytes = opts["max-header-bytes"],
     max_headers = opts["max-headers"],
     header_timeout_ms = opts["timeout-header"] * 1000,
     keepalive_timeout_ms = opts["timeout-keep-alive"] * 1000,
+    send_timeout_ms = opts["timeout-send"] * 1000,
     limit_concurrency = opts["limit-concurrency"],
     backlog = opts.backlog,
   })
@@ -246,8 +302,9 @@ local function serve(args)
     return 2
   end
   local host, port = srv:address()
-  io.stderr:write(("luaserve %s serving %s on http://%s:%d (Ctrl+C to quit)\n")
-    :format(VERSION, app_path, host:find(":") and "[" .. host .. "]" or host, port))
+  io.stderr:write(("luaserve %s serving %s on %s://%s:%d (Ctrl+C to quit)\n")
+    :format(VERSION, app_path, tls and "https" or "http",
+      host:find(":") and "[" .. host .. "]" or host, port))
   if pooled then
     local st = core.pool_stats()
     log.info(("sync pool: %d threads, queue %d"):format(st.threads, st.queue_max))

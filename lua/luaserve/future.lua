@@ -35,6 +35,15 @@ local function log_error(msg)
   io.stderr:write("luaserve: error: ", msg, "\n")
 end
 
+
+-- Log through the logger without ever raising: a broken log hook must not
+-- stop the scheduler (the line then goes to stderr).
+local function safe_log(msg)
+  if not pcall(log_error, msg) then
+    io.stderr:write("luaserve: error: ", tostring(msg), "\n")
+  end
+end
+
 -- What a framework yield carries, so user coroutines can pass it through.
 local AWAIT = setmetatable({}, { __tostring = function() return "await" end })
 -- What an idle runner coroutine yields: it can take the next task.
@@ -93,11 +102,7 @@ local function schedule(task, fut)
 end
 
 
---- Resume every ready task. Called at the top of each entry from C (and
--- by the test helpers); a call from inside the drain does nothing.
-local function drain()
-  if draining then return end
-  draining = true
+local function drain_ready()
   while ready_head <= ready_tail do
     local task = ready[ready_head]
     ready[ready_head] = nil
@@ -107,6 +112,21 @@ local function drain()
       task._resume_with = nil
       if f._r then step(task, unpack(f._r, 1, f._rn)) else step(task) end
     end
+  end
+end
+
+
+--- Resume every ready task. Called at the top of each entry from C (and
+-- by the test helpers); a call from inside the drain does nothing. An
+-- error that escapes a step (a log hook, a resolve callback) is logged and
+-- the drain goes on with the next task: the scheduler never stays stuck.
+local function drain()
+  if draining then return end
+  draining = true
+  while true do
+    local ok, err = pcall(drain_ready)
+    if ok then break end
+    safe_log("scheduler: " .. tostring(err))
   end
   ready_head, ready_tail = 1, 0
   draining = false
@@ -140,7 +160,10 @@ function Future:resolve(...)
         x._waiting = nil
         schedule(x, self)
       else
-        x(self)   -- a callback: gather, wait_for
+        -- A callback (gather, wait_for, on_done): one that raises is
+        -- logged; the waiters after it still wake.
+        local ok, err = pcall(x, self)
+        if not ok then safe_log("future callback: " .. tostring(err)) end
       end
     end
   end
@@ -219,7 +242,7 @@ function Future:cancel()
   self._cancelled = true
   if stop then
     local ok, err = pcall(stop, self)
-    if not ok then log_error("cancel: " .. tostring(err)) end
+    if not ok then safe_log("cancel: " .. tostring(err)) end
   end
   self._cancelled = nil
   if not self._done then self:resolve(nil, "cancelled") end
@@ -279,22 +302,26 @@ M.on_error = on_error
 
 -- Resume task's coroutine with the values; what comes back decides where
 -- the coroutine goes.
+-- The coroutine is taken before the resume: a task may cancel itself
+-- while it runs (which drops task._co), and its runner must still go back
+-- to the idle list when it finishes.
 function step(task, ...)
   local prev = current
+  local co = task._co
   current = task
   last_stepped = task
-  local ok, tag = co_resume(task._co, ...)
+  local ok, tag = co_resume(co, ...)
   current = prev
   if not ok then
-    log_error("task runner failed: " .. traceback(task._co, tostring(tag)))
+    safe_log("task runner failed: " .. traceback(co, tostring(tag)))
   elseif tag == IDLE then
     if nrunners < MAX_IDLE_RUNNERS then
       nrunners = nrunners + 1
-      runners[nrunners] = task._co
+      runners[nrunners] = co
     end
     task._co = nil
   elseif tag ~= AWAIT then
-    log_error("a task yielded outside await (" .. tostring(tag) ..
+    safe_log("a task yielded outside await (" .. tostring(tag) ..
       "): use luaserve.await, or wrap the coroutine with coroutine.wrap")
   end
 end
@@ -354,7 +381,7 @@ function finish(task, ok, ...)
   end
   local err = ...
   if type(err) ~= "table" then
-    log_error("task failed: " .. tostring(err))
+    safe_log("task failed: " .. tostring(err))
     err = tostring(err):match("^[^\n]*")
   end
   if fut then
@@ -390,7 +417,7 @@ function Task:cancel()
   if cleanups then
     for i = #cleanups, 1, -1 do
       local ok, err = pcall(cleanups[i])
-      if not ok then log_error("cleanup: " .. tostring(err)) end
+      if not ok then safe_log("cleanup: " .. tostring(err)) end
     end
   end
   local root = self._root

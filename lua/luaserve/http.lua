@@ -9,8 +9,17 @@
 -- err is short and machine-readable: "timeout", "connection refused",
 -- "dns: <reason>", "closed" (the peer closed or reset the connection
 -- before the response was complete), "too large" (over max_body or the
--- header limit), "bad response: <reason>", "bad url: <url>", "https is not
--- supported yet", "cancelled".
+-- header limit), "bad response: <reason>", "bad url: <url>", "tls:
+-- <reason>" ("tls: certificate verify failed: <why>", "tls: hostname
+-- mismatch", "tls: handshake timeout"), "cancelled".
+--
+-- https:// verifies the server against the system CA store (Debian's
+-- ca-certificates) with SNI and a check of the name (an IP literal is
+-- checked as an IP); verify = false turns that off, ca_file trusts a CA of
+-- your own, cert_file + key_file present a client certificate, and
+-- server_name checks another name than the URL's host. A redirect to
+-- another host, or from https to http, drops Authorization, Cookie and
+-- Proxy-Authorization.
 --
 -- Timeouts (seconds, see M.DEFAULTS): connect_timeout (DNS and connect),
 -- send_timeout and read_timeout (each send, each wait for bytes), and
@@ -69,6 +78,11 @@ M.DEFAULTS = {
   keepalive_timeout = 30,      -- s a pooled connection may stay idle
   pool_size = 64,              -- idle connections kept per host and port
   follow_redirects = 0,        -- redirects to follow (0: none)
+  verify = true,               -- https: check the server's certificate
+  ca_file = nil,               -- https: trust these CAs instead of the system's
+  cert_file = nil,             -- https: a client certificate (PEM) ...
+  key_file = nil,              -- ... and its key
+  server_name = nil,           -- https: the name to send and check (default: the host)
 }
 
 M.USER_AGENT = "luaserve/" .. core.version
@@ -111,8 +125,9 @@ function M.parse_url(url)
   local scheme, rest = match(url, "^(%a[%w+.-]*)://(.*)$")
   if not scheme then return nil, "bad url: " .. url end
   scheme = lower(scheme)
-  if scheme == "https" then return nil, "https is not supported yet" end
-  if scheme ~= "http" then return nil, "bad url: unsupported scheme " .. scheme end
+  if scheme ~= "http" and scheme ~= "https" then
+    return nil, "bad url: unsupported scheme " .. scheme
+  end
   local authority, target = match(rest, "^([^/?#]*)(.*)$")
   target = gsub(target, "#.*$", "")
   if find(target, "[%s%c]") then return nil, "bad url: " .. url end
@@ -128,10 +143,11 @@ function M.parse_url(url)
     host, port = match(authority, "^([^:]+):?(%d*)$")
   end
   if not host then return nil, "bad url: " .. url end
-  port = port ~= "" and tonumber(port) or 80
+  local default_port = scheme == "https" and 443 or 80
+  port = port ~= "" and tonumber(port) or default_port
   if port < 1 or port > 65535 then return nil, "bad url: port out of range" end
   local hosthdr = find(host, ":", 1, true) and "[" .. host .. "]" or host
-  if port ~= 80 then hosthdr = hosthdr .. ":" .. port end
+  if port ~= default_port then hosthdr = hosthdr .. ":" .. port end
   return { scheme = scheme, host = host, port = port, authority = hosthdr,
     target = target }
 end
@@ -141,8 +157,8 @@ local parse_url = M.parse_url
 -- The absolute URL a Location header names, relative to base (parsed).
 local function resolve_location(base, loc)
   if match(loc, "^%a[%w+.-]*://") then return loc end
-  local origin = "http://" .. base.authority
-  if sub(loc, 1, 2) == "//" then return "http:" .. loc end
+  local origin = base.scheme .. "://" .. base.authority
+  if sub(loc, 1, 2) == "//" then return base.scheme .. ":" .. loc end
   if byte(loc, 1) == 47 then return origin .. loc end   -- "/"
   local dir = match(base.target, "^([^?]*/)") or "/"
   return origin .. dir .. loc
@@ -238,7 +254,8 @@ function M.read_response(sock, opts)
         local fok, ferr = p:finish()
         if fok then ok, extra = true, 0 break end
         err = ferr
-      elseif err ~= "timeout" and err ~= "cancelled" then
+      elseif err ~= "timeout" and err ~= "cancelled" and
+          sub(err, 1, 4) ~= "tls:" then
         err = "closed"   -- reset, broken pipe: the peer is gone
       end
       give_parser(p)
@@ -347,19 +364,52 @@ local function short_error(err)
 end
 
 
+-- TLS settings of a call: the client context's options and the pool key
+-- part that keeps connections with other settings apart.
+local function tls_options(u, o)
+  local t = {
+    verify = opt(o, "verify") ~= false,
+    ca_file = opt(o, "ca_file"),
+    cert_file = opt(o, "cert_file"),
+    key_file = opt(o, "key_file"),
+    server_name = opt(o, "server_name") or u.host,
+    alpn = "http/1.1",
+  }
+  local ctx, key = tcp.client_context(t)
+  if not ctx then return nil, key end
+  return t, key .. "|" .. t.server_name
+end
+
+
 -- One try on one connection: a response, or nil, err, retryable.
 local function attempt(st, u, raw, method, o, deadline, fresh)
   local left = remaining(deadline)
   if left and left <= 0 then return nil, "timeout" end
+  local tls, pool = nil, "http://" .. u.host .. ":" .. u.port
+  if u.scheme == "https" then
+    local tkey
+    tls, tkey = tls_options(u, o)
+    if not tls then return nil, tkey end
+    pool = "https://" .. u.host .. ":" .. u.port .. "|" .. tkey
+  end
   local sock, err = await(tcp.connect(u.host, u.port, {
     timeout = cap(opt(o, "connect_timeout"), deadline),
     read_timeout = opt(o, "read_timeout"),
-    pool = "http://" .. u.host .. ":" .. u.port,
+    pool = pool,
     reuse = not fresh and opt(o, "keepalive") ~= false,
   }))
   if not sock then return nil, short_error(err) end
   st.sock = sock
   local reused = sock:getreusedtimes() > 0
+  if tls and not reused then
+    tls.timeout = cap(opt(o, "connect_timeout"), deadline)
+    local ok, terr = await(sock:sslhandshake(tls))
+    if not ok then
+      sock:close()
+      st.sock = nil
+      return nil, terr
+    end
+  end
   sock:settimeouts(nil, cap(opt(o, "send_timeout"), deadline))
   local ok, serr = await(sock:send(raw))
   if not ok then
@@ -385,6 +435,21 @@ local function attempt(st, u, raw, method, o, deadline, fresh)
   end
   return setmetatable({ status = status, headers = headers, body = body },
     Response)
+end
+
+
+-- Headers that carry credentials: never sent on to another host.
+local CREDENTIALS = { authorization = true, cookie = true,
+  ["proxy-authorization"] = true }
+
+
+local function without_credentials(h)
+  if h == nil then return nil end
+  local out = {}
+  for k, v in pairs(h) do
+    if not CREDENTIALS[lower(tostring(k))] then out[k] = v end
+  end
+  return out
 end
 
 
@@ -423,7 +488,13 @@ local function run(method, url, o, body)
         method ~= "GET" and method ~= "HEAD") then
       method, body = "GET", nil
     end
-    o = o.query and setmetatable({ query = false }, { __index = o }) or o
+    local over = { query = false }
+    local nu = parse_url(url)
+    if nu and (nu.host ~= u.host or nu.port ~= u.port or
+        (u.scheme == "https" and nu.scheme ~= "https")) then
+      over.headers = without_credentials(o.headers)
+    end
+    o = setmetatable(over, { __index = o })
   end
   if remove then remove() end
   if res then

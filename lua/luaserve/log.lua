@@ -25,6 +25,7 @@ function M.set_level(name)
     error("log level must be debug, info, warn or error, got " .. tostring(name), 2)
   end
   threshold = l
+  core.set_log_level(l)   -- what the core logs itself (debug lines)
 end
 
 

@@ -1,7 +1,13 @@
 -- luaserve.request: the request object a handler gets. Fields: method, path,
 -- target (path and query as sent), headers (case-insensitive), body,
--- params (typed path parameters), route (the matched template); lazily:
--- query (percent-decoded, first value of each key), client {host, port}.
+-- params (typed path parameters), route (the matched template), scheme
+-- ("http" or "https"); lazily: query (percent-decoded, first value of each
+-- key), client {host, port}, tls ({version, cipher, alpn, peer_subject,
+-- peer_verified} over TLS, false over plain TCP).
+--
+-- client and tls come from the connection, which Lua knows by a checked
+-- handle: read after the request has finished (in a detached task), they
+-- raise a clear error instead of reading a connection that is gone.
 
 local core = require "luaserve.core"
 local errors = require "luaserve.errors"
@@ -77,13 +83,32 @@ function lazy.query(req)
   return q
 end
 
+local FINISHED = "the request has finished: read req.%s while it runs " ..
+  "(before a detached task needs it, keep it in a local)"
+
+
 function lazy.client(req)
   local conn = rawget(req, "_conn")
   local host, port
-  if conn then host, port = core.peer(conn) end
+  if conn then
+    host, port = core.peer(conn)
+    if host == nil and port == "closed" then error(FINISHED:format("client"), 2) end
+  end
   local c = { host = host, port = port }
   req.client = c
   return c
+end
+
+
+function lazy.tls(req)
+  local conn = rawget(req, "_conn")
+  local info, err
+  if conn then
+    info, err = core.tls_info(conn)
+    if info == nil and err == "closed" then error(FINISHED:format("tls"), 2) end
+  end
+  req.tls = info or false
+  return info or false
 end
 
 
@@ -124,9 +149,10 @@ function Request:json()
 end
 
 
---- new(conn, method, target, headers, body): a request. The headers table
--- is taken over (names already lower-cased by the core).
-function M.new(conn, method, target, headers, body)
+--- new(conn, method, target, headers, body, scheme): a request. The
+-- headers table is taken over (names already lower-cased by the core).
+-- conn is the core's handle of the request (nil in a pool state).
+function M.new(conn, method, target, headers, body, scheme)
   local q = find(target, "?", 1, true)
   local path, qs = target, nil
   if q then path, qs = sub(target, 1, q - 1), sub(target, q + 1) end
@@ -144,6 +170,7 @@ function M.new(conn, method, target, headers, body)
     query_string = qs,
     headers = setmetatable(headers, headers_mt),
     body = body,
+    scheme = scheme or "http",
     _conn = conn,
     -- Set during the request; named here so the table is made at its full
     -- size once, not grown (rehashed) as they are added.

@@ -1,8 +1,10 @@
 -- luaserve.server: serves an app on the core. The core calls dispatch()
--- once per parsed request; each request runs as a task (a coroutine) that
--- matches the route, runs the handler, turns its result into a response and
--- hands it back to the core. When the client goes away the core calls
--- abort(), which cancels the request's task and everything it waits on.
+-- once per parsed request, with a handle of the request (a number the core
+-- checks: once the request is over it names nothing); each request runs as
+-- a task (a coroutine) that matches the route, runs the handler, turns its
+-- result into a response and hands it back to the core. When the client
+-- goes away the core calls abort() from the loop, which cancels the
+-- request's task and everything it waits on.
 
 local core = require "luaserve.core"
 local future = require "luaserve.future"
@@ -130,6 +132,9 @@ local function make_handler(app, opts)
   return function(req)
     local conn = req._conn
     req._task = current()
+    -- The access line names the client: read it while the request holds
+    -- its connection.
+    if access_log then local _ = req.client end
     local ok, status, body, ctype, headers, stream = xpcall(run_route,
       on_error, app, req, max_body_default)
     if not ok then
@@ -186,8 +191,10 @@ end
 
 --- serve(app, opts): listen and serve app; returns the server (with
 -- :address() and :close()), or nil, err.
--- opts: host, port, access_log, max_body, max_header_bytes, max_headers,
--- header_timeout_ms, keepalive_timeout_ms, limit_concurrency, backlog.
+-- opts: host, port, tls (a context from tls_context: the listener speaks
+-- TLS only), access_log, max_body, max_header_bytes, max_headers,
+-- header_timeout_ms, keepalive_timeout_ms, send_timeout_ms,
+-- limit_concurrency, backlog.
 function M.serve(app, opts)
   opts = opts or {}
   local requests = {}   -- conn -> the request being handled
@@ -198,8 +205,9 @@ function M.serve(app, opts)
   })
 
   local timed = opts.access_log ~= false
+  local scheme = opts.tls and "https" or "http"
   local function dispatch(conn, method, target, headers, body)
-    local req = new_request(conn, method, target, headers, body)
+    local req = new_request(conn, method, target, headers, body, scheme)
     if timed then req._t0 = hrtime() end
     requests[conn] = req
     start(handle, false, req)
@@ -212,10 +220,10 @@ function M.serve(app, opts)
     requests[conn] = nil
     local task = req._task
     if task then task:cancel() end
-    release(conn)
     if opts.access_log ~= false then
       log.access(req, 499, 0, hrtime() - req._t0)
     end
+    release(conn)
     drain()
   end
 
@@ -226,14 +234,23 @@ function M.serve(app, opts)
     port = opts.port or 8080,
     dispatch = dispatch,
     abort = abort,
+    tls = opts.tls,
     max_body = max_body,
     max_header_bytes = opts.max_header_bytes,
     max_headers = opts.max_headers,
     header_timeout_ms = opts.header_timeout_ms,
     keepalive_timeout_ms = opts.keepalive_timeout_ms,
+    send_timeout_ms = opts.send_timeout_ms,
     limit_concurrency = opts.limit_concurrency,
     backlog = opts.backlog,
   })
 end
+
+
+--- tls_context(opts): a server TLS context, or nil, err, which (the option
+-- whose file failed: "cert", "key" or "ca"). opts: cert (PEM chain), key
+-- (PEM; default: cert), password (of the key), ca (PEM: CAs of client
+-- certificates), verify ("none", "optional" or "required").
+M.tls_context = core.tls_server_context
 
 return M

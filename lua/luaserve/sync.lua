@@ -231,6 +231,8 @@ function M.run_request(obj, req)
     params = req.params,
     route = req.route,
     client = req.client,
+    scheme = req.scheme,
+    tls = req.scheme == "https" and req.tls or nil,
   }
   local f = new_future(cancel_job)
   local job, err = pool_submit(REQUEST, obj.key, f, plain)
@@ -294,10 +296,11 @@ local function run_request_here(obj, plain)
   local request = require "luaserve.request"
   local response = require "luaserve.response"
   local req = request.new(nil, plain.method, plain.target, plain.headers or {},
-    plain.body or "")
+    plain.body or "", plain.scheme)
   req.params = plain.params or EMPTY
   req.route = plain.route
   req.client = plain.client or {}
+  req.tls = plain.tls or false
   local ok, a, b, c = xpcall(obj.fn, on_error, req)
   local headers
   if ok then

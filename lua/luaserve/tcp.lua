@@ -18,6 +18,11 @@
 -- connection to that key before it opens a new one. A pooled connection is
 -- closed when it has been idle `idle` seconds, when the peer closes it or
 -- sends anything, or when the pool is over `size` (the oldest goes).
+--
+-- TLS: sock:sslhandshake(opts) turns a connected socket into a TLS one
+-- (OpenResty's cosocket name); everything after goes through TLS. A pooled
+-- connection keeps its TLS session: sslhandshake on it returns at once
+-- (give TLS connections a pool key that names their TLS settings).
 
 local core = require "luaserve.core"
 local future = require "luaserve.future"
@@ -25,6 +30,7 @@ local future = require "luaserve.future"
 local new_future = future.new
 local resolved = future.resolved
 local tcp_connect = core.tcp_connect
+local tls_client_context = core.tls_client_context
 local setmetatable = setmetatable
 local find = string.find
 local sub = string.sub
@@ -247,35 +253,114 @@ local function cancel_close(f)
 end
 
 
---- sock:send(data): a future of true, or nil, err. data: a string or a
--- list of strings.
+-- The one target C resolves when the queued writes are written (or fail):
+-- it wakes every send that waits on them.
+local function drain_target(self)
+  local t = self._drain
+  if t then return t end
+  t = { _done = false, resolve = function(_, ok, err)
+    local waiting = self._drain_waiting
+    self._drain_waiting = {}
+    if not ok then self:close() end
+    for i = 1, #waiting do
+      local f = waiting[i]
+      if not f._done then f:resolve(ok, err) end
+    end
+  end }
+  self._drain = t
+  self._drain_waiting = {}
+  return t
+end
+
+
+--- sock:send(data): a future of true, or nil, err ("timeout" when the
+-- peer took nothing for send_timeout seconds: the socket is closed then).
+-- data: a string or a list of strings.
 function Socket:send(data)
   if type(data) == "table" then data = concat(data) end
   if type(data) ~= "string" then error("send: data must be a string", 2) end
   if self._closed then return resolved(nil, "closed") end
-  local f = new_future(cancel_close)
-  f._sock = self
-  local done, err = self._s:write(data, f)
+  local target = drain_target(self)
+  local done, err = self._s:write(data, target, ms(self.send_timeout))
   if done then return SENT end
   if done == nil then
     self:close()
     return resolved(nil, err)
   end
-  -- Queued: a failure or the send timeout closes the socket.
-  f:on_done(function(g)
-    if g._r == nil or g._r[1] == nil then self:close() end
-  end)
-  local secs = self.send_timeout
-  if secs and secs > 0 then
-    local t = future.sleep(secs)
-    t:on_done(function()
-      if f._done then return end
-      self:close()
-      if not f._done then f:resolve(nil, "timeout") end
-    end)
-    f:on_done(function() t:cancel() end)
+  local f = new_future(cancel_close)   -- queued behind a full socket
+  f._sock = self
+  local waiting = self._drain_waiting
+  waiting[#waiting + 1] = f
+  return f
+end
+
+
+-- ---------------------------------------------------------------------------
+-- TLS
+
+local contexts = {}   -- settings -> client context, per Lua state
+
+
+--- client_context(opts): the TLS client context for these settings (made
+-- once per Lua state), or nil, err. opts: verify (default true), ca_file,
+-- cert_file, key_file, password (of the key), alpn (e.g. "http/1.1").
+function M.client_context(opts)
+  local verify = opts.verify ~= false
+  local key = (verify and "v" or "n") .. "|" .. tostring(opts.ca_file or "") ..
+    "|" .. tostring(opts.cert_file or "") .. "|" .. tostring(opts.key_file or "") ..
+    "|" .. tostring(opts.alpn or "")
+  local ctx = contexts[key]
+  if ctx then return ctx, key end
+  local c, err, what = tls_client_context({ verify = verify, ca_file = opts.ca_file,
+    cert_file = opts.cert_file, key_file = opts.key_file, password = opts.password,
+    alpn = opts.alpn })
+  if not c then return nil, "tls: " .. (what or "") .. " " .. tostring(err) end
+  contexts[key] = c
+  return c, key
+end
+
+
+--- sock:sslhandshake(opts): a future of true once the TLS handshake is
+-- done, or of nil, err ("tls: certificate verify failed: <why>", "tls:
+-- hostname mismatch", "tls: handshake timeout", "tls: <reason>"; the
+-- socket is closed then). opts: server_name (SNI and the name the
+-- certificate must carry; default the host given to connect), verify
+-- (default true: against the system CA store, or ca_file), ca_file,
+-- cert_file + key_file (a client certificate), password, alpn, timeout
+-- (seconds, default the connect timeout). A connection that came out of
+-- the pool with TLS on returns true at once.
+function Socket:sslhandshake(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then error("sslhandshake: opts must be a table", 2) end
+  if self._closed then return resolved(nil, "closed") end
+  if self._s:tls_info() then return resolved(true) end   -- pooled, TLS on
+  local ctx, err = M.client_context(opts)
+  if not ctx then
+    self:close()
+    return resolved(nil, err)
+  end
+  local name = opts.server_name or self.host
+  if name and name:sub(1, 1) == "[" then name = name:sub(2, -2) end
+  local f = new_future(cancel_close)
+  f._sock = self
+  local ok, serr = self._s:tls(ctx, name, opts.verify ~= false, target(function(hok, herr)
+    if f._done then return end
+    if not hok then self:close() end
+    f:resolve(hok, herr)
+  end), ms(opts.timeout or self.connect_timeout))
+  if not ok then
+    self:close()
+    return resolved(nil, serr)
   end
   return f
+end
+
+
+--- sock:tls_info(): {version, cipher, alpn, peer_subject, peer_verified}
+-- of an established TLS connection, else nil.
+function Socket:tls_info()
+  if self._closed then return nil end
+  return self._s:tls_info()
 end
 
 

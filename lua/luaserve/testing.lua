@@ -50,11 +50,19 @@ end
 -- file (one pool at a time: a new one replaces the last; client:close()
 -- stops it). client.app is the app.
 -- opts are server options (max_body, limit_concurrency, ...) and the
--- pool's: threads (default 2), pool_queue (default 64).
+-- pool's: threads (default 2), pool_queue (default 64). opts.tls serves
+-- HTTPS: a context (server.tls_context) or its options ({cert=, key=,
+-- ...}); the client's own requests then go over TLS too (not verified:
+-- the point is the app), and client:url(path) gives the https URL.
 function M.client(app, opts)
   opts = opts or {}
   local o = {}
   for k, v in pairs(opts) do o[k] = v end
+  if type(o.tls) == "table" then
+    local ctx, err = server.tls_context(o.tls)
+    if not ctx then error("testing.client: tls: " .. tostring(err), 2) end
+    o.tls = ctx
+  end
   local threads, queue = o.threads or 2, o.pool_queue or 64
   o.threads, o.pool_queue = nil, nil
   local pooled = false
@@ -76,7 +84,13 @@ function M.client(app, opts)
   if not srv then error("testing.client: cannot listen: " .. tostring(err), 2) end
   local host, port = srv:address()
   return setmetatable({ server = srv, host = host, port = port, app = app,
-    _pooled = pooled }, Client)
+    scheme = o.tls and "https" or "http", _pooled = pooled }, Client)
+end
+
+
+--- client:url(path): the URL of path on this client's server.
+function Client:url(path)
+  return ("%s://%s:%d%s"):format(self.scheme, self.host, self.port, path or "/")
 end
 
 
@@ -111,6 +125,10 @@ local function do_request(self, method, path, opts)
     { timeout = opts.timeout or 30, read_timeout = opts.timeout or 30,
       reuse = false }))
   if not sock then return nil, err end
+  if self.scheme == "https" then
+    local ok, terr = await(sock:sslhandshake({ verify = false }))
+    if not ok then return nil, terr end
+  end
   local ok, serr = await(sock:send(raw))
   if not ok then sock:close() return nil, serr end
   local res, rerr = read_response(sock, method)

@@ -1,0 +1,535 @@
+/* stream.c: the byte stream under every socket, server connections and
+ * client sockets alike. Reads are pulled: libuv reads only while the owner
+ * reads (or a TLS handshake needs bytes), so a stream nobody reads leaves
+ * its bytes in the kernel. Writes go through one queue, drained in one
+ * place (stream_flush): `out` collects what waits, `flight` is with
+ * uv_write; a corked stream collects writes and sends them in one system
+ * call when uncorked. One timer serves the owner's deadline (header, body,
+ * keep-alive, connect, read, idle) and the send timeout, which cuts off a
+ * peer that takes no bytes for that long. TLS (tls.c) is a filter inside:
+ * bytes from the socket go through it before the owner sees them, and
+ * everything written goes through it before the socket; above, plain TCP
+ * and TLS look the same. A close runs its cleanup once, in the close
+ * callbacks. Loop thread of the stream's runtime only. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* A corked stream writes at once when this much is collected: big bodies
+ * are not copied into the queue only to be written right after. */
+#define LS_CORK_MAX (64 * 1024)
+/* Queue buffers bigger than this are given back once empty. */
+#define LS_KEEP_BUF (64 * 1024)
+
+static void stream_on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *buf);
+static void stream_on_write(uv_write_t *req, int status);
+static void stream_pump(ls_stream_t *s);
+static void stream_timer_update(ls_stream_t *s);
+
+
+void ls__stream_init(ls_runtime_t *rt, ls_stream_t *s,
+                     const ls_stream_ops_t *ops) {
+  s->rt = rt;
+  s->ops = ops;
+  uv_tcp_init(rt->loop, &s->tcp);
+  uv_timer_init(rt->loop, &s->timer);
+  s->tcp.data = s->timer.data = s;
+  s->wreq.data = s->sreq.data = s;
+  s->handles_open = 2;
+}
+
+
+size_t ls__stream_queued(const ls_stream_t *s) {
+  return s->out.len + s->tcp.write_queue_size;
+}
+
+
+/* ---- reading ------------------------------------------------------------ */
+
+static int stream_uv_read(ls_stream_t *s, int on) {
+  if (on && !s->uv_reading && !s->eof && !s->closing) {
+    int err = uv_read_start((uv_stream_t *)&s->tcp, ls__read_alloc,
+                            stream_on_read);
+    if (err)
+      return err;
+    s->uv_reading = 1;
+  } else if (!on && s->uv_reading) {
+    uv_read_stop((uv_stream_t *)&s->tcp);
+    s->uv_reading = 0;
+  }
+  return 0;
+}
+
+
+static void stream_on_defer(ls_defer_t *d) {
+  ls_stream_t *s = (ls_stream_t *)((char *)d - offsetof(ls_stream_t, defer));
+  if (!s->closing && s->reading)
+    stream_pump(s);
+}
+
+
+int ls__stream_read_start(ls_stream_t *s) {
+  if (s->closing)
+    return UV_EBADF;
+  s->reading = 1;
+  /* TLS may hold plaintext from bytes read before the pause: no socket
+   * event will come for it, so the loop delivers it. */
+  if (s->tls && s->tls_ready && ls__tls_pending(s->tls))
+    ls__defer(s->rt, &s->defer, stream_on_defer);
+  return stream_uv_read(s, 1);
+}
+
+
+void ls__stream_read_stop(ls_stream_t *s) {
+  s->reading = 0;
+  if (s->tls && !s->tls_ready)
+    return;   /* the handshake still needs the peer's bytes */
+  stream_uv_read(s, 0);
+}
+
+
+/* No more input: the end of the stream or an error. */
+static void stream_input_end(ls_stream_t *s, int err) {
+  s->eof = 1;
+  stream_uv_read(s, 0);
+  if (s->tls && !s->tls_ready)
+    s->ops->on_handshake(s, err);
+  else
+    s->ops->on_end(s, err);
+}
+
+
+static void stream_on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *buf) {
+  ls_stream_t *s = h->data;
+  if (n > 0 && s->tls) {
+    int err = ls__tls_feed(s->tls, buf->base, (size_t)n);
+    ls__read_done((uv_handle_t *)h, buf);   /* the pump reads into it */
+    if (err)
+      stream_input_end(s, err);
+    else
+      stream_pump(s);
+    return;
+  }
+  if (n > 0)
+    s->ops->on_read(s, buf->base, (size_t)n);
+  else if (n < 0 && !s->closing)
+    stream_input_end(s, (int)n);
+  ls__read_done((uv_handle_t *)h, buf);
+}
+
+
+/* ---- writing ------------------------------------------------------------ */
+
+/* Move what TLS has to send into out. 0 or UV_ENOMEM. */
+static int tls_take(ls_stream_t *s) {
+  size_t before = s->out.len;
+  int err = ls__tls_output(s->tls, &s->out);
+  s->bytes_in += s->out.len - before;
+  return err;
+}
+
+
+/* Hand `out` to uv_write (it becomes `flight`). The send timeout starts
+ * counting when output first has to wait. */
+static int stream_start_write(ls_stream_t *s) {
+  ls_buf_t t = s->flight;
+  s->flight = s->out;
+  s->out = t;
+  s->out.len = 0;
+  uv_buf_t b = uv_buf_init(s->flight.data, (unsigned)s->flight.len);
+  int err = uv_write(&s->wreq, (uv_stream_t *)&s->tcp, &b, 1, stream_on_write);
+  if (err) {
+    s->flight.len = 0;
+    s->wfailed = 1;
+    return err;
+  }
+  s->writing = 1;
+  if (s->send_ms && s->send_deadline == 0) {
+    s->send_deadline = uv_now(s->tcp.loop) + s->send_ms;
+    s->send_mark = s->bytes_in - ls__stream_queued(s);
+    stream_timer_update(s);
+  }
+  return 0;
+}
+
+
+/* Drop the first n bytes of out. */
+static void out_consume(ls_stream_t *s, size_t n) {
+  if (n < s->out.len)
+    memmove(s->out.data, s->out.data + n, s->out.len - n);
+  s->out.len -= n;
+}
+
+
+static void stream_finish_output(ls_stream_t *s);
+
+
+/* Write what `out` holds: now as far as the socket takes it, the rest
+ * through uv_write. 0 or an error (the stream cannot write any more).
+ * Output that is all written ends a pending end or shutdown. */
+static int stream_flush(ls_stream_t *s) {
+  if (s->writing || s->closing || s->corked)
+    return 0;
+  if (s->out.len) {
+    uv_buf_t b = uv_buf_init(s->out.data, (unsigned)s->out.len);
+    int n = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
+    if (n < 0 && n != UV_EAGAIN) {
+      s->wfailed = 1;
+      s->out.len = 0;
+      return n;
+    }
+    if (n > 0)
+      out_consume(s, (size_t)n);
+    if (s->out.len)
+      return stream_start_write(s);
+  }
+  if (s->end_pending || s->shut_pending)
+    stream_finish_output(s);
+  return 0;
+}
+
+
+/* Write `out` and bufs at once with one writev; what the socket does not
+ * take is copied behind. Plain streams with nothing in flight only. */
+static int stream_write_now(ls_stream_t *s, const uv_buf_t *bufs,
+                            unsigned nbufs) {
+  uv_buf_t v[8];
+  unsigned k = 0;
+  if (s->out.len)
+    v[k++] = uv_buf_init(s->out.data, (unsigned)s->out.len);
+  for (unsigned i = 0; i < nbufs && k < 8; i++)
+    if (bufs[i].len)
+      v[k++] = bufs[i];
+  if (k == 0)
+    return 0;
+  int n = uv_try_write((uv_stream_t *)&s->tcp, v, k);
+  if (n < 0 && n != UV_EAGAIN) {
+    s->wfailed = 1;
+    s->out.len = 0;
+    return n;
+  }
+  size_t done = n > 0 ? (size_t)n : 0;
+  size_t from_out = done < s->out.len ? done : s->out.len;
+  out_consume(s, from_out);
+  done -= from_out;
+  for (unsigned i = 0; i < nbufs; i++) {
+    size_t skip = done < bufs[i].len ? done : bufs[i].len;
+    done -= skip;
+    if (ls__buf_append(&s->out, bufs[i].base + skip, bufs[i].len - skip))
+      return UV_ENOMEM;
+  }
+  if (s->out.len)
+    return stream_start_write(s);
+  if (s->end_pending || s->shut_pending)
+    stream_finish_output(s);
+  return 0;
+}
+
+
+int ls__stream_write(ls_stream_t *s, const uv_buf_t *bufs, unsigned nbufs) {
+  if (s->closing || s->wfailed)
+    return UV_EPIPE;
+  if (s->tls) {
+    if (!s->tls_ready)
+      return UV_ENOTCONN;
+    for (unsigned i = 0; i < nbufs; i++) {
+      int err = bufs[i].len ? ls__tls_write(s->tls, bufs[i].base, bufs[i].len)
+                            : 0;
+      if (err)
+        return err;
+    }
+    if (tls_take(s))
+      return UV_ENOMEM;
+    return s->corked && s->out.len < LS_CORK_MAX ? 0 : stream_flush(s);
+  }
+  size_t total = 0;
+  for (unsigned i = 0; i < nbufs; i++)
+    total += bufs[i].len;
+  s->bytes_in += total;
+  if (!s->writing && nbufs <= 7 &&
+      (!s->corked || s->out.len + total > LS_CORK_MAX))
+    return stream_write_now(s, bufs, nbufs);
+  for (unsigned i = 0; i < nbufs; i++)
+    if (ls__buf_append(&s->out, bufs[i].base, bufs[i].len))
+      return UV_ENOMEM;
+  return s->corked ? 0 : stream_flush(s);
+}
+
+
+void ls__stream_cork(ls_stream_t *s) {
+  s->corked++;
+}
+
+
+int ls__stream_uncork(ls_stream_t *s) {
+  if (--s->corked > 0)
+    return 0;
+  return stream_flush(s);
+}
+
+
+/* Close-notify and half-close or close, once the output is written. */
+static void stream_on_shutdown(uv_shutdown_t *req, int status) {
+  ls_stream_t *s = req->data;
+  if (status < 0 && !s->closing)   /* also UV_ECANCELED: closed first */
+    s->ops->on_end(s, status);
+}
+
+
+static void stream_finish_output(ls_stream_t *s) {
+  if (s->end_pending) {
+    ls__stream_close(s);
+  } else if (s->shut_pending) {
+    s->shut_pending = 0;
+    int err = uv_shutdown(&s->sreq, (uv_stream_t *)&s->tcp, stream_on_shutdown);
+    if (err)
+      s->ops->on_end(s, err);
+  }
+}
+
+
+static void stream_on_write(uv_write_t *req, int status) {
+  ls_stream_t *s = req->data;
+  s->writing = 0;
+  s->flight.len = 0;
+  if (s->flight.cap > LS_KEEP_BUF)
+    ls__buf_free(&s->flight);
+  if (s->closing)
+    return;
+  if (status == 0)
+    status = stream_flush(s);
+  if (status < 0) {
+    s->wfailed = 1;
+    s->out.len = 0;
+    s->send_deadline = 0;
+    s->ops->on_drain(s, status);
+    return;
+  }
+  if (s->writing)
+    return;
+  s->send_deadline = 0;
+  if (s->out.cap > LS_KEEP_BUF)
+    ls__buf_free(&s->out);
+  if (!s->closing)   /* an end or shutdown may have run in the flush */
+    s->ops->on_drain(s, 0);
+}
+
+
+/* ---- deadlines ---------------------------------------------------------- */
+
+static void stream_on_timer(uv_timer_t *t);
+
+
+/* Arm the timer for the earliest deadline. Deadlines move often (each
+ * request moves the owner's several times), so the libuv timer is only
+ * restarted when a deadline comes earlier than it is due; a timer that
+ * fires early finds the later deadline and re-arms. */
+static void stream_timer_update(ls_stream_t *s) {
+  uint64_t due = s->deadline;
+  if (s->send_deadline && (due == 0 || s->send_deadline < due))
+    due = s->send_deadline;
+  if (due == 0 || s->closing)
+    return;
+  if (!uv_is_active((uv_handle_t *)&s->timer) || s->timer_due > due) {
+    uint64_t now = uv_now(s->timer.loop);
+    s->timer_due = due;
+    uv_timer_start(&s->timer, stream_on_timer, due > now ? due - now : 0, 0);
+  }
+}
+
+
+/* Send timeout: output that waits must make progress: the bytes the
+ * kernel took (all that came in, less what is still queued here or in
+ * libuv) are compared with the last check's. */
+static void stream_on_timer(uv_timer_t *t) {
+  ls_stream_t *s = t->data;
+  uint64_t now = uv_now(t->loop);
+  if (s->send_deadline && now >= s->send_deadline) {
+    size_t left = ls__stream_queued(s);
+    uint64_t written = s->bytes_in - left;
+    if (left == 0) {
+      s->send_deadline = 0;
+    } else if (written > s->send_mark) {
+      s->send_mark = written;
+      s->send_deadline = now + s->send_ms;
+    } else {
+      s->send_deadline = 0;
+      s->ops->on_timeout(s, LS_TIMEOUT_SEND);
+      if (s->closing)
+        return;
+    }
+  }
+  if (s->deadline && now >= s->deadline) {
+    s->deadline = 0;
+    s->ops->on_timeout(s, LS_TIMEOUT_DEADLINE);
+    if (s->closing)
+      return;
+  }
+  stream_timer_update(s);
+}
+
+
+void ls__stream_deadline(ls_stream_t *s, uint64_t ms) {
+  if (ms == 0) {
+    s->deadline = 0;
+    return;
+  }
+  s->deadline = uv_now(s->timer.loop) + ms;
+  stream_timer_update(s);
+}
+
+
+void ls__stream_send_timeout(ls_stream_t *s, uint64_t ms) {
+  s->send_ms = ms;
+  if (ms == 0)
+    s->send_deadline = 0;
+  else if (s->writing && s->send_deadline == 0) {
+    s->send_deadline = uv_now(s->timer.loop) + ms;
+    s->send_mark = s->bytes_in - ls__stream_queued(s);
+    stream_timer_update(s);
+  }
+}
+
+
+/* ---- TLS ------------------------------------------------------------------ */
+
+/* Queue what TLS produced (handshake messages, records, alerts) and write
+ * it unless corked. 0 or an error. */
+static int stream_tls_out(ls_stream_t *s) {
+  if (s->closing || s->wfailed)
+    return 0;
+  if (tls_take(s))
+    return UV_ENOMEM;
+  return s->corked ? 0 : stream_flush(s);
+}
+
+
+/* Move TLS along: the handshake until it is done, then plaintext to the
+ * owner for as long as it reads. Never from inside an owner's call: from
+ * the read callback or the deferred queue. */
+static void stream_pump(ls_stream_t *s) {
+  if (!s->tls_ready) {
+    int r = ls__tls_handshake(s->tls);
+    int werr = stream_tls_out(s);   /* also an alert after a failure */
+    if (s->closing)
+      return;
+    if (r == 0 && werr == 0)
+      return;   /* waits for the peer */
+    if (r < 0 || werr) {
+      s->eof = 1;
+      stream_uv_read(s, 0);
+      s->ops->on_handshake(s, r < 0 ? r : werr);
+      return;
+    }
+    s->tls_ready = 1;
+    s->ops->on_handshake(s, 0);
+    if (s->closing)
+      return;
+    if (!s->reading)
+      stream_uv_read(s, 0);
+  }
+  uv_buf_t b;
+  ls__read_alloc((uv_handle_t *)&s->tcp, 0, &b);
+  if (b.base == NULL) {
+    stream_input_end(s, UV_ENOMEM);
+    return;
+  }
+  int end = 0;
+  while (s->reading && !s->closing) {
+    int n = ls__tls_read(s->tls, b.base, b.len);
+    if (n > 0) {
+      s->ops->on_read(s, b.base, (size_t)n);
+      continue;
+    }
+    end = n;
+    break;
+  }
+  ls__read_done((uv_handle_t *)&s->tcp, &b);
+  if (s->closing)
+    return;
+  int werr = stream_tls_out(s);   /* what reading produced: alerts, tickets */
+  if (end < 0)
+    stream_input_end(s, end);
+  else if (werr && !s->closing)
+    s->ops->on_drain(s, werr);
+}
+
+
+int ls__stream_tls(ls_stream_t *s, void *ssl_ctx, int server,
+                   const char *name, int check_name) {
+  s->tls = ls__tls_new(ssl_ctx, server, name, check_name);
+  if (s->tls == NULL)
+    return UV_ENOMEM;
+  if (!server) {   /* the ClientHello goes out now */
+    int r = ls__tls_handshake(s->tls);
+    if (r < 0)
+      return r;
+    int err = stream_tls_out(s);
+    if (err)
+      return err;
+  }
+  return stream_uv_read(s, 1);
+}
+
+
+const char *ls__stream_error(const ls_stream_t *s) {
+  return s->tls ? ls__tls_reason(s->tls) : "";
+}
+
+
+/* ---- closing ------------------------------------------------------------ */
+
+static void stream_on_close(uv_handle_t *h) {
+  ls_stream_t *s = h->data;
+  if (--s->handles_open > 0)
+    return;
+  ls__buf_free(&s->out);
+  ls__buf_free(&s->flight);
+  if (s->tls)
+    ls__tls_free(s->tls);
+  s->tls = NULL;
+  s->ops->on_close(s);
+}
+
+
+void ls__stream_close(ls_stream_t *s) {
+  if (s->closing)
+    return;
+  /* TLS says goodbye if the socket takes it now; nothing waits for it. */
+  if (s->tls && s->tls_ready && !s->wfailed && !s->writing &&
+      s->out.len == 0 && !s->rt->closing) {
+    ls__tls_close_notify(s->tls);
+    if (tls_take(s) == 0 && s->out.len) {
+      uv_buf_t b = uv_buf_init(s->out.data, (unsigned)s->out.len);
+      uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
+    }
+  }
+  s->closing = 1;
+  s->reading = 0;
+  ls__defer_cancel(s->rt, &s->defer);
+  uv_close((uv_handle_t *)&s->tcp, stream_on_close);
+  uv_close((uv_handle_t *)&s->timer, stream_on_close);
+}
+
+
+void ls__stream_end(ls_stream_t *s) {
+  if (s->closing)
+    return;
+  s->end_pending = 1;
+  if (!s->writing && !s->corked)
+    stream_flush(s);
+}
+
+
+void ls__stream_shutdown(ls_stream_t *s) {
+  if (s->closing)
+    return;
+  if (s->tls && s->tls_ready && !s->wfailed) {
+    ls__tls_close_notify(s->tls);
+    stream_tls_out(s);
+  }
+  s->shut_pending = 1;
+  if (!s->writing && !s->corked)
+    stream_flush(s);
+}

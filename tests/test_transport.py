@@ -1,0 +1,227 @@
+"""The transport under every connection, against the real binary: pipelined
+answers batched into one write, the send timeout, a keep-alive timer that
+waits for the response to be written, graceful shutdown that waits for it
+too, a stream whose client resets, and a detached task that outlives its
+request. Uses tests/apps/transport_app.lua."""
+import json
+import os
+import signal
+import socket
+import struct
+import time
+import unittest
+
+import harness
+from harness import Client
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+APP = os.path.join(HERE, "apps", "transport_app.lua")
+MB = 1024 * 1024
+
+
+def write_syscalls(pid):
+    """How many write system calls the process made (/proc/PID/io)."""
+    with open("/proc/%d/io" % pid) as f:
+        for line in f:
+            if line.startswith("syscw:"):
+                return int(line.split()[1])
+    raise RuntimeError("no syscw in /proc/%d/io" % pid)
+
+
+def small_receive_buffer(sock):
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+
+
+def read_paced(sock, total, seconds, deadline):
+    """Read up to `total` bytes at a steady rate that takes `seconds`;
+    returns the bytes read before EOF, an error or the deadline."""
+    rate = total / seconds
+    got = 0
+    t0 = time.time()
+    sock.settimeout(1.0)
+    while got < total and time.time() < deadline:
+        allowed = rate * (time.time() - t0) - got
+        if allowed < 16384:
+            time.sleep(0.005)
+            continue
+        try:
+            b = sock.recv(min(int(allowed), 256 * 1024))
+        except socket.timeout:
+            continue
+        except ConnectionError:
+            break
+        if not b:
+            break
+        got += len(b)
+    return got
+
+
+def head_of(sock):
+    """Read a response head; returns (status, content-length, bytes of the
+    body already read)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        b = sock.recv(65536)
+        if not b:
+            raise ConnectionError("closed before the head: %r" % buf)
+        buf += b
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    length = None
+    for line in lines[1:]:
+        k, v = line.split(":", 1)
+        if k.strip().lower() == "content-length":
+            length = int(v)
+    return int(lines[0].split()[1]), length, len(rest)
+
+
+class PipelineBatchTest(unittest.TestCase):
+    def test_pipelined_answers_ready_together_go_out_in_one_write(self):
+        with harness.Server("apps/bench", "--no-access-log") as srv:
+            with Client(srv.port) as c:
+                c.request("GET", "/plaintext")     # warm: the first request loads code
+                self.assertEqual(c.response().status, 200)
+                time.sleep(0.2)
+                before = write_syscalls(srv.proc.pid)
+                c.send(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n" * 16)
+                for _ in range(16):
+                    r = c.response()
+                    self.assertEqual(r.body, b"Hello, World!")
+                after = write_syscalls(srv.proc.pid)
+            # One write for the 16 answers (two if the kernel split the
+            # requests across reads); before the stream layer it was 16.
+            self.assertLessEqual(after - before, 2, "%d writes" % (after - before))
+
+
+class SlowReaderTest(unittest.TestCase):
+    def test_a_reader_that_stops_is_cut_off_after_timeout_send(self):
+        with harness.Server(APP, "--timeout-send", "1") as srv:
+            s = socket.socket()
+            small_receive_buffer(s)
+            s.connect(("127.0.0.1", srv.port))
+            s.sendall(b"GET /big?mb=20 HTTP/1.1\r\nHost: t\r\n\r\n")
+            time.sleep(3.5)   # read nothing: no progress for over a second
+            got = 0
+            s.settimeout(5)
+            try:
+                while True:
+                    b = s.recv(1 << 20)
+                    if not b:
+                        break
+                    got += len(b)
+            except (ConnectionError, socket.timeout):
+                pass
+            s.close()
+            self.assertLess(got, 10 * MB, "the stalled client was never cut off")
+            self.assertGreater(got, 0)
+            # The server goes on.
+            status, _, body = harness.get(srv.port, "/state")
+            self.assertEqual(status, 200)
+            self.assertTrue(srv.wait_log(r"send timeout", 2), srv.log())
+
+    def test_a_slow_steady_reader_gets_every_byte_past_the_keep_alive_timeout(self):
+        with harness.Server(APP, "--timeout-keep-alive", "1") as srv:
+            s = socket.socket()
+            small_receive_buffer(s)
+            s.connect(("127.0.0.1", srv.port))
+            s.sendall(b"GET /big?mb=50 HTTP/1.1\r\nHost: t\r\n\r\n")
+            status, length, already = head_of(s)
+            self.assertEqual((status, length), (200, 50 * MB))
+            t0 = time.time()
+            got = already + read_paced(s, 50 * MB - already, 8.0, time.time() + 30)
+            self.assertEqual(got, 50 * MB)
+            self.assertGreater(time.time() - t0, 5, "not a slow reader")
+            # Written completely: now the keep-alive timer runs, and the
+            # connection still carries a request.
+            s.sendall(b"GET /state HTTP/1.1\r\nHost: t\r\n\r\n")
+            status, _, _ = head_of(s)
+            self.assertEqual(status, 200)
+            s.close()
+
+    def test_graceful_shutdown_waits_for_a_response_being_written(self):
+        srv = harness.Server(APP, "--timeout-graceful-shutdown", "20")
+        try:
+            s = socket.socket()
+            small_receive_buffer(s)
+            s.connect(("127.0.0.1", srv.port))
+            s.sendall(b"GET /big?mb=20 HTTP/1.1\r\nHost: t\r\n\r\n")
+            status, length, already = head_of(s)
+            self.assertEqual((status, length), (200, 20 * MB))
+            srv.proc.send_signal(signal.SIGTERM)
+            got = already + read_paced(s, 20 * MB - already, 3.0, time.time() + 30)
+            self.assertEqual(got, 20 * MB)
+            s.close()
+            status, log = srv.wait()
+            self.assertEqual(status, 0, log)
+        finally:
+            srv.stop()
+
+
+class ClosedRequestTest(harness.ServerTest):
+    SERVER = (APP,)
+
+    def state(self):
+        status, _, body = harness.get(self.srv.port, "/state")
+        self.assertEqual(status, 200)
+        return json.loads(body)
+
+    def test_a_stream_write_to_a_client_that_reset_gives_closed(self):
+        s = socket.create_connection(("127.0.0.1", self.srv.port))
+        small_receive_buffer(s)
+        s.sendall(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        s.recv(65536)
+        time.sleep(0.2)   # the stream fills the socket and waits
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()         # an RST
+        deadline = time.time() + 5
+        while time.time() < deadline and not self.state()["stream_result"]:
+            time.sleep(0.05)
+        self.assertEqual(self.state()["stream_result"], "closed")
+        # The scheduler is healthy: many requests after it are served.
+        for _ in range(20):
+            status, _, _ = harness.get(self.srv.port, "/state")
+            self.assertEqual(status, 200)
+
+    def test_a_write_that_fails_inside_the_call_leaves_the_scheduler_healthy(self):
+        s = socket.create_connection(("127.0.0.1", self.srv.port))
+        s.sendall(b"GET /stream-then-block HTTP/1.1\r\nHost: t\r\n\r\n")
+        s.recv(65536)     # the head and the first chunk
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()         # an RST while the server holds its loop
+        deadline = time.time() + 5
+        while time.time() < deadline and not self.state()["stream_result"]:
+            time.sleep(0.05)
+        self.assertEqual(self.state()["stream_result"], "closed")
+        for _ in range(300):   # more than the idle runner coroutines kept
+            status, _, _ = harness.get(self.srv.port, "/state")
+            self.assertEqual(status, 200)
+
+    def test_a_detached_task_reading_req_client_read_during_the_request(self):
+        # The access log reads req.client while the request runs: the
+        # detached task sees that value.
+        with Client(self.srv.port) as c:
+            c.request("GET", "/detached", [("Connection", "close")])
+            self.assertEqual(c.response().status, 200)
+            self.assertTrue(c.wait_closed(5))
+        time.sleep(0.6)
+        self.assertEqual(self.state()["detached"], {"ok": True, "value": "127.0.0.1"})
+
+
+class StaleHandleTest(unittest.TestCase):
+    def test_a_detached_task_reading_req_client_after_the_request_gets_a_clear_error(self):
+        # No access log: nothing read req.client while the request ran, so
+        # the detached task asks the core about a connection that is gone.
+        with harness.Server(APP, "--no-access-log") as srv:
+            with Client(srv.port) as c:
+                c.request("GET", "/detached", [("Connection", "close")])
+                self.assertEqual(c.response().status, 200)
+                self.assertTrue(c.wait_closed(5))
+            time.sleep(0.6)
+            status, _, body = harness.get(srv.port, "/state")
+            st = json.loads(body)["detached"]
+            self.assertEqual(st["ok"], False, st)
+            self.assertIn("the request has finished", st["value"])
+
+
+if __name__ == "__main__":
+    unittest.main()
