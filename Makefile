@@ -10,10 +10,12 @@ LLHTTP_DIR ?= /usr/share/llhttp
 LLHTTP_INC ?= /usr/share/include/llhttp
 PORT ?= 8080
 
-# Debian packages: build, run, test, bench.
+# Debian packages: build and run (PACKAGES), the tests' real clients
+# (TEST_PACKAGES), the benchmarks (BENCH_PACKAGES).
 PACKAGES = gcc make pkg-config luajit2 libluajit2-5.1-dev libuv1-dev \
            node-llhttp lua-cjson lua-busted libssl-dev openssl \
-           ca-certificates python3 curl
+           ca-certificates
+TEST_PACKAGES = python3 curl nodejs nghttp2-client wrk
 BENCH_PACKAGES = wrk
 
 CC ?= cc
@@ -61,10 +63,16 @@ else
 TEST_BIN = $(CURDIR)/luaserve
 endif
 
-.PHONY: all deps bench-deps run test test-spec bench install install-bin \
-        uninstall clean
+.PHONY: all build deps test-deps bench-deps run test test-spec bench install \
+        install-bin uninstall clean
 
-all: deps luaserve
+# Packages first, then the build in a make of its own: the build's rules
+# name files that packages install (llhttp's sources), and make decides how
+# to build a file when it reads the rules, before any recipe has run.
+all: deps
+	@$(MAKE) --no-print-directory build
+
+build: luaserve
 
 # Install what a fresh machine lacks (apt-get, through sudo when not root).
 deps:
@@ -78,6 +86,9 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
+test-deps:
+	@$(MAKE) --no-print-directory deps EXTRA_PACKAGES="$(TEST_PACKAGES)"
+
 bench-deps:
 	@$(MAKE) --no-print-directory deps EXTRA_PACKAGES="$(BENCH_PACKAGES)"
 
@@ -87,13 +98,13 @@ luaserve: $(BUILD)/luaserve
 $(BIN): $(CORE_OBJS) $(LLHTTP_OBJS)
 	$(CC) $(SANFLAGS) -o $@ $^ $(PKG_LIBS) -lm -Wl,-E
 
-$(BUILD)/core/%.o: core/%.c | deps
+$(BUILD)/core/%.o: core/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(SANFLAGS) $(WARN) -MMD -MP -I$(LLHTTP_INC) $(PKG_CFLAGS) \
 	  -DLS_LUA_DIR='"$(LUADIR)"' -c -o $@ $<
 
 # llhttp's generated sources, compiled from where node-llhttp puts them.
-$(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c | deps
+$(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(SANFLAGS) -w -I$(LLHTTP_INC) -c -o $@ $<
 
@@ -112,7 +123,7 @@ run: all
 
 # Everything: the busted specs through the real core, then the real binary
 # over loopback sockets. SAN=1 runs both on the sanitizer build.
-test: all $(if $(filter 1,$(SAN)),$(BIN))
+test: test-deps all
 	@LUASERVE="$(TEST_BIN)" LUASERVE_LUA_DIR="$(CURDIR)/lua" tests/run
 
 test-spec: all

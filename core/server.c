@@ -136,15 +136,27 @@ static void conn_on_end(ls_stream_t *st, int err) {
 }
 
 
+/* What a plain HTTP request to the TLS port gets, unencrypted (as nginx
+ * does): a browser or curl shows why instead of an empty reply. */
+static const char plain_to_tls[] =
+    "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+    "Content-Length: 49\r\nConnection: close\r\n\r\n"
+    "This port speaks HTTPS: use https:// to connect.\n";
+
+
 static void conn_on_handshake(ls_stream_t *st, int err) {
   ls_conn_t *c = CONN(st);
   if (err == 0)
     return;
   /* Bad input on the TLS port (plain HTTP, a broken ClientHello, a client
    * gone mid-handshake) closes this connection only. */
+  const char *why = err == LS_ETLS ? ls__stream_error(st) : ls_strerror(err);
   ls__log_at(c->rt, 1, "debug", "tls: %s:%u: handshake failed: %s",
-             c->peer_host, c->peer_port,
-             err == LS_ETLS ? ls__stream_error(st) : ls_strerror(err));
+             c->peer_host, c->peer_port, why);
+  if (strcmp(why, "http request") == 0) {   /* best effort: then close */
+    uv_buf_t b = uv_buf_init((char *)plain_to_tls, sizeof(plain_to_tls) - 1);
+    uv_try_write((uv_stream_t *)&st->tcp, &b, 1);
+  }
   ls__conn_close(c);
 }
 

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <errno.h>
 #include <arpa/inet.h>
+#include <sys/stat.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -299,6 +300,11 @@ static int load_error(lua_State *L, const char *file, const char *reason,
 /* A file must be readable before OpenSSL gets it: its own message for a
  * missing file says less than errno does. */
 static const char *unreadable(const char *file) {
+  struct stat st;
+  if (stat(file, &st) != 0)
+    return strerror(errno);
+  if (S_ISDIR(st.st_mode))
+    return "is a directory, not a PEM file";
   FILE *f = fopen(file, "r");
   if (f == NULL)
     return strerror(errno);

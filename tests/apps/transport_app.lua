@@ -84,6 +84,24 @@ app:get("/detached", function(req)
 end)
 
 
+-- What the request knows of its connection: scheme, TLS, client.
+app:get("/who", function(req)
+  local t = req.tls
+  return {
+    scheme = req.scheme,
+    tls = t and { version = t.version, cipher = t.cipher, alpn = t.alpn or luaserve.null,
+      peer_subject = t.peer_subject or luaserve.null,
+      peer_verified = t.peer_verified or false } or false,
+    client = req.client.host,
+  }
+end)
+
+
+app:post("/echo", function(req)
+  return 200, req.body, { ["Content-Type"] = "application/octet-stream" }
+end)
+
+
 app:get("/state", function()
   return state
 end)
