@@ -171,6 +171,7 @@ struct ls_stream_s {
   ls_tls_t *tls;            /* the TLS filter, or NULL: plain TCP */
   ls_buf_t out;             /* bytes waiting behind the write in flight */
   ls_buf_t flight;          /* bytes handed to uv_write */
+  ls_buf_t plain;           /* TLS: plaintext to seal into records at once */
   ls_defer_t defer;         /* delivers plaintext TLS holds after a pause */
   uint64_t deadline;        /* the owner's, loop ms; 0: none */
   uint64_t send_ms;         /* send timeout; 0: none */

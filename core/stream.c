@@ -41,7 +41,7 @@ void ls__stream_init(ls_runtime_t *rt, ls_stream_t *s,
 
 
 size_t ls__stream_queued(const ls_stream_t *s) {
-  return s->out.len + s->tcp.write_queue_size;
+  return s->plain.len + s->out.len + s->tcp.write_queue_size;
 }
 
 
@@ -227,22 +227,58 @@ static int stream_write_now(ls_stream_t *s, const uv_buf_t *bufs,
 }
 
 
+/* TLS: seal the collected plaintext into records (one SSL_write: a head
+ * and its body, or pipelined answers, share records) and queue them. */
+static int stream_seal(ls_stream_t *s) {
+  if (s->plain.len == 0)
+    return 0;
+  int err = ls__tls_write(s->tls, s->plain.data, s->plain.len);
+  s->plain.len = 0;
+  if (s->plain.cap > LS_KEEP_BUF)
+    ls__buf_free(&s->plain);
+  if (err)
+    return err;
+  return tls_take(s) ? UV_ENOMEM : 0;
+}
+
+
+/* TLS writes: small ones are collected and sealed together (at once, or
+ * when a corked stream is uncorked); big ones go to SSL_write as they
+ * are, without the copy. */
+static int stream_write_tls(ls_stream_t *s, const uv_buf_t *bufs,
+                            unsigned nbufs) {
+  size_t total = 0;
+  int err = 0;
+  if (!s->tls_ready)
+    return UV_ENOTCONN;
+  for (unsigned i = 0; i < nbufs; i++)
+    total += bufs[i].len;
+  if (s->plain.len + total <= LS_CORK_MAX) {
+    for (unsigned i = 0; i < nbufs; i++)
+      if (ls__buf_append(&s->plain, bufs[i].base, bufs[i].len))
+        return UV_ENOMEM;
+    if (s->corked)
+      return 0;
+    err = stream_seal(s);
+  } else {
+    err = stream_seal(s);
+    for (unsigned i = 0; i < nbufs && err == 0; i++)
+      if (bufs[i].len)
+        err = ls__tls_write(s->tls, bufs[i].base, bufs[i].len);
+    if (err == 0 && tls_take(s))
+      err = UV_ENOMEM;
+  }
+  if (err)
+    return err;
+  return s->corked && s->out.len < LS_CORK_MAX ? 0 : stream_flush(s);
+}
+
+
 int ls__stream_write(ls_stream_t *s, const uv_buf_t *bufs, unsigned nbufs) {
   if (s->closing || s->wfailed)
     return UV_EPIPE;
-  if (s->tls) {
-    if (!s->tls_ready)
-      return UV_ENOTCONN;
-    for (unsigned i = 0; i < nbufs; i++) {
-      int err = bufs[i].len ? ls__tls_write(s->tls, bufs[i].base, bufs[i].len)
-                            : 0;
-      if (err)
-        return err;
-    }
-    if (tls_take(s))
-      return UV_ENOMEM;
-    return s->corked && s->out.len < LS_CORK_MAX ? 0 : stream_flush(s);
-  }
+  if (s->tls)
+    return stream_write_tls(s, bufs, nbufs);
   size_t total = 0;
   for (unsigned i = 0; i < nbufs; i++)
     total += bufs[i].len;
@@ -265,6 +301,11 @@ void ls__stream_cork(ls_stream_t *s) {
 int ls__stream_uncork(ls_stream_t *s) {
   if (--s->corked > 0)
     return 0;
+  if (s->tls && s->plain.len && !s->closing && !s->wfailed) {
+    int err = stream_seal(s);
+    if (err)
+      return err;
+  }
   return stream_flush(s);
 }
 
@@ -486,6 +527,7 @@ static void stream_on_close(uv_handle_t *h) {
     return;
   ls__buf_free(&s->out);
   ls__buf_free(&s->flight);
+  ls__buf_free(&s->plain);
   if (s->tls)
     ls__tls_free(s->tls);
   s->tls = NULL;
@@ -526,6 +568,7 @@ void ls__stream_shutdown(ls_stream_t *s) {
   if (s->closing)
     return;
   if (s->tls && s->tls_ready && !s->wfailed) {
+    stream_seal(s);   /* what was written goes before the close_notify */
     ls__tls_close_notify(s->tls);
     stream_tls_out(s);
   }

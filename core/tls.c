@@ -155,8 +155,9 @@ int ls__tls_handshake(ls_tls_t *t) {
 }
 
 
+/* The error queue is empty here: every failure path below reads and
+ * clears it (tls_fail), so the hot calls need not clear it first. */
 int ls__tls_read(ls_tls_t *t, char *buf, size_t cap) {
-  ERR_clear_error();
   int n = SSL_read(t->ssl, buf, (int)cap);
   if (n > 0)
     return n;
@@ -171,7 +172,6 @@ int ls__tls_read(ls_tls_t *t, char *buf, size_t cap) {
 
 
 int ls__tls_write(ls_tls_t *t, const char *data, size_t len) {
-  ERR_clear_error();
   /* A memory BIO never fills: one call writes all. */
   int n = SSL_write(t->ssl, data, (int)len);
   if (n == (int)len)
@@ -414,6 +414,7 @@ int ls__lua_tls_server_context(lua_State *L) {
   SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"luaserve", 8);
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+  ERR_clear_error();   /* the filters' calls count on an empty queue */
   return push_ctx(L, ctx);
 }
 
@@ -462,6 +463,7 @@ int ls__lua_tls_client_context(lua_State *L) {
     SSL_CTX_set_alpn_protos(ctx, wire, (unsigned)len + 1);
   }
   SSL_CTX_set_verify(ctx, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+  ERR_clear_error();
   return push_ctx(L, ctx);
 }
 
