@@ -42,6 +42,7 @@ struct ls_runtime_s {
   int traceback_ref;   /* debug.traceback, the error handler of every call */
   int closing;         /* set by ls_runtime_free: callbacks must not enter Lua */
   void *pool;          /* the thread pool (main state) or NULL */
+  void *stopping_pools; /* pools stopped from Lua, finishing (pool.c) */
   void *shared;        /* the shared dictionary, or NULL */
   int is_pool_state;   /* 1 in a pool thread's state */
   int log_level;       /* 1 debug, 2 info, 3 warn, 4 error (luaserve.log's) */

@@ -89,6 +89,9 @@ struct ls_pool_s {
   double rejected;          /* (lock) submissions refused: pool full */
   unsigned inflight;        /* loop thread: jobs not yet drained */
   ls_buf_t init;            /* copy format: what _pool_init gets */
+  ls_defer_t finish;        /* stopped from Lua: the rest is delivered
+                               from the loop (see pool_stop) */
+  ls_pool_t *next_stopping; /* the runtime's stopped, unfinished pools */
   unsigned nthreads;
   worker_t workers[];
 };
@@ -430,20 +433,16 @@ static void pool_on_close(uv_handle_t *h) {
 }
 
 
-/* Stop the workers (a running job finishes first), deliver what they
- * finished, fail what is still queued with "pool stopped", close. */
-static void pool_stop(ls_pool_t *pool) {
+/* Deliver what the stopped workers finished, fail what is still queued
+ * with "pool stopped", close. No worker is left: the lists are the loop
+ * thread's alone. */
+static void pool_finish(ls_pool_t *pool) {
   ls_runtime_t *rt = pool->rt;
-  if (rt->pool == pool)
-    rt->pool = NULL;
-  uv_mutex_lock(&pool->lock);
-  __atomic_store_n(&pool->stopping, 1, __ATOMIC_RELAXED);
-  uv_cond_broadcast(&pool->work);
-  uv_mutex_unlock(&pool->lock);
-  for (unsigned i = 0; i < pool->nthreads; i++)
-    if (pool->workers[i].created)
-      uv_thread_join(&pool->workers[i].tid);
-  /* No worker is left: the lists are the loop thread's alone now. */
+  ls_pool_t **pp = (ls_pool_t **)&rt->stopping_pools;
+  while (*pp && *pp != pool)
+    pp = &(*pp)->next_stopping;
+  if (*pp)
+    *pp = pool->next_stopping;
   pool_drain(pool);
   ls_job_t *job;
   while ((job = pool->queue_head) != NULL) {
@@ -463,9 +462,41 @@ static void pool_stop(ls_pool_t *pool) {
 }
 
 
+static void pool_on_finish(ls_defer_t *d) {
+  pool_finish((ls_pool_t *)((char *)d - offsetof(ls_pool_t, finish)));
+}
+
+
+/* Stop the workers (a running job finishes first), then finish: now on
+ * the exit path, from the loop when Lua asked (results resume tasks, which
+ * must not happen inside the Lua call that stops the pool). */
+static void pool_stop(ls_pool_t *pool, int from_lua) {
+  ls_runtime_t *rt = pool->rt;
+  if (rt->pool == pool)
+    rt->pool = NULL;
+  uv_mutex_lock(&pool->lock);
+  __atomic_store_n(&pool->stopping, 1, __ATOMIC_RELAXED);
+  uv_cond_broadcast(&pool->work);
+  uv_mutex_unlock(&pool->lock);
+  for (unsigned i = 0; i < pool->nthreads; i++)
+    if (pool->workers[i].created)
+      uv_thread_join(&pool->workers[i].tid);
+  pool->next_stopping = rt->stopping_pools;
+  rt->stopping_pools = pool;
+  if (from_lua && !rt->closing)
+    ls__defer(rt, &pool->finish, pool_on_finish);
+  else
+    pool_finish(pool);
+}
+
+
 void ls__pool_free(ls_runtime_t *rt) {
-  if (rt->pool && !rt->is_pool_state)
-    pool_stop(rt->pool);
+  if (rt->is_pool_state)
+    return;
+  while (rt->stopping_pools)   /* stopped from Lua, not finished yet */
+    pool_finish(rt->stopping_pools);
+  if (rt->pool)
+    pool_stop(rt->pool, 0);
 }
 
 
@@ -547,7 +578,7 @@ int ls__lua_pool_start(lua_State *L) {
   snprintf(err, sizeof(err), "%s", pool->start_err);
   uv_mutex_unlock(&pool->lock);
   if (failed) {
-    pool_stop(pool);
+    pool_stop(pool, 0);   /* no job yet: nothing to deliver */
     lua_pushnil(L);
     lua_pushstring(L, err);
     return 2;
@@ -671,7 +702,7 @@ int ls__lua_pool_stop(lua_State *L) {
   if (rt->is_pool_state)
     return luaL_error(L, "pool_stop: not inside a pool thread");
   if (rt->pool)
-    pool_stop(rt->pool);
+    pool_stop(rt->pool, 1);
   return 0;
 }
 

@@ -19,6 +19,7 @@ dependencies = {
 external_dependencies = {
   LIBUV = { header = "uv.h" },
   LUAJIT = { header = "luajit-2.1/luajit.h" },
+  OPENSSL = { header = "openssl/ssl.h" },
 }
 build = {
   type = "make",

@@ -323,10 +323,9 @@ def read_until_close(s, timeout=5.0):
     return b"".join(chunks)
 
 
-def read_response(s, timeout=5.0):
-    """Read one HTTP response (Content-Length bodies) off socket s.
-    Returns (status, headers dict with lower-case names, body bytes)."""
-    s.settimeout(timeout)
+def read_head(s):
+    """Read a response head off socket s: (status, headers dict with
+    lower-case names, the bytes read past the head)."""
     buf = b""
     while b"\r\n\r\n" not in buf:
         b = s.recv(65536)
@@ -340,6 +339,14 @@ def read_response(s, timeout=5.0):
     for line in lines[1:]:
         k, v = line.split(":", 1)
         headers[k.strip().lower()] = v.strip()
+    return status, headers, rest
+
+
+def read_response(s, timeout=5.0):
+    """Read one HTTP response (Content-Length bodies) off socket s.
+    Returns (status, headers dict with lower-case names, body bytes)."""
+    s.settimeout(timeout)
+    status, headers, rest = read_head(s)
     n = int(headers.get("content-length", "0"))
     while len(rest) < n:
         b = s.recv(65536)

@@ -19,7 +19,7 @@ import warnings
 
 import certs
 import harness
-from test_transport import write_syscalls, small_receive_buffer
+from test_transport import write_syscalls, slow_socket, read_all
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 APP = os.path.join(HERE, "apps", "transport_app.lua")
@@ -373,22 +373,11 @@ class BadFilesTest(unittest.TestCase):
 class SlowReaderTLSTest(unittest.TestCase):
     def test_a_tls_reader_that_stops_is_cut_off_after_timeout_send(self):
         with harness.Server(APP, "--timeout-send", "1", *tls_flags()) as srv:
-            s = socket.socket()
-            small_receive_buffer(s)
-            s.connect(("127.0.0.1", srv.port))
-            t = client_context().wrap_socket(s, server_hostname="localhost")
+            t = slow_socket(srv.port, lambda s: client_context().wrap_socket(
+                s, server_hostname="localhost"))
             t.sendall(b"GET /big?mb=20 HTTP/1.1\r\nHost: localhost\r\n\r\n")
             time.sleep(3.5)
-            got = 0
-            t.settimeout(5)
-            try:
-                while True:
-                    b = t.recv(1 << 20)
-                    if not b:
-                        break
-                    got += len(b)
-            except (ConnectionError, socket.timeout, ssl.SSLError):
-                pass
+            got = read_all(t, (ConnectionError, socket.timeout, ssl.SSLError))
             t.close()
             self.assertLess(got, 10 * 1024 * 1024)
             self.assertGreater(got, 0)

@@ -28,8 +28,28 @@ def write_syscalls(pid):
     raise RuntimeError("no syscw in /proc/%d/io" % pid)
 
 
-def small_receive_buffer(sock):
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+def slow_socket(port, wrap=None):
+    """A connection with a small receive buffer (the server's writes wait
+    on it soon); wrap(sock) may put TLS on it."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    s.connect(("127.0.0.1", port))
+    return wrap(s) if wrap else s
+
+
+def read_all(sock, errors=(ConnectionError, socket.timeout)):
+    """Bytes read until EOF or an error (the server cut us off)."""
+    got = 0
+    sock.settimeout(5)
+    try:
+        while True:
+            b = sock.recv(1 << 20)
+            if not b:
+                break
+            got += len(b)
+    except errors:
+        pass
+    return got
 
 
 def read_paced(sock, total, seconds, deadline):
@@ -59,20 +79,9 @@ def read_paced(sock, total, seconds, deadline):
 def head_of(sock):
     """Read a response head; returns (status, content-length, bytes of the
     body already read)."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        b = sock.recv(65536)
-        if not b:
-            raise ConnectionError("closed before the head: %r" % buf)
-        buf += b
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    lines = head.decode("latin-1").split("\r\n")
-    length = None
-    for line in lines[1:]:
-        k, v = line.split(":", 1)
-        if k.strip().lower() == "content-length":
-            length = int(v)
-    return int(lines[0].split()[1]), length, len(rest)
+    status, headers, rest = harness.read_head(sock)
+    length = headers.get("content-length")
+    return status, length and int(length), len(rest)
 
 
 class PipelineBatchTest(unittest.TestCase):
@@ -96,21 +105,10 @@ class PipelineBatchTest(unittest.TestCase):
 class SlowReaderTest(unittest.TestCase):
     def test_a_reader_that_stops_is_cut_off_after_timeout_send(self):
         with harness.Server(APP, "--timeout-send", "1") as srv:
-            s = socket.socket()
-            small_receive_buffer(s)
-            s.connect(("127.0.0.1", srv.port))
+            s = slow_socket(srv.port)
             s.sendall(b"GET /big?mb=20 HTTP/1.1\r\nHost: t\r\n\r\n")
             time.sleep(3.5)   # read nothing: no progress for over a second
-            got = 0
-            s.settimeout(5)
-            try:
-                while True:
-                    b = s.recv(1 << 20)
-                    if not b:
-                        break
-                    got += len(b)
-            except (ConnectionError, socket.timeout):
-                pass
+            got = read_all(s)
             s.close()
             self.assertLess(got, 10 * MB, "the stalled client was never cut off")
             self.assertGreater(got, 0)
@@ -121,9 +119,7 @@ class SlowReaderTest(unittest.TestCase):
 
     def test_a_slow_steady_reader_gets_every_byte_past_the_keep_alive_timeout(self):
         with harness.Server(APP, "--timeout-keep-alive", "1") as srv:
-            s = socket.socket()
-            small_receive_buffer(s)
-            s.connect(("127.0.0.1", srv.port))
+            s = slow_socket(srv.port)
             s.sendall(b"GET /big?mb=50 HTTP/1.1\r\nHost: t\r\n\r\n")
             status, length, already = head_of(s)
             self.assertEqual((status, length), (200, 50 * MB))
@@ -141,9 +137,7 @@ class SlowReaderTest(unittest.TestCase):
     def test_graceful_shutdown_waits_for_a_response_being_written(self):
         srv = harness.Server(APP, "--timeout-graceful-shutdown", "20")
         try:
-            s = socket.socket()
-            small_receive_buffer(s)
-            s.connect(("127.0.0.1", srv.port))
+            s = slow_socket(srv.port)
             s.sendall(b"GET /big?mb=20 HTTP/1.1\r\nHost: t\r\n\r\n")
             status, length, already = head_of(s)
             self.assertEqual((status, length), (200, 20 * MB))
@@ -166,8 +160,7 @@ class ClosedRequestTest(harness.ServerTest):
         return json.loads(body)
 
     def test_a_stream_write_to_a_client_that_reset_gives_closed(self):
-        s = socket.create_connection(("127.0.0.1", self.srv.port))
-        small_receive_buffer(s)
+        s = slow_socket(self.srv.port)
         s.sendall(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
         s.recv(65536)
         time.sleep(0.2)   # the stream fills the socket and waits

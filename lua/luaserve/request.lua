@@ -87,13 +87,19 @@ local FINISHED = "the request has finished: read req.%s while it runs " ..
   "(before a detached task needs it, keep it in a local)"
 
 
-function lazy.client(req)
+-- What the core knows of the request's connection: fn(handle)'s values;
+-- nothing in a pool state (no connection there).
+local function from_conn(req, fn, field)
   local conn = rawget(req, "_conn")
-  local host, port
-  if conn then
-    host, port = core.peer(conn)
-    if host == nil and port == "closed" then error(FINISHED:format("client"), 2) end
-  end
+  if not conn then return end
+  local a, b = fn(conn)
+  if a == nil and b == "closed" then error(FINISHED:format(field), 3) end
+  return a, b
+end
+
+
+function lazy.client(req)
+  local host, port = from_conn(req, core.peer, "client")
   local c = { host = host, port = port }
   req.client = c
   return c
@@ -101,14 +107,9 @@ end
 
 
 function lazy.tls(req)
-  local conn = rawget(req, "_conn")
-  local info, err
-  if conn then
-    info, err = core.tls_info(conn)
-    if info == nil and err == "closed" then error(FINISHED:format("tls"), 2) end
-  end
-  req.tls = info or false
-  return info or false
+  local info = from_conn(req, core.tls_info, "tls") or false
+  req.tls = info
+  return info
 end
 
 
