@@ -72,6 +72,9 @@ void ls__read_done(uv_handle_t *h, const uv_buf_t *buf);
 
 /* ls__runtime: the runtime of L (stored in the registry). */
 ls_runtime_t *ls__runtime(lua_State *L);
+/* LS__RT: the runtime, inside a function of the core module (its
+ * upvalue: no registry look-up). */
+#define LS__RT(L) ((ls_runtime_t *)lua_touserdata((L), lua_upvalueindex(1)))
 /* ls__pcall: lua_pcall with a traceback handler; on error logs `what` and
  * the traceback, pops it and returns the nonzero status. */
 int ls__pcall(lua_State *L, int nargs, int nresults, const char *what);
@@ -181,6 +184,9 @@ struct ls_stream_s {
   uint64_t send_mark;       /* bytes the kernel had taken at the last check */
   uint64_t timer_due;       /* when the libuv timer is set to fire */
   int corked;               /* writes collect until uncorked */
+  int cork_open;            /* the next write goes out now, with what the
+                               cork holds (the last answer of a batch) */
+  int timer_armed;          /* the libuv timer runs, due at timer_due */
   int handles_open;         /* 2 until both close callbacks ran */
   unsigned reading : 1;     /* the owner reads */
   unsigned uv_reading : 1;  /* libuv reads */
@@ -210,11 +216,20 @@ size_t ls__stream_queued(const ls_stream_t *s);
  * on_drain will come. */
 #define ls__stream_blocked(s) ((s)->writing)
 /* ls__stream_cork / _uncork: collect writes, then write them at once
- * (pipelined answers in one system call). uncork returns 0 or an error. */
+ * (pipelined answers in one system call). uncork returns 0 or an error.
+ * Setting s->cork_open lets the next write go out at once together with
+ * what is collected (no copy when it is the last of the batch). */
 void ls__stream_cork(ls_stream_t *s);
 int ls__stream_uncork(ls_stream_t *s);
-/* ls__stream_deadline: the owner's one deadline, ms from now (0: none). */
-void ls__stream_deadline(ls_stream_t *s, uint64_t ms);
+/* ls__stream_deadline: the owner's one deadline, ms from now (0: none).
+ * Inline: requests move it several times. */
+void ls__stream_deadline_at(ls_stream_t *s, uint64_t ms);
+static inline void ls__stream_deadline(ls_stream_t *s, uint64_t ms) {
+  if (ms == 0)
+    s->deadline = 0;
+  else
+    ls__stream_deadline_at(s, ms);
+}
 /* ls__stream_send_timeout: ms queued output may go without progress. */
 void ls__stream_send_timeout(ls_stream_t *s, uint64_t ms);
 /* ls__stream_close: close now (queued output is dropped; TLS sends its
@@ -366,7 +381,7 @@ void ls__conn_close(ls_conn_t *c);
  * after a short while. Nothing more is parsed. */
 void ls__conn_linger(ls_conn_t *c);
 /* ls__conn_lookup: the connection of a request handle (Lua value at idx),
- * or NULL when that request is over. */
+ * or NULL when that request is over. Core module functions only (LS__RT). */
 ls_conn_t *ls__conn_lookup(lua_State *L, int idx);
 
 /* ---- http.c: the llhttp glue and response formatting -------------------- */

@@ -389,7 +389,10 @@ static const luaL_Reg core_functions[] = {
 
 static int core_open(lua_State *L) {
   lua_newtable(L);
-  luaL_register(L, NULL, core_functions);
+  /* Every core function has the runtime as its upvalue (LS__RT): the
+   * hot ones find it without a registry look-up. */
+  lua_pushlightuserdata(L, ls__runtime(L));
+  luaL_openlib(L, NULL, core_functions, 1);
   lua_pushliteral(L, LS_VERSION);
   lua_setfield(L, -2, "version");
   ls__server_open(L);

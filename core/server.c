@@ -318,7 +318,11 @@ static size_t conn_parse(ls_conn_t *c, const char *data, size_t len) {
     if (err == HPE_PAUSED) {   /* on_message_complete: a whole request */
       off = (size_t)(llhttp_get_error_pos(&c->parser) - data);
       llhttp_resume(&c->parser);
+      /* The last request of what was read: its answer goes out at once,
+       * with the answers corked before it, and is not copied. */
+      c->stream.cork_open = off == len;
       conn_dispatch(c);
+      c->stream.cork_open = 0;
       continue;
     }
     if (err == HPE_PAUSED_UPGRADE) {
@@ -464,7 +468,7 @@ static void server_on_connection(uv_stream_t *listener, int status) {
 
 
 ls_conn_t *ls__conn_lookup(lua_State *L, int idx) {
-  return ls__slot_get(ls__runtime(L), luaL_checknumber(L, idx));
+  return ls__slot_get(LS__RT(L), luaL_checknumber(L, idx));
 }
 
 

@@ -190,12 +190,22 @@ static int stream_flush(ls_stream_t *s) {
 }
 
 
-/* Write `out` and bufs at once with one writev; what the socket does not
- * take is copied behind. Plain streams with nothing in flight only. */
+/* Everything was written at once: a pending end or shutdown may go. */
+static int stream_done_now(ls_stream_t *s) {
+  if (s->end_pending || s->shut_pending)
+    stream_finish_output(s);
+  return 0;
+}
+
+
+/* Write `out` and bufs (total bytes) at once with one writev; what the
+ * socket does not take is copied behind. Plain streams with nothing in
+ * flight only. */
 static int stream_write_now(ls_stream_t *s, const uv_buf_t *bufs,
-                            unsigned nbufs) {
+                            unsigned nbufs, size_t total) {
   uv_buf_t v[8];
   unsigned k = 0;
+  total += s->out.len;
   if (s->out.len)
     v[k++] = uv_buf_init(s->out.data, (unsigned)s->out.len);
   for (unsigned i = 0; i < nbufs && k < 8; i++)
@@ -210,13 +220,18 @@ static int stream_write_now(ls_stream_t *s, const uv_buf_t *bufs,
     return n;
   }
   size_t done = n > 0 ? (size_t)n : 0;
+  if (done == total) {
+    s->out.len = 0;
+    return stream_done_now(s);
+  }
   size_t from_out = done < s->out.len ? done : s->out.len;
   out_consume(s, from_out);
   done -= from_out;
   for (unsigned i = 0; i < nbufs; i++) {
     size_t skip = done < bufs[i].len ? done : bufs[i].len;
     done -= skip;
-    if (ls__buf_append(&s->out, bufs[i].base + skip, bufs[i].len - skip))
+    if (bufs[i].len > skip &&
+        ls__buf_append(&s->out, bufs[i].base + skip, bufs[i].len - skip))
       return UV_ENOMEM;
   }
   if (s->out.len)
@@ -253,11 +268,13 @@ static int stream_write_tls(ls_stream_t *s, const uv_buf_t *bufs,
     return UV_ENOTCONN;
   for (unsigned i = 0; i < nbufs; i++)
     total += bufs[i].len;
+  int corked = s->corked && !s->cork_open;
+  s->cork_open = 0;
   if (s->plain.len + total <= LS_CORK_MAX) {
     for (unsigned i = 0; i < nbufs; i++)
       if (ls__buf_append(&s->plain, bufs[i].base, bufs[i].len))
         return UV_ENOMEM;
-    if (s->corked)
+    if (corked)
       return 0;
     err = stream_seal(s);
   } else {
@@ -270,7 +287,13 @@ static int stream_write_tls(ls_stream_t *s, const uv_buf_t *bufs,
   }
   if (err)
     return err;
-  return s->corked && s->out.len < LS_CORK_MAX ? 0 : stream_flush(s);
+  if (corked && s->out.len < LS_CORK_MAX)
+    return 0;
+  int c = s->corked;   /* written now: what the cork held goes with it */
+  s->corked = 0;
+  err = stream_flush(s);
+  s->corked = c;
+  return err;
 }
 
 
@@ -283,9 +306,11 @@ int ls__stream_write(ls_stream_t *s, const uv_buf_t *bufs, unsigned nbufs) {
   for (unsigned i = 0; i < nbufs; i++)
     total += bufs[i].len;
   s->bytes_in += total;
+  int open = s->cork_open;
+  s->cork_open = 0;
   if (!s->writing && nbufs <= 7 &&
-      (!s->corked || s->out.len + total > LS_CORK_MAX))
-    return stream_write_now(s, bufs, nbufs);
+      (!s->corked || open || s->out.len + total > LS_CORK_MAX))
+    return stream_write_now(s, bufs, nbufs, total);
   for (unsigned i = 0; i < nbufs; i++)
     if (ls__buf_append(&s->out, bufs[i].base, bufs[i].len))
       return UV_ENOMEM;
@@ -370,13 +395,12 @@ static void stream_timer_update(ls_stream_t *s) {
   uint64_t due = s->deadline;
   if (s->send_deadline && (due == 0 || s->send_deadline < due))
     due = s->send_deadline;
-  if (due == 0 || s->closing)
+  if (due == 0 || s->closing || (s->timer_armed && s->timer_due <= due))
     return;
-  if (!uv_is_active((uv_handle_t *)&s->timer) || s->timer_due > due) {
-    uint64_t now = uv_now(s->timer.loop);
-    s->timer_due = due;
-    uv_timer_start(&s->timer, stream_on_timer, due > now ? due - now : 0, 0);
-  }
+  uint64_t now = uv_now(s->timer.loop);
+  s->timer_due = due;
+  s->timer_armed = 1;
+  uv_timer_start(&s->timer, stream_on_timer, due > now ? due - now : 0, 0);
 }
 
 
@@ -386,6 +410,7 @@ static void stream_timer_update(ls_stream_t *s) {
 static void stream_on_timer(uv_timer_t *t) {
   ls_stream_t *s = t->data;
   uint64_t now = uv_now(t->loop);
+  s->timer_armed = 0;
   if (s->send_deadline && now >= s->send_deadline) {
     size_t left = ls__stream_queued(s);
     uint64_t written = s->bytes_in - left;
@@ -411,11 +436,7 @@ static void stream_on_timer(uv_timer_t *t) {
 }
 
 
-void ls__stream_deadline(ls_stream_t *s, uint64_t ms) {
-  if (ms == 0) {
-    s->deadline = 0;
-    return;
-  }
+void ls__stream_deadline_at(ls_stream_t *s, uint64_t ms) {
   s->deadline = uv_now(s->timer.loop) + ms;
   stream_timer_update(s);
 }

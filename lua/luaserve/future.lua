@@ -121,7 +121,7 @@ end
 -- error that escapes a step (a log hook, a resolve callback) is logged and
 -- the drain goes on with the next task: the scheduler never stays stuck.
 local function drain()
-  if draining then return end
+  if draining or ready_head > ready_tail then return end
   draining = true
   while true do
     local ok, err = pcall(drain_ready)
