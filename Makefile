@@ -14,15 +14,15 @@ PORT ?= 8080
 # (TEST_PACKAGES), the benchmarks (BENCH_PACKAGES).
 PACKAGES = gcc make pkg-config luajit2 libluajit2-5.1-dev libuv1-dev \
            node-llhttp lua-cjson lua-busted libssl-dev openssl \
-           ca-certificates
+           ca-certificates zlib1g-dev
 TEST_PACKAGES = python3 curl nodejs nghttp2-client wrk
 BENCH_PACKAGES = wrk
 
 CC ?= cc
 CFLAGS ?= -O2 -g
 WARN = -Wall -Wextra -Wshadow -Wno-unused-parameter
-PKG_CFLAGS = $(shell pkg-config --cflags luajit libuv openssl 2>/dev/null)
-PKG_LIBS = $(shell pkg-config --libs luajit libuv openssl 2>/dev/null)
+PKG_CFLAGS = $(shell pkg-config --cflags luajit libuv openssl zlib 2>/dev/null)
+PKG_LIBS = $(shell pkg-config --libs luajit libuv openssl zlib 2>/dev/null)
 
 # SAN=1: AddressSanitizer + UndefinedBehaviorSanitizer, built apart.
 ifeq ($(SAN),1)
@@ -37,10 +37,13 @@ endif
 
 CORE_SRCS = core/buf.c \
             core/client.c \
+            core/compress.c \
             core/copy.c \
             core/http.c \
             core/main.c \
             core/pool.c \
+            core/proc.c \
+            core/random.c \
             core/respond.c \
             core/runtime.c \
             core/server.c \
@@ -133,8 +136,9 @@ bench: all bench-deps
 	tests/bench/run
 
 install: install-bin
-	install -d $(DESTDIR)$(LUADIR)/luaserve
+	install -d $(DESTDIR)$(LUADIR)/luaserve $(DESTDIR)$(LUADIR)/luaserve/middleware
 	install -m 644 lua/luaserve/*.lua $(DESTDIR)$(LUADIR)/luaserve/
+	install -m 644 lua/luaserve/middleware/*.lua $(DESTDIR)$(LUADIR)/luaserve/middleware/
 
 # The binary alone (luarocks installs the modules itself, from the rockspec).
 install-bin: all

@@ -348,9 +348,12 @@ typedef struct ls_conn_s {
   uint16_t peer_port;       /* the client's address, read once at accept */
   char peer_host[46];       /* (INET6_ADDRSTRLEN); "" if unknown */
   int drain_ref;            /* target waiting for the write queue, or 0 */
+  ls_buf_t written_refs;    /* int targets waiting for answers to be
+                               written (background tasks), oldest first */
   unsigned notify_abort : 1;   /* tell Lua the client went away */
   unsigned notify_closed : 1;  /* wake drain_ref with nil, "closed" */
   unsigned notify_process : 1; /* parse pipelined bytes */
+  unsigned notify_written : 1; /* resolve written_refs (true or "closed") */
 } ls_conn_t;
 
 struct ls_server_s {
@@ -361,6 +364,8 @@ struct ls_server_s {
   int dispatch_ref;         /* Lua dispatch(handle, method, target, headers, body) */
   int abort_ref;            /* Lua abort(handle): the client went away */
   int listening;
+  int accepting;            /* uv_listen was called (not paused) */
+  int backlog;
   int draining;             /* shutting down: finish in-flight, accept none */
   unsigned inflight;        /* connections with a request in Lua */
   ls_conn_t *conns;         /* every open connection */
@@ -380,6 +385,10 @@ void ls__conn_close(ls_conn_t *c);
  * half-close, discard what the client still sends, close on its EOF or
  * after a short while. Nothing more is parsed. */
 void ls__conn_linger(ls_conn_t *c);
+/* ls__conn_when_written: target (stack idx) is resolved with true once
+ * everything queued on c is written (nil, "closed" if it never is). 0 or
+ * UV_ENOMEM. */
+int ls__conn_when_written(ls_conn_t *c, lua_State *L, int idx);
 /* ls__conn_lookup: the connection of a request handle (Lua value at idx),
  * or NULL when that request is over. Core module functions only (LS__RT). */
 ls_conn_t *ls__conn_lookup(lua_State *L, int idx);
@@ -477,6 +486,18 @@ void ls__tcp_open(lua_State *L);           /* tcp.c: metatables */
 
 int ls__lua_response_parser(lua_State *L); /* client.c: response_parser() */
 void ls__client_open(lua_State *L);        /* client.c: metatables */
+
+int ls__lua_gzip(lua_State *L);            /* compress.c: gzip(data, level) */
+int ls__lua_gunzip(lua_State *L);          /* compress.c: gunzip(data, max) */
+int ls__lua_deflater(lua_State *L);        /* compress.c: deflater(level) */
+void ls__compress_open(lua_State *L);      /* compress.c: metatables */
+int ls__lua_random_hex(lua_State *L);      /* random.c: random_hex(n) */
+int ls__lua_spawn(lua_State *L);           /* proc.c: spawn(file, args, on_exit) */
+int ls__lua_watch(lua_State *L);           /* proc.c: watch(path, on_change) */
+int ls__lua_scandir(lua_State *L);         /* proc.c: scandir(path) */
+int ls__lua_on_signal(lua_State *L);       /* proc.c: on_signal(signum, fn) */
+int ls__lua_exepath(lua_State *L);         /* proc.c: exepath() */
+void ls__proc_open(lua_State *L);          /* proc.c: metatables, signals */
 
 int ls__lua_copy(lua_State *L);            /* copy.c: copy(...) */
 int ls__lua_copy_register(lua_State *L);   /* copy.c: copy_register(code, mt) */

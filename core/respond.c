@@ -21,9 +21,32 @@ static int push_closed(lua_State *L) {
 }
 
 
-/* respond(handle, status, body, content_type, headers|nil, close|nil):
- * true, or nil, "closed" when the client is gone (or the request was
- * over). Ends the request either way. */
+/* The index of an optional target argument: 0 when it was not given (read
+ * at entry, before anything is pushed). */
+static int target_arg(lua_State *L, int idx) {
+  return lua_gettop(L) >= idx && !lua_isnil(L, idx) ? idx : 0;
+}
+
+
+/* After an answer is written or queued: with a target (stack idx, 0:
+ * none) and output still queued, the target waits for it to be written;
+ * push true, and true again when it waits. */
+static int push_written(lua_State *L, ls_conn_t *c, int idx) {
+  int waits = idx > 0 && ls__stream_queued(&c->stream) > 0 &&
+              c->state != LS_CONN_CLOSING && ls__conn_when_written(c, L, idx) == 0;
+  lua_pushboolean(L, 1);
+  if (!waits)
+    return 1;
+  lua_pushboolean(L, 1);
+  return 2;
+}
+
+
+/* respond(handle, status, body, content_type, headers|nil, close|nil,
+ * written|nil): true, or nil, "closed" when the client is gone (or the
+ * request was over). Ends the request either way. With a target
+ * `written`, a second true says the answer is still queued: the target
+ * gets true once it is written, or nil, "closed". */
 int ls__lua_respond(lua_State *L) {
   ls_conn_t *c = check_conn(L, 1);
   int status = (int)luaL_checkinteger(L, 2);
@@ -31,6 +54,7 @@ int ls__lua_respond(lua_State *L) {
   const char *body = luaL_optlstring(L, 3, "", &blen);
   const char *ctype = luaL_optlstring(L, 4, NULL, &ctlen);
   int headers = lua_istable(L, 5) ? 5 : 0;
+  int written = target_arg(L, 7);
   if (c == NULL || c->lua_holds == 0)
     return push_closed(L);
   if (lua_toboolean(L, 6))
@@ -59,9 +83,9 @@ int ls__lua_respond(lua_State *L) {
     ls__conn_request_done(c);
     return push_closed(L);
   }
+  int n = push_written(L, c, written);
   ls__conn_request_done(c);
-  lua_pushboolean(L, 1);
-  return 1;
+  return n;
 }
 
 
@@ -142,13 +166,15 @@ int ls__lua_write_chunk(lua_State *L) {
 }
 
 
-/* respond_end(handle, abort): the last chunk, and the request is done;
- * with abort true the connection is closed instead (an error mid-stream:
- * the client must not take a cut body for a whole one). Ends the request;
- * nothing when it was over. */
+/* respond_end(handle, abort, written|nil): the last chunk, and the
+ * request is done; with abort true the connection is closed instead (an
+ * error mid-stream: the client must not take a cut body for a whole one).
+ * Ends the request; nothing when it was over. Returns true, and true again
+ * when the target `written` waits for the rest to be written (respond). */
 int ls__lua_respond_end(lua_State *L) {
   ls_conn_t *c = check_conn(L, 1);
   int abort = lua_toboolean(L, 2);
+  int written = target_arg(L, 3);
   if (c == NULL || c->lua_holds == 0)
     return 0;
   if (!c->streaming)
@@ -167,8 +193,9 @@ int ls__lua_respond_end(lua_State *L) {
     if (ls__conn_write(c, &b, 1) != 0)
       ls__conn_close(c);
   }
+  int n = push_written(L, c, written);
   ls__conn_request_done(c);
-  return 0;
+  return n;
 }
 
 

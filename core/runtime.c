@@ -366,6 +366,15 @@ static const luaL_Reg core_functions[] = {
   {"stop", ls__lua_stop},
   {"tcp_connect", ls__lua_tcp_connect},
   {"response_parser", ls__lua_response_parser},
+  {"gzip", ls__lua_gzip},
+  {"gunzip", ls__lua_gunzip},
+  {"deflater", ls__lua_deflater},
+  {"random_hex", ls__lua_random_hex},
+  {"spawn", ls__lua_spawn},
+  {"watch", ls__lua_watch},
+  {"scandir", ls__lua_scandir},
+  {"on_signal", ls__lua_on_signal},
+  {"exepath", ls__lua_exepath},
   {"copy", ls__lua_copy},
   {"copy_register", ls__lua_copy_register},
   {"pool_start", ls__lua_pool_start},
@@ -401,6 +410,8 @@ static int core_open(lua_State *L) {
   ls__client_open(L);
   ls__pool_open(L);
   ls__tls_open(L);
+  ls__compress_open(L);
+  ls__proc_open(L);
   return 1;
 }
 

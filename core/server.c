@@ -36,19 +36,58 @@ static void conn_maybe_free(ls_conn_t *c) {
   ls__buf_free(&c->body);
   ls__buf_free(&c->pending);
   ls__buf_free(&c->out);
+  ls__buf_free(&c->written_refs);
   if (c->slot != UINT32_MAX)
     ls__slot_free(c->rt, c->slot);
   free(c);
 }
 
 
+/* Resolve every target waiting for the answers to be written: true, or
+ * nil, "closed" when the connection closed first. */
+static void conn_resolve_written(ls_conn_t *c, int ok) {
+  ls_runtime_t *rt = c->rt;
+  size_t n = c->written_refs.len / sizeof(int);
+  int *refs = (int *)c->written_refs.data;
+  for (size_t i = 0; i < n; i++) {
+    if (rt->closing)
+      break;
+    if (ok) {
+      lua_pushboolean(rt->L, 1);
+      ls__resolve(rt, refs[i], 1);
+    } else {
+      lua_pushnil(rt->L);
+      lua_pushliteral(rt->L, "closed");
+      ls__resolve(rt, refs[i], 2);
+    }
+  }
+  ls__buf_free(&c->written_refs);
+}
+
+
+int ls__conn_when_written(ls_conn_t *c, lua_State *L, int idx) {
+  if (ls__buf_reserve(&c->written_refs, sizeof(int)))
+    return UV_ENOMEM;
+  lua_pushvalue(L, idx);
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  memcpy(c->written_refs.data + c->written_refs.len, &ref, sizeof(int));
+  c->written_refs.len += sizeof(int);
+  return 0;
+}
+
+
 /* What Lua must hear, from the loop: the client went away (abort), a
- * streamed write waiting for the socket will never drain, pipelined bytes
- * wait to be parsed. */
+ * streamed write waiting for the socket will never drain, answers that
+ * background tasks wait for are written (or never will be), pipelined
+ * bytes wait to be parsed. */
 static void conn_on_notify(ls_defer_t *d) {
   ls_conn_t *c = (ls_conn_t *)((char *)d - offsetof(ls_conn_t, notify));
   ls_runtime_t *rt = c->rt;
   c->in_notify = 1;
+  if (c->notify_written) {
+    c->notify_written = 0;
+    conn_resolve_written(c, c->state != LS_CONN_CLOSING);
+  }
   if (c->notify_closed && c->drain_ref > 0) {
     int ref = c->drain_ref;
     c->drain_ref = 0;
@@ -97,8 +136,12 @@ void ls__conn_close(ls_conn_t *c) {
       c->notify_closed = 1;
     if (was_busy && c->lua_holds > 0)
       c->notify_abort = 1;
-    if (c->notify_closed || c->notify_abort)
+    if (c->written_refs.len)
+      c->notify_written = 1;
+    if (c->notify_closed || c->notify_abort || c->notify_written)
       conn_notify(c);
+  } else {
+    ls__buf_free(&c->written_refs);   /* Lua is gone: nothing to release */
   }
   ls__shutdown_check(c->rt);
 }
@@ -203,6 +246,9 @@ static void conn_on_drain(ls_stream_t *st, int status) {
     lua_pushboolean(c->rt->L, 1);
     ls__resolve(c->rt, ref, 1);
   }
+  if (c->written_refs.len && ls__stream_queued(st) == 0 &&
+      c->state != LS_CONN_CLOSING)
+    conn_resolve_written(c, 1);
   if (c->state == LS_CONN_CLOSING || c->state == LS_CONN_LINGER)
     return;
   if (c->close_after_write)
@@ -345,10 +391,15 @@ static size_t conn_parse(ls_conn_t *c, const char *data, size_t len) {
 /* Answers written while parsing are corked: the answers to pipelined
  * requests that are ready together go out in one write. */
 static void conn_uncork(ls_conn_t *c) {
-  if (ls__stream_uncork(&c->stream) != 0 && c->state != LS_CONN_CLOSING)
+  if (ls__stream_uncork(&c->stream) != 0 && c->state != LS_CONN_CLOSING) {
     ls__conn_close(c);
-  else if (c->close_after_write && c->state != LS_CONN_CLOSING &&
-           ls__stream_queued(&c->stream) == 0)
+    return;
+  }
+  if (c->state == LS_CONN_CLOSING || ls__stream_queued(&c->stream) > 0)
+    return;
+  if (c->written_refs.len)   /* background tasks wait for these answers */
+    conn_resolve_written(c, 1);
+  if (c->close_after_write && c->state != LS_CONN_CLOSING)
     ls__conn_close(c);
 }
 
@@ -535,10 +586,28 @@ int ls__lua_listen(lua_State *L) {
   s->lim.limit_concurrency = (unsigned)opt_uint(L, "limit_concurrency", 0);
   uv_tcp_init(rt->loop, &s->listener);
   s->listener.data = s;
+  s->backlog = (int)opt_uint(L, "backlog", 1024);
+  lua_getfield(L, 1, "paused");
+  int paused = lua_toboolean(L, -1);
+  lua_pop(L, 1);
   err = uv_tcp_bind(&s->listener, (struct sockaddr *)&addr, 0);
-  if (err == 0)
-    err = uv_listen((uv_stream_t *)&s->listener,
-                    (int)opt_uint(L, "backlog", 1024), server_on_connection);
+  if (err == 0 && paused) {
+    /* Bound (the port is ours) but not listening: no connection is
+     * accepted until server:start(). libuv keeps a failed bind's error
+     * for uv_listen; an unbound socket has port 0. */
+    struct sockaddr_storage bound;
+    int blen = sizeof(bound);
+    err = uv_tcp_getsockname(&s->listener, (struct sockaddr *)&bound, &blen);
+    uint16_t bport = bound.ss_family == AF_INET6
+                         ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                         : ((struct sockaddr_in *)&bound)->sin_port;
+    if (err == 0 && bport == 0)
+      err = UV_EADDRINUSE;
+  } else if (err == 0) {
+    err = uv_listen((uv_stream_t *)&s->listener, s->backlog,
+                    server_on_connection);
+    s->accepting = err == 0;
+  }
   if (err) {
     uv_close((uv_handle_t *)&s->listener, (uv_close_cb)free);
     return ls__push_error(L, err);
@@ -580,6 +649,24 @@ static int server_address(lua_State *L) {
 }
 
 
+/* server:start(): accept connections (a server listened paused). true,
+ * or nil, err ("address already in use"). */
+static int server_start(lua_State *L) {
+  ls_server_t *s = check_server(L);
+  if (s == NULL || !s->listening)
+    return ls__push_error(L, UV_EBADF);
+  if (!s->accepting) {
+    int err = uv_listen((uv_stream_t *)&s->listener, s->backlog,
+                        server_on_connection);
+    if (err)
+      return ls__push_error(L, err);
+    s->accepting = 1;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+
 /* server:close(): stop listening and close every connection now. */
 static int server_close(lua_State *L) {
   ls_server_t *s = check_server(L);
@@ -594,6 +681,7 @@ static int server_close(lua_State *L) {
 
 static const luaL_Reg server_methods[] = {
   {"address", server_address},
+  {"start", server_start},
   {"close", server_close},
   {NULL, NULL},
 };

@@ -82,8 +82,14 @@ static int timer_stop(lua_State *L) {
 }
 
 
+/* now([fresh]): the loop's time in seconds (cached at the start of the
+ * loop iteration; with fresh true, read from the clock now, as timers
+ * started now count from). */
 int ls__lua_now(lua_State *L) {
-  lua_pushnumber(L, (double)uv_now(ls__runtime(L)->loop) / 1000.0);
+  uv_loop_t *loop = LS__RT(L)->loop;
+  if (lua_toboolean(L, 1))
+    uv_update_time(loop);
+  lua_pushnumber(L, (double)uv_now(loop) / 1000.0);
   return 1;
 }
 

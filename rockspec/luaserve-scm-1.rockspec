@@ -20,6 +20,7 @@ external_dependencies = {
   LIBUV = { header = "uv.h" },
   LUAJIT = { header = "luajit-2.1/luajit.h" },
   OPENSSL = { header = "openssl/ssl.h" },
+  ZLIB = { header = "zlib.h" },
 }
 build = {
   type = "make",
@@ -44,6 +45,12 @@ build = {
       ["luaserve.http"] = "lua/luaserve/http.lua",
       ["luaserve.json"] = "lua/luaserve/json.lua",
       ["luaserve.log"] = "lua/luaserve/log.lua",
+      ["luaserve.middleware"] = "lua/luaserve/middleware/init.lua",
+      ["luaserve.middleware.cors"] = "lua/luaserve/middleware/cors.lua",
+      ["luaserve.middleware.gzip"] = "lua/luaserve/middleware/gzip.lua",
+      ["luaserve.middleware.request_id"] = "lua/luaserve/middleware/request_id.lua",
+      ["luaserve.middleware.trusted_hosts"] = "lua/luaserve/middleware/trusted_hosts.lua",
+      ["luaserve.reload"] = "lua/luaserve/reload.lua",
       ["luaserve.request"] = "lua/luaserve/request.lua",
       ["luaserve.response"] = "lua/luaserve/response.lua",
       ["luaserve.server"] = "lua/luaserve/server.lua",

@@ -10,6 +10,37 @@ local hrtime = require("luaserve.core").hrtime
 local app = luaserve.app()
 
 
+-- ---- The app's lifecycle (see the README's sections on each) -------------
+
+local mw = require "luaserve.middleware"
+local log = require "luaserve.log"
+
+-- Around every request, outermost first: a request id (kept from the
+-- client's X-Request-ID, else made; in the access log line), CORS for a
+-- front end on another origin, gzip for big text answers.
+app:use(mw.request_id())
+app:use(mw.cors{ origins = { "http://localhost:3000", "http://127.0.0.1:3000" },
+  credentials = true, expose_headers = { "X-Request-ID" } })
+app:use(mw.gzip{ minimum_size = 500 })
+
+-- Startup: runs (and may await) before the first connection is accepted;
+-- what it sets up is app.state, reachable from handlers as req.app.state.
+app:on_startup(function(a)
+  await(sleep(0))   -- e.g. await(db.connect(...))
+  a.state.started_at = os.date("!%Y-%m-%dT%H:%M:%SZ")
+end)
+app:on_shutdown(function()
+  log.info("demo: shutdown hook ran (close pools here)")
+end)
+
+-- A domain error of a data layer, mapped to a 404 by an exception handler.
+local NotFound = {}
+NotFound.__index = NotFound
+app:exception_handler(NotFound, function(req, err)
+  return 404, { detail = err.what .. " not found" }
+end)
+
+
 local function ms_since(t0)
   return math.floor((hrtime() - t0) * 1000 + 0.5)
 end
@@ -296,6 +327,49 @@ end)
 app:get("/counter", function(req)
   return { count = shared.incr("demo:counter", 1, 0) }
 end)
+
+
+-- ---- The lifecycle as routes ---------------------------------------------
+
+-- A route deadline: above 1 s the client gets 504 and the handler's wait is
+-- cancelled (its sleep stopped, as an upstream call would be).
+app:get("/deadline", function(req)
+  local ms = ms_param(req, 500, 60000)
+  await(sleep(ms / 1000))
+  return { slept_ms = ms, time_left_s = luaserve.time_left() }
+end, { timeout = 1 })
+
+-- A background task: the answer goes out at once; the "welcome email" is
+-- logged after the response was written.
+app:post("/signup", function(req)
+  local body = req.body ~= "" and req:json() or {}
+  local name = type(body) == "table" and body.name or "friend"
+  req:after_response(function(who)
+    await(sleep(0.2))   -- sending it takes a while
+    log.info("demo: welcome email sent to " .. who)
+  end, name)
+  return 202, { accepted = true, name = name }
+end)
+
+-- The domain error above: /notes/7 raises NotFound from a "data layer".
+local function find_note(id)
+  error(setmetatable({ what = "note " .. id }, NotFound))
+end
+app:get("/notes/{id:int}", function(req)
+  return find_note(req.params.id)
+end)
+
+-- Dependencies: resolved before the handler, cleaned up after the answer.
+local function get_clock(req)
+  local opened = hrtime()
+  return { opened = opened }, function()
+    log.debug(("demo: clock dependency held %.1f ms"):format((hrtime() - opened) * 1000))
+  end
+end
+app:get("/state", function(req)
+  return { started_at = req.app.state.started_at, request_id = req.request_id,
+    clock_ms = math.floor((hrtime() - req.deps.clock.opened) * 1000) }
+end, { deps = { clock = get_clock } })
 
 
 app:get("/", function(req)

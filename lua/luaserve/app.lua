@@ -12,6 +12,8 @@
 -- try. A typed parameter that does not convert (and no other route takes
 -- the request) answers 422; a path with routes for other methods, 405.
 
+local errors = require "luaserve.errors"
+
 local setmetatable = setmetatable
 local type = type
 local tonumber = tonumber
@@ -51,7 +53,81 @@ function M.new()
     dynamic = {},     -- { pattern=, names=, types=, methods = { METHOD = route } }
     by_template = {}, -- template -> the dynamic entry
     max_body = 0,     -- the largest per-route max_body (the core's limit)
+    middleware = {},  -- app:use, in the order added (outermost first)
+    handlers = {},    -- app:exception_handler: status or error class -> fn
+    startup = {},     -- app:on_startup
+    shutdown = {},    -- app:on_shutdown
+    lifespans = {},   -- app:lifespan
+    state = {},       -- what startup hooks set up, for handlers (req.app.state)
   }, App)
+end
+
+
+local function check_fn(fn, what)
+  if type(fn) ~= "function" then
+    error(what .. ": expected a function, got " .. type(fn), 3)
+  end
+end
+
+
+--- app:use(fn): a middleware, fn(req, call_next). It runs around every
+-- request (async and sync routes, 404, 405, 422 and error answers too), in
+-- the order added (the first added is outermost). call_next(req) gives the
+-- response as an object (res.status, res.headers, res.body, res:header(),
+-- res:set_header()) to read, change and return, or to replace; a
+-- middleware may also answer without calling it. Returns the app.
+function App:use(fn)
+  check_fn(fn, "app:use")
+  self.middleware[#self.middleware + 1] = fn
+  self._chain = nil
+  return self
+end
+
+
+--- app:exception_handler(status_or_class, fn): fn(req, err) answers instead
+-- of the default for errors of that class (the metatable of the raised
+-- table; luaserve.HTTPError for every HTTPError), or for answers with
+-- that status: an HTTPError's, the router's 404/405/422, a timed-out
+-- request's 504, 500 for any other error. fn returns what a handler
+-- returns. Returns the app.
+function App:exception_handler(key, fn)
+  if key == errors.new then key = errors.HTTPError end   -- luaserve.HTTPError
+  if type(key) ~= "number" and type(key) ~= "table" then
+    error("app:exception_handler: expected a status or an error class (a " ..
+      "metatable), got " .. type(key), 2)
+  end
+  check_fn(fn, "app:exception_handler")
+  self.handlers[key] = fn
+  return self
+end
+
+
+--- app:on_startup(fn), app:on_shutdown(fn): fn(app) runs before the server
+-- accepts its first connection (in the order added), or after it has
+-- drained on SIGTERM/SIGINT (in the order added). Both may await. A startup
+-- hook that fails stops the server with its error (exit status 2).
+function App:on_startup(fn)
+  check_fn(fn, "app:on_startup")
+  self.startup[#self.startup + 1] = fn
+  return self
+end
+
+
+function App:on_shutdown(fn)
+  check_fn(fn, "app:on_shutdown")
+  self.shutdown[#self.shutdown + 1] = fn
+  return self
+end
+
+
+--- app:lifespan(fn): startup and shutdown in one function: fn(app) runs at
+-- startup until it calls coroutine.yield(), and goes on from there at
+-- shutdown (after the on_shutdown hooks; lifespans end in reverse order).
+-- It may await in both halves.
+function App:lifespan(fn)
+  check_fn(fn, "app:lifespan")
+  self.lifespans[#self.lifespans + 1] = fn
+  return self
 end
 
 
@@ -120,7 +196,11 @@ end
 
 
 --- app:route(method, path, handler, opts): add a route. method is a string
--- or a list of strings. opts.max_body: this route's body limit in bytes.
+-- or a list of strings. opts.max_body: this route's body limit in bytes;
+-- opts.timeout: seconds the handler may take (504 after); opts.deps: {name
+-- = fn(req)} dependencies resolved before the handler into req.deps (fn
+-- may await and may return a cleanup function as its second value, run
+-- after the response).
 function App:route(method, path, handler, opts)
   if type(handler) ~= "function" and not (type(handler) == "table" and
       getmetatable(handler) and getmetatable(handler).__call) then
@@ -133,10 +213,25 @@ function App:route(method, path, handler, opts)
   if methods[1] == nil then
     error("route " .. path .. ": no method given", 2)
   end
+  opts = opts or {}
+  if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout <= 0) then
+    error("route " .. path .. ": timeout must be a number of seconds > 0", 2)
+  end
+  if opts.deps ~= nil then
+    if type(opts.deps) ~= "table" then
+      error("route " .. path .. ": deps must be a table {name = function(req)}", 2)
+    end
+    for name, fn in pairs(opts.deps) do
+      if type(fn) ~= "function" then
+        error(("route %s: dependency %s must be a function(req)"):format(path,
+          tostring(name)), 2)
+      end
+    end
+  end
   local route = {
     path = path,
     handler = handler,
-    opts = opts or {},
+    opts = opts,
     name = nil,
   }
   if route.opts.max_body and route.opts.max_body > self.max_body then
@@ -217,11 +312,11 @@ end
 
 --- app:match(method, path): route, params; or nil, status, detail, headers
 -- (404; 405 with Allow when the path matches but the method does not; 422
--- with the parameter that did not convert). A static path is looked up
+-- with the parameter that did not convert, and the route as a fifth value). A static path is looked up
 -- first, then templates in the order they were added: one whose method
 -- does not match, or whose parameters do not convert, lets the next try.
 function App:match(method, path)
-  local allowed, unconverted
+  local allowed, unconverted, unconverted_route
   local methods = self.static[path]
   if methods ~= nil then
     local route = pick(methods, method)
@@ -248,6 +343,7 @@ function App:match(method, path)
               unconverted = { {
                 type = te[1], loc = { "path", e.names[j] }, msg = te[2], input = raw,
               } }
+              unconverted_route = route
             end
             params = nil
             break
@@ -258,7 +354,7 @@ function App:match(method, path)
       end
     end
   end
-  if unconverted then return nil, 422, unconverted end
+  if unconverted then return nil, 422, unconverted, nil, unconverted_route end
   if allowed then
     return nil, 405, "Method Not Allowed", { Allow = allow_header(allowed) }
   end

@@ -20,6 +20,7 @@ local OPTIONS = {
   { "timeout-keep-alive", "seconds", 5, "close idle keep-alive connections after this" },
   { "timeout-header", "seconds", 10, "a request's headers must arrive within this" },
   { "timeout-send", "seconds", 60, "close a connection whose client takes no bytes of an answer for this long" },
+  { "timeout-request", "seconds", 0, "answer 504 and cancel a handler that has not answered in this long (0: off; routes may set their own)" },
   { "timeout-graceful-shutdown", "seconds", 10, "on SIGINT/SIGTERM, wait this for requests in flight" },
   { "ssl-certfile", "file", "", "serve HTTPS with this certificate chain (PEM)" },
   { "ssl-keyfile", "file", "", "its private key (PEM; default: in the certfile)" },
@@ -35,12 +36,14 @@ local OPTIONS = {
   { "pool-queue", "count", 128, "sync jobs waiting for a thread before 503 / \"pool full\"" },
   { "pool-nice", "count", 5, "how much lower the pool threads' priority is than the loop's (0-19)" },
   { "shared-size", "bytes", 64 * 1024 * 1024, "capacity of luaserve.shared in bytes" },
+  { "reload", "flag", false, "development: restart the server when a .lua file of the app changes" },
 }
 M.OPTIONS = OPTIONS
 
 
 local USAGE = [[
 usage: luaserve APP [options]
+       luaserve check APP                    load the app, print why it fails
        luaserve busted [busted options] [spec paths]
        luaserve lua FILE [args]
 
@@ -256,6 +259,13 @@ end
 local function serve(args)
   local opts, app_path = M.parse(args)
   if opts == nil then return app_path end
+  if opts.reload then
+    local child_args = {}
+    for _, a in ipairs(args) do
+      if a ~= "--reload" then child_args[#child_args + 1] = a end
+    end
+    return require("luaserve.reload").supervise(app_path, child_args)
+  end
   local log = require "luaserve.log"
   log.set_level(opts["log-level"])
   core.shared_configure(opts["shared-size"])
@@ -278,8 +288,10 @@ local function serve(args)
     header_timeout_ms = opts["timeout-header"] * 1000,
     keepalive_timeout_ms = opts["timeout-keep-alive"] * 1000,
     send_timeout_ms = opts["timeout-send"] * 1000,
+    timeout_request = opts["timeout-request"] > 0 and opts["timeout-request"] or nil,
     limit_concurrency = opts["limit-concurrency"],
     backlog = opts.backlog,
+    paused = true,   -- bound; accepting once the startup hooks are done
   })
   if not ok then   -- an option value the core refuses (--host localhost)
     io.stderr:write("luaserve: ", (tostring(srv):gsub("^[^\n]-:%d+: ", "")), "\n")
@@ -301,6 +313,15 @@ local function serve(args)
     io.stderr:write("luaserve: cannot start the sync pool: ", perr, "\n")
     return 2
   end
+  -- The app's startup hooks, before any connection is accepted.
+  local grace = opts["timeout-graceful-shutdown"]
+  local sok, serr = server.startup(app)
+  if sok then sok, serr = srv:start() end
+  if not sok then
+    srv:close()
+    io.stderr:write("luaserve: ", tostring(serr), "\n")
+    return 2
+  end
   local host, port = srv:address()
   io.stderr:write(("luaserve %s serving %s on %s://%s:%d (Ctrl+C to quit)\n")
     :format(VERSION, app_path, tls and "https" or "http",
@@ -309,9 +330,18 @@ local function serve(args)
     local st = core.pool_stats()
     log.info(("sync pool: %d threads, queue %d"):format(st.threads, st.queue_max))
   end
-  core.shutdown_on_signals(opts["timeout-graceful-shutdown"] * 1000)
+  core.shutdown_on_signals(grace * 1000)
   server.watch_blocking(opts["warn-blocking"])
   core.run()
+  -- Drained: background tasks finish, then the shutdown hooks run, each
+  -- bounded by the graceful shutdown timeout.
+  local future = require "luaserve.future"
+  future.allow_blocking(true)
+  local done = future.await(future.wait_for(server.background_done(), grace))
+  if not done then
+    log.warn(("background tasks still running after %g s: stopped"):format(grace))
+  end
+  server.shutdown(app, grace)
   log.flush()
   log.info("stopped")
   return 0
@@ -367,9 +397,28 @@ local function run_script(args)
 end
 
 
+-- `luaserve check APP`: load the app as the server would; 0, or the error
+-- with its file and line and 2.
+local function check(args)
+  if #args ~= 1 then
+    io.stderr:write("usage: luaserve check APP\n")
+    return 2
+  end
+  local app, err = M.load_app(args[1])
+  if not app then
+    io.stderr:write("luaserve: cannot load app: ", err, "\n")
+    return 2
+  end
+  return 0
+end
+
+
 function M.main(...)
   local args = { ... }
-  if args[1] == "busted" then
+  if args[1] == "check" then
+    table.remove(args, 1)
+    return check(args)
+  elseif args[1] == "busted" then
     table.remove(args, 1)
     return run_busted(args)
   elseif args[1] == "lua" then

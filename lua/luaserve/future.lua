@@ -487,6 +487,17 @@ function M.current()
 end
 
 
+--- deadline(): the loop time (core.now()) by which the running request
+-- must be answered, or nil: calls that wait (the HTTP client) take no
+-- longer than what is left of it.
+function M.deadline()
+  local task = current
+  if task == nil then return nil end
+  local root = task._root or task
+  return root._deadline
+end
+
+
 --- The task resumed last: after an entry from the loop that blocked it,
 -- the likely culprit (see server.watch_blocking).
 function M.last_task()
@@ -502,9 +513,12 @@ local blocking_ok = false   -- set by the test helpers and pool states
 
 
 --- Allow await outside a task, by running the loop until the future is
--- done (pool threads; scripts and specs at top level).
+-- done (pool threads; scripts and specs at top level; startup and
+-- shutdown hooks). Returns the setting before.
 function M.allow_blocking(on)
+  local was = blocking_ok
   blocking_ok = on
+  return was
 end
 
 

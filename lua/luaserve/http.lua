@@ -24,7 +24,9 @@
 -- Timeouts (seconds, see M.DEFAULTS): connect_timeout (DNS and connect),
 -- send_timeout and read_timeout (each send, each wait for bytes), and
 -- timeout: the deadline of the whole call, redirects and the retry
--- included. Connections are kept alive in a pool per host and port (the
+-- included; a call made by a request that has a deadline (--timeout-request
+-- or a route's timeout) ends by then at the latest. Connections are kept
+-- alive in a pool per host and port (the
 -- luaserve.tcp pool: keepalive_timeout seconds idle, at most pool_size idle
 -- connections per host and port); one goes back only after a complete
 -- response that allows it. A request that fails on a pooled connection
@@ -454,9 +456,13 @@ end
 
 
 -- The body of a request's task: tries, the retry, redirects.
-local function run(method, url, o, body)
+local function run(method, url, o, body, request_deadline)
   local timeout = opt(o, "timeout")
   local deadline = timeout and timeout > 0 and now() + timeout or nil
+  -- A call made by a request with a deadline ends by then at the latest.
+  if request_deadline and (deadline == nil or request_deadline < deadline) then
+    deadline = request_deadline
+  end
   local st = {}
   local remove = on_cancel(function()
     local s = st.sock
@@ -535,7 +541,7 @@ function M.request(o)
   end
   local _, err = parse_url(url)
   if err then return resolved(nil, err) end
-  return spawn(run, method, url, o, body):future()
+  return spawn(run, method, url, o, body, future.deadline()):future()
 end
 local request = M.request
 

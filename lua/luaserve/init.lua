@@ -30,6 +30,16 @@ M.resolved = future.resolved
 M.is_future = future.is_future
 M.on_cancel = future.on_cancel
 
+--- time_left(): seconds left before the running request's deadline
+-- (--timeout-request or its route's timeout), or nil when it has none.
+-- The HTTP client bounds its calls by it; give it to other waits too.
+function M.time_left()
+  local d = future.deadline()
+  if d == nil then return nil end
+  local left = d - require("luaserve.core").now()
+  return left > 0 and left or 0
+end
+
 -- the thread pool and what every state shares
 local sync = require "luaserve.sync"
 M.sync = sync.sync

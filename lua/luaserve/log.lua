@@ -72,8 +72,10 @@ local flusher = { _done = false, resolve = function(self) flush_timer = nil flus
 function M.access(req, status, nbytes, seconds)
   if threshold > LEVELS.info then return end
   local client = req.client
-  local s = format("%s - \"%s %s\" %d %d %.2fms\n", client.host or "-",
-    req.method, req.target, status, nbytes, seconds * 1000)
+  local rid = req.request_id
+  local s = format("%s - \"%s %s\" %d %d %.2fms%s\n", client.host or "-",
+    req.method, req.target, status, nbytes, seconds * 1000,
+    rid and " id=" .. rid or "")
   nbuf = nbuf + 1
   buf[nbuf] = s
   bytes = bytes + #s

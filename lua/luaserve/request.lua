@@ -177,9 +177,27 @@ function M.new(conn, method, target, headers, body, scheme)
     -- size once, not grown (rehashed) as they are added.
     _task = false,
     _route = false,
+    _t0 = 0,
     route = false,
     params = false,
+    app = false,
   }, Request)
+end
+
+
+--- req:after_response(fn, ...): run fn(...) once the response is written:
+-- a detached task, not cancelled when the client leaves, logged if it
+-- raises, awaited by graceful shutdown (up to its timeout). Unlike
+-- spawn_detached, which starts at once, it waits for the answer to reach
+-- the client. From async code (handlers, middleware).
+function Request:after_response(fn, ...)
+  if type(fn) ~= "function" then
+    error("after_response: expected a function, got " .. type(fn), 2)
+  end
+  local list = rawget(self, "_background")
+  if list == nil then list = {} self._background = list end
+  list[#list + 1] = { fn, n = select("#", ...) + 1, ... }
+  return self
 end
 
 M.Request = Request

@@ -31,9 +31,52 @@ M.Response = Response
 -- write(chunk) sends one chunk and gives true, or nil, "closed" once the
 -- client is gone; it yields while the client is slower than the stream
 -- (back-pressure), so a stream never piles up in memory.
+-- background = fn: run fn() after the response is written (see
+-- req:after_response).
 function M.new(t)
   if type(t) ~= "table" then error("Response: expected a table", 2) end
   return setmetatable(t, Response)
+end
+
+
+local lower = string.lower
+
+
+--- res:header(name): the value of a header, any case; nil if absent.
+function Response:header(name)
+  local h = self.headers
+  if h == nil then return nil end
+  local v = h[name]
+  if v ~= nil then return v end
+  name = lower(name)
+  for k, x in pairs(h) do
+    if lower(k) == name then return x end
+  end
+end
+
+
+--- res:set_header(name, value): set a header, replacing it in any case (a
+-- nil value removes it). Returns res.
+function Response:set_header(name, value)
+  local h = self.headers
+  if h == nil then h = {} self.headers = h end
+  local l = lower(name)
+  for k in pairs(h) do
+    if k ~= name and lower(k) == l then h[k] = nil end
+  end
+  h[name] = value
+  if l == "content-type" then self.content_type = nil end
+  return self
+end
+
+
+--- object(status, body, ctype, headers, stream, background): the response
+-- as an object (what call_next gives a middleware): body a string,
+-- headers a table.
+function M.object(status, body, ctype, headers, stream, background)
+  return setmetatable({ status = status, body = body, content_type = ctype,
+    headers = headers or {}, stream = stream, background = background,
+    _normal = true }, Response)
 end
 
 
@@ -63,8 +106,10 @@ end
 
 
 --- normalize(a, b, c): status, body, content_type (nil if the headers carry
--- one), headers, stream (a streamed Response's function), from a handler's
--- return values.
+-- one), headers, stream (a streamed Response's function), background (a
+-- Response's), from a handler's return values. A response object a
+-- middleware changed (res.body a string, res.content_type) goes through
+-- as it is.
 function M.normalize(a, b, c)
   local ta = type(a)
   if ta == "string" then return 200, a, TEXT, nil end
@@ -77,16 +122,16 @@ function M.normalize(a, b, c)
           error("Response: stream must be a function(write)", 0)
         end
         local headers = a.headers
-        local ctype = a.content_type or TEXT
+        local ctype = a.content_type or (not a._normal and TEXT or nil)
         if header_ctype(headers) then ctype = nil end
-        return a.status or 200, "", ctype, headers, stream
+        return a.status or 200, "", ctype, headers, stream, a.background
       end
       local body, ctype = encode_body(a.body)
       local headers = a.headers
-      if a.content_type then ctype = a.content_type end
+      if a.content_type or a._normal then ctype = a.content_type end
       if header_ctype(headers) then ctype = nil end
       if bodyless(a.status) then body = "" end
-      return a.status or 200, body, ctype, headers
+      return a.status or 200, body, ctype, headers, nil, a.background
     end
     return 200, json.encode(a), JSON, nil
   end

@@ -1,12 +1,24 @@
 -- luaserve.server: serves an app on the core. The core calls dispatch()
 -- once per parsed request, with a handle of the request (a number the core
 -- checks: once the request is over it names nothing); each request runs as
--- a task (a coroutine) that matches the route, runs the handler, turns its
--- result into a response and hands it back to the core. When the client
--- goes away the core calls abort() from the loop, which cancels the
--- request's task and everything it waits on.
+-- a task (a coroutine) that walks one pipeline:
+--
+--   match the route (req.route, req.params; or a 404/405/422 to answer)
+--   -> the app's middleware, outermost first, each around call_next
+--   -> the endpoint: the route's body limit, its deadline (a 504 when the
+--      handler is late: its task is cancelled with all it awaits), its
+--      dependencies (req.deps), the handler or the pool hand-off of a sync
+--      route, the router's 404/405/422
+--   -> errors become answers through the app's exception handlers
+--   -> the answer goes to the core (whole or streamed)
+--   -> the dependencies' cleanups, the background tasks once the last
+--      byte is written, the access log line.
+--
+-- When the client goes away the core calls abort() from the loop, which
+-- cancels the request's task and everything it waits on.
 
 local core = require "luaserve.core"
+local errors = require "luaserve.errors"
 local future = require "luaserve.future"
 local request = require "luaserve.request"
 local response = require "luaserve.response"
@@ -18,12 +30,21 @@ local start = future.start
 local drain = future.drain
 local on_error = future.on_error
 local current = future.current
+local spawn = future.spawn
+local spawn_detached = future.spawn_detached
+local wait_for = future.wait_for
+local sleep = future.sleep
+local on_cancel = future.on_cancel
+local co_resume = future.coroutine_resume
 local new_request = request.new
 local normalize = response.normalize
+local to_object = response.object
 local is_sync = sync.is_sync
 local run_sync = sync.run_request
 local from_error = response.from_error
 local is_http_error = response.is_http_error
+local new_http_error = errors.new
+local HTTPError = errors.HTTPError
 local respond = core.respond
 local respond_start = core.respond_start
 local write_chunk = core.write_chunk
@@ -32,10 +53,15 @@ local new_future = future.new
 local await = future.await
 local release = core.release
 local hrtime = core.hrtime
+local now = core.now
 local xpcall = xpcall
 local pcall = pcall
 local type = type
 local tostring = tostring
+local getmetatable = getmetatable
+local select = select
+local unpack = unpack
+local sort = table.sort
 
 local M = {}
 
@@ -50,41 +76,278 @@ future.set_logger(log.error)
 
 
 -- The log line for a handler error: method, path, route and traceback.
-local function log_handler_error(req, route, err)
+local function log_handler_error(req, err, what)
   -- The traceback down to the handler; the framework's frames say nothing.
-  err = tostring(err):gsub("\n%s*%[C%]: in function 'xpcall'.*$", "")
-  log.error(("%s %s (route %s): %s"):format(req.method, req.path,
-    route and route.path or "-", tostring(err)))
+  err = tostring(err):gsub("\n[^\n]*luaserve/server%.lua:%d+:.*$", "")
+    :gsub("\n%s*%[C%]: in function 'xpcall'.*$", "")
+  log.error(("%s %s (route %s)%s: %s"):format(req.method, req.path,
+    req.route or "-", what or "", err))
 end
 
 
--- Match the route and run its handler: status, body, content type,
--- headers. Raises what the handler raises (HTTPError included).
-local function run_route(app, req, max_body_default)
-  local route, params, detail, extra = app:match(req.method, req.path)
-  if route == nil then
-    return params, json.encode({ detail = detail }), JSON, extra
+-- ---------------------------------------------------------------------------
+-- Errors into answers
+
+-- The handler registered for err, if any: by its class (metatable), then
+-- by its status (an HTTPError's, 500 for anything else).
+local function find_handler(handlers, err)
+  if type(err) == "table" then
+    local h = handlers[getmetatable(err) or false]
+    if h then return h end
+    if getmetatable(err) == HTTPError then return handlers[err.status] end
   end
-  req._route = route
-  req.params = params or EMPTY_PARAMS
-  req.route = route.path
-  if #req.body > (route.opts.max_body or max_body_default) then
-    return 413, '{"detail":"request body too large"}', JSON
+  return handlers[500]
+end
+
+
+--- answer_error(app, req, err): status, body, content type, headers,
+-- stream, background for an error: the app's exception handler for it, or
+-- the default (an HTTPError's status and detail; else a logged 500).
+-- Errors that are not tables (bugs) are logged even when a handler
+-- answers; a handler that raises is logged and answers 500.
+local function answer_error(app, req, err)
+  local handlers = app.handlers
+  local h = next(handlers) ~= nil and find_handler(handlers, err)
+  if type(err) ~= "table" then log_handler_error(req, err) end
+  if h then
+    local r = { xpcall(h, on_error, req, err) }
+    if r[1] then
+      local ok, status, body, ctype, headers, stream, bg = pcall(normalize,
+        r[2], r[3], r[4])
+      if ok then return status, body, ctype, headers, stream, bg end
+      r[2] = status
+    end
+    log_handler_error(req, r[2], " exception handler")
+    return 500, INTERNAL_ERROR, JSON
   end
+  if is_http_error(err) then return from_error(err) end
+  if type(err) == "table" then log_handler_error(req, tostring(err)) end
+  return 500, INTERNAL_ERROR, JSON
+end
+M.answer_error = answer_error
+
+
+-- ---------------------------------------------------------------------------
+-- The endpoint: what middleware wraps
+
+-- Dependencies: each fn(req) gives a value (and maybe a cleanup function);
+-- in the order of their names, so that a failure leaves a known set.
+local function resolve_deps(req, deps)
+  local names = {}
+  for name in pairs(deps) do names[#names + 1] = name end
+  sort(names, function(a, b) return tostring(a) < tostring(b) end)
+  local values = {}
+  req.deps = values
+  for i = 1, #names do
+    local name = names[i]
+    local value, cleanup = deps[name](req)
+    values[name] = value
+    if type(cleanup) == "function" then
+      local list = req._cleanups
+      if list == nil then list = {} req._cleanups = list end
+      list[#list + 1] = cleanup
+    end
+  end
+end
+
+
+-- The handler (after its dependencies): status, body, ctype, headers,
+-- stream, background. Raises what it raises.
+local function call_handler(req, route)
+  local deps = route.opts.deps
+  if deps then resolve_deps(req, deps) end
   local handler = route.handler
   if is_sync(handler) then return run_sync(handler, req) end   -- on the pool
   return normalize(handler(req))
 end
 
 
+local function xcall_handler(req, route)
+  return xpcall(call_handler, on_error, req, route)
+end
+
+
+local function timeout_error(req, seconds)
+  log.warn(("%s %s (route %s): the handler did not answer within %g s; its " ..
+    "work was cancelled"):format(req.method, req.path, req.route or "-", seconds))
+  return new_http_error(504, "request timed out")
+end
+
+
+-- The handler bounded by a deadline: it runs as a task of its own, and
+-- when it is late that task is cancelled (with what it awaits: sleeps,
+-- upstream calls, queued sync jobs) and the request answers 504. Calls it
+-- makes inherit what is left of the deadline (future.deadline()).
+local function call_with_deadline(req, route, seconds)
+  local task = req._task
+  -- The deadline's timer first, and the deadline read from its clock:
+  -- calls bounded by the deadline end with it, not before it (on a tie
+  -- the older timer, this one, fires first: the answer is the 504).
+  local timer = sleep(seconds)
+  task._deadline = now() + seconds
+  local t = spawn(xcall_handler, req, route)
+  local f = t:future()
+  local out = new_future(function() timer:cancel() t:cancel() end)
+  f:on_done(function(g)
+    if out._done then return end
+    out:resolve(g:result())
+    timer:cancel()   -- after: a cancelled timer is done, and would time out
+  end)
+  timer:on_done(function()
+    if out._done then return end
+    out:resolve(nil)
+    t:cancel()   -- with everything it awaits
+  end)
+  local r = { await(out) }
+  task._deadline = nil
+  if r[1] == nil then error(timeout_error(req, seconds), 0) end
+  if not r[1] then error(r[2], 0) end
+  return unpack(r, 2, 7)
+end
+
+
+-- The innermost step: the router's answer, or the route's handler within
+-- the route's body limit and deadline. Raises what the handler raises.
+local function endpoint(ctx, req)
+  local route = req._route
+  if not route then
+    local m = req._nomatch
+    error(new_http_error(m[1], m[2], m[3]), 0)
+  end
+  local opts = route.opts
+  if #req.body > (opts.max_body or ctx.max_body) then
+    error(new_http_error(413, "request body too large"), 0)
+  end
+  local seconds = opts.timeout or ctx.timeout
+  if seconds then return call_with_deadline(req, route, seconds) end
+  return call_handler(req, route)
+end
+
+
+-- ---------------------------------------------------------------------------
+-- Middleware
+
+-- An error inside call_next becomes an answer there, so that the
+-- middleware outside it see a response object like any other.
+local function endpoint_object(ctx, req)
+  local r = { xpcall(endpoint, on_error, ctx, req) }
+  if r[1] then return to_object(r[2], r[3], r[4], r[5], r[6], r[7]) end
+  return to_object(answer_error(ctx.app, req, r[2]))
+end
+
+
+-- A middleware's answer as a response object.
+local function as_object(req, i, a, b, c)
+  if type(a) == "table" and getmetatable(a) == response.Response and a._normal then
+    return a
+  end
+  if a == nil and b == nil then
+    error(("middleware %d returned nothing: return the response of " ..
+      "call_next(req), or your own"):format(i), 0)
+  end
+  return to_object(normalize(a, b, c))
+end
+
+
+-- The chain of call_next functions for the app's middleware, made once
+-- (no closure per request): chain[i](req) runs middleware i around
+-- chain[i + 1]; the last one calls the endpoint.
+local function build_chain(ctx)
+  local mw = ctx.app.middleware
+  local chain = {}
+  chain[#mw + 1] = function(req) return endpoint_object(ctx, req) end
+  for i = #mw, 1, -1 do
+    local fn, nxt = mw[i], chain[i + 1]
+    chain[i] = function(req) return as_object(req, i, fn(req, nxt)) end
+  end
+  ctx.app._chain = chain
+  return chain
+end
+
+
+-- Status, body, ctype, headers, stream, background: through the middleware
+-- when the app has any, else straight from the endpoint.
+local function run_pipeline(ctx, req)
+  local app = ctx.app
+  if #app.middleware == 0 then return endpoint(ctx, req) end
+  local chain = app._chain or build_chain(ctx)
+  return normalize(chain[1](req))
+end
+
+
+-- ---------------------------------------------------------------------------
+-- After the answer: cleanups, background tasks
+
+local background_running = 0
+local background_idle = nil   -- a future resolved when none is running
+
+
+local function run_background(list)
+  for i = 1, #list do
+    local b = list[i]
+    background_running = background_running + 1
+    spawn_detached(function()
+      local ok, err = xpcall(b[1], on_error, unpack(b, 2, b.n))
+      if not ok then log.error("background task failed: " .. tostring(err)) end
+      background_running = background_running - 1
+      if background_running == 0 and background_idle then
+        local f = background_idle
+        background_idle = nil
+        f:resolve(true)
+      end
+    end)
+  end
+end
+
+
+--- background_done(): a future resolved once no background task runs.
+function M.background_done()
+  if background_running == 0 then return future.resolved(true) end
+  background_idle = background_idle or new_future()
+  return background_idle
+end
+
+
+-- The dependencies' cleanups, in reverse order, in a task of their own
+-- (they may await; the request's task may be cancelled already).
+local function run_cleanups(req)
+  local list = req._cleanups
+  if not list then return end
+  req._cleanups = nil
+  spawn_detached(function()
+    for i = #list, 1, -1 do
+      local ok, err = xpcall(list[i], on_error)
+      if not ok then log_handler_error(req, err, " dependency cleanup") end
+    end
+  end)
+end
+
+
+-- What runs once the answer is written: background tasks (from
+-- req:after_response and Response{background=}).
+local function after_written(req, bg)
+  local list = req._background
+  if bg then
+    list = list or {}
+    list[#list + 1] = { bg, n = 1 }
+  end
+  if list then run_background(list) end
+end
+
+
+-- ---------------------------------------------------------------------------
+-- Answering
+
 -- A streamed response: the head, then what stream(write) writes, then the
 -- last chunk. The request stays abortable (in requests) until the end.
--- Returns the body bytes written.
-local function send_stream(requests, req, status, ctype, headers, stream)
+-- Returns the body bytes written and, when asked for and the end is not
+-- written yet, a future resolved once it is.
+local function send_stream(requests, req, status, ctype, headers, stream,
+                           want_written)
   local conn = req._conn
   local ok, started = pcall(respond_start, conn, status, ctype, headers)
   if not ok then   -- a bad header table: nothing was sent yet
-    log_handler_error(req, req._route, started)
+    log_handler_error(req, started)
     requests[conn] = nil
     respond(conn, 500, INTERNAL_ERROR, JSON)
     return 0
@@ -115,53 +378,88 @@ local function send_stream(requests, req, status, ctype, headers, stream)
   if not sok then
     -- The head is out: a 500 is no longer possible. Close without the last
     -- chunk, so the client sees a cut body, not a whole one.
-    log_handler_error(req, req._route, serr)
+    log_handler_error(req, serr)
   end
-  respond_end(conn, not sok)
-  return nbytes
+  local written = want_written and new_future() or nil
+  local _, later = respond_end(conn, not sok, written)
+  return nbytes, later and written or nil
 end
 
 
---- Build the function each request's task runs: match, handle, respond,
--- log. It never raises: any error becomes a 500 (HTTPError its status).
+-- Send a whole answer; returns the status sent and, when the answer is
+-- not written yet, a future resolved once it is.
+local function send_whole(req, status, body, ctype, headers, want_written)
+  local conn = req._conn
+  local written = want_written and new_future() or nil
+  local sent, err, later = pcall(respond, conn, status, body, ctype, headers,
+    req._close, written)
+  if not sent then   -- a bad header table: still answer
+    log_handler_error(req, err)
+    status = 500
+    respond(conn, status, INTERNAL_ERROR, JSON)
+    return status, nil
+  end
+  return status, later and written or nil
+end
+
+
+--- Build the function each request's task runs: match, the pipeline,
+-- respond, after-response work, log. It never raises: any error becomes
+-- an answer (500, or what the exception handlers say).
 local function make_handler(app, opts)
   local requests = opts.requests
   local access_log = opts.access_log ~= false
-  local max_body_default = opts.max_body or 1024 * 1024
+  local ctx = {
+    app = app,
+    max_body = opts.max_body or 1024 * 1024,
+    timeout = opts.timeout_request,
+  }
 
   return function(req)
     local conn = req._conn
-    req._task = current()
+    local task = current()
+    req._task = task
+    req.app = app
     -- The access line names the client: read it while the request holds
     -- its connection.
     if access_log then local _ = req.client end
-    local ok, status, body, ctype, headers, stream = xpcall(run_route,
-      on_error, app, req, max_body_default)
+    local route, params, detail, extra, near = app:match(req.method, req.path)
+    if route then
+      req._route = route
+      req.params = params or EMPTY_PARAMS
+      req.route = route.path
+    else
+      req.params = EMPTY_PARAMS
+      req._nomatch = { params, detail, extra }
+      if near then req.route = near.path end   -- a 422: its parameter did not convert
+    end
+    if route and route.opts.deps then   -- cleanups run even if the client leaves
+      on_cancel(function() run_cleanups(req) end)
+    end
+    local ok, status, body, ctype, headers, stream, bg = xpcall(run_pipeline,
+      on_error, ctx, req)
     if not ok then
-      if is_http_error(status) then
-        status, body, ctype, headers = from_error(status)
-      else
-        log_handler_error(req, req._route, status)
-        status, body, ctype, headers = 500, INTERNAL_ERROR, JSON, nil
-      end
+      status, body, ctype, headers, stream, bg = answer_error(app, req, status)
     end
     if requests[conn] ~= req then return end   -- aborted meanwhile
+    local nbytes, written
+    local want_written = bg or req._background
     if stream then
-      local nbytes = send_stream(requests, req, status, ctype, headers, stream)
-      if access_log then log.access(req, status, nbytes, hrtime() - req._t0) end
-      return
+      nbytes, written = send_stream(requests, req, status, ctype, headers,
+        stream, want_written)
+    else
+      requests[conn] = nil
+      status, written = send_whole(req, status, body, ctype, headers,
+        want_written)
+      nbytes = #body
     end
-    requests[conn] = nil
-    local sent, err = pcall(respond, conn, status, body, ctype, headers,
-      req._close)
-    if not sent then   -- a bad header table: still answer
-      log_handler_error(req, req._route, err)
-      status, body = 500, INTERNAL_ERROR
-      respond(conn, status, body, JSON)
+    run_cleanups(req)
+    if written then
+      written:on_done(function() after_written(req, bg) end)
+    elseif want_written then
+      after_written(req, bg)
     end
-    if access_log then
-      log.access(req, status, #body, hrtime() - req._t0)
-    end
+    if access_log then log.access(req, status, nbytes, hrtime() - req._t0) end
   end
 end
 
@@ -190,11 +488,13 @@ end
 
 
 --- serve(app, opts): listen and serve app; returns the server (with
--- :address() and :close()), or nil, err.
+-- :address(), :start() and :close()), or nil, err.
 -- opts: host, port, tls (a context from tls_context: the listener speaks
 -- TLS only), access_log, max_body, max_header_bytes, max_headers,
 -- header_timeout_ms, keepalive_timeout_ms, send_timeout_ms,
--- limit_concurrency, backlog.
+-- timeout_request (seconds a handler may take; a route's timeout option
+-- wins), limit_concurrency, backlog, paused (bound but not accepting until
+-- server:start(): the app's startup hooks run in between).
 function M.serve(app, opts)
   opts = opts or {}
   local requests = {}   -- conn -> the request being handled
@@ -202,6 +502,7 @@ function M.serve(app, opts)
     requests = requests,
     access_log = opts.access_log,
     max_body = opts.max_body,
+    timeout_request = opts.timeout_request,
   })
 
   local timed = opts.access_log ~= false
@@ -235,6 +536,7 @@ function M.serve(app, opts)
     dispatch = dispatch,
     abort = abort,
     tls = opts.tls,
+    paused = opts.paused,
     max_body = max_body,
     max_header_bytes = opts.max_header_bytes,
     max_headers = opts.max_headers,
@@ -252,5 +554,81 @@ end
 -- (PEM; default: cert), password (of the key), ca (PEM: CAs of client
 -- certificates), verify ("none", "optional" or "required").
 M.tls_context = core.tls_server_context
+
+
+-- ---------------------------------------------------------------------------
+-- Startup and shutdown
+
+-- Run fn(...) as a task to its end, the loop running meanwhile (startup
+-- and shutdown happen outside any request). true, or false, err.
+local function run_hook(fn, ...)
+  local r = { await(spawn(function(...)
+    return xpcall(fn, on_error, ...)
+  end, ...)) }
+  if r[1] then return true end
+  return false, r[2] == nil and "cancelled" or r[2]
+end
+
+
+--- startup(app): the app's startup hooks, then the first halves of its
+-- lifespans. true, or nil, err (the hook's error with its traceback);
+-- what started is shut down again before the error returns.
+function M.startup(app)
+  if #app.startup == 0 and #app.lifespans == 0 then return true end
+  local blocking = future.allow_blocking(true)
+  for i = 1, #app.startup do
+    local ok, err = run_hook(app.startup[i], app)
+    if not ok then
+      future.allow_blocking(blocking)
+      return nil, "startup hook failed: " .. tostring(err)
+    end
+  end
+  local running = {}
+  app._running = running
+  for i = 1, #app.lifespans do
+    local co = coroutine.create(app.lifespans[i])
+    local ok, err = run_hook(function()
+      local rok, rerr = co_resume(co, app)   -- awaits pass through
+      if not rok then error(rerr, 0) end
+    end)
+    if not ok then
+      M.shutdown(app, 5)
+      future.allow_blocking(blocking)
+      return nil, "lifespan failed at startup: " .. tostring(err)
+    end
+    if coroutine.status(co) == "suspended" then running[#running + 1] = co end
+  end
+  future.allow_blocking(blocking)
+  return true
+end
+
+
+--- shutdown(app, seconds): the app's shutdown hooks (in the order added),
+-- then the second halves of its lifespans (in reverse), each bounded by
+-- seconds; errors and timeouts are logged.
+function M.shutdown(app, seconds)
+  if #app.shutdown == 0 and not app._running then return end
+  local blocking = future.allow_blocking(true)
+  local function bounded(what, fn, ...)
+    local t = spawn(function(...) return xpcall(fn, on_error, ...) end, ...)
+    local ok, err = await(wait_for(t, seconds))
+    if ok == nil then
+      log.error(("%s: did not finish within %g s"):format(what, seconds))
+    elseif not ok then
+      log.error(("%s failed: %s"):format(what, tostring(err)))
+    end
+  end
+  for i = 1, #app.shutdown do bounded("shutdown hook", app.shutdown[i], app) end
+  local running = app._running or {}
+  app._running = nil
+  for i = #running, 1, -1 do
+    local co = running[i]
+    bounded("lifespan shutdown", function()
+      local ok, err = co_resume(co)
+      if not ok then error(err, 0) end
+    end)
+  end
+  future.allow_blocking(blocking)
+end
 
 return M

@@ -82,6 +82,11 @@ function M.client(app, opts)
   if o.access_log == nil then o.access_log = false end
   local srv, err = server.serve(app, o)
   if not srv then error("testing.client: cannot listen: " .. tostring(err), 2) end
+  local ok, serr = server.startup(app)   -- the app's startup hooks, first
+  if not ok then
+    srv:close()
+    error("testing.client: " .. tostring(serr), 2)
+  end
   local host, port = srv:address()
   return setmetatable({ server = srv, host = host, port = port, app = app,
     scheme = o.tls and "https" or "http", _pooled = pooled }, Client)
@@ -154,9 +159,10 @@ for _, m in ipairs({ "get", "post", "put", "patch", "delete", "head", "options" 
 end
 
 
---- client:close(): stop the server.
+--- client:close(): stop the server, then run the app's shutdown hooks.
 function Client:close()
   self.server:close()
+  server.shutdown(self.app, 10)
   if self._pooled then
     self._pooled = false
     require("luaserve.core").pool_stop()
