@@ -48,20 +48,49 @@ static int check_level(lua_State *L, int idx) {
 }
 
 
+/* One deflate stream per runtime for whole bodies, reset between uses:
+ * deflateInit allocates and clears some 256 KB, which would cost more than
+ * compressing a small answer. Freed with the runtime. */
+typedef struct {
+  z_stream z;
+  int level;
+} whole_t;
+
+
+void ls__compress_free(ls_runtime_t *rt) {
+  whole_t *w = rt->gzip;
+  if (w == NULL)
+    return;
+  deflateEnd(&w->z);
+  free(w);
+  rt->gzip = NULL;
+}
+
+
 /* gzip(data[, level]): data compressed into one gzip member. */
 int ls__lua_gzip(lua_State *L) {
+  ls_runtime_t *rt = LS__RT(L);
   size_t len;
   const char *data = luaL_checklstring(L, 1, &len);
   int level = check_level(L, 2);
-  z_stream z;
-  memset(&z, 0, sizeof(z));
-  if (deflateInit2(&z, level, Z_DEFLATED, GZIP_WINDOW, 8,
-                   Z_DEFAULT_STRATEGY) != Z_OK)
-    return luaL_error(L, "gzip: out of memory");
+  whole_t *w = rt->gzip;
+  if (w && w->level != level)
+    ls__compress_free(rt);
+  if (rt->gzip == NULL) {
+    w = calloc(1, sizeof(*w));
+    if (w == NULL || deflateInit2(&w->z, level, Z_DEFLATED, GZIP_WINDOW, 8,
+                                  Z_DEFAULT_STRATEGY) != Z_OK) {
+      free(w);
+      return luaL_error(L, "gzip: out of memory");
+    }
+    w->level = level;
+    rt->gzip = w;
+  } else {
+    deflateReset(&w->z);
+  }
   luaL_Buffer b;
   luaL_buffinit(L, &b);
-  int r = deflate_into(&z, data, len, Z_FINISH, &b);
-  deflateEnd(&z);
+  int r = deflate_into(&w->z, data, len, Z_FINISH, &b);
   if (r != 0)
     return luaL_error(L, "gzip: deflate failed (%d)", r);
   luaL_pushresult(&b);

@@ -44,6 +44,7 @@ struct ls_runtime_s {
   void *pool;          /* the thread pool (main state) or NULL */
   void *stopping_pools; /* pools stopped from Lua, finishing (pool.c) */
   void *shared;        /* the shared dictionary, or NULL */
+  void *gzip;          /* compress.c's reusable deflate stream, or NULL */
   int is_pool_state;   /* 1 in a pool thread's state */
   int log_level;       /* 1 debug, 2 info, 3 warn, 4 error (luaserve.log's) */
   char *lua_dir;       /* the framework's Lua folder (pool states need it) */
@@ -491,6 +492,7 @@ int ls__lua_gzip(lua_State *L);            /* compress.c: gzip(data, level) */
 int ls__lua_gunzip(lua_State *L);          /* compress.c: gunzip(data, max) */
 int ls__lua_deflater(lua_State *L);        /* compress.c: deflater(level) */
 void ls__compress_open(lua_State *L);      /* compress.c: metatables */
+void ls__compress_free(ls_runtime_t *rt);  /* compress.c: exit path */
 int ls__lua_random_hex(lua_State *L);      /* random.c: random_hex(n) */
 int ls__lua_spawn(lua_State *L);           /* proc.c: spawn(file, args, on_exit) */
 int ls__lua_watch(lua_State *L);           /* proc.c: watch(path, on_change) */

@@ -500,6 +500,7 @@ void ls_runtime_free(ls_runtime_t *rt) {
     uv_loop_close(rt->loop);
   }
   ls__shared_release(rt);
+  ls__compress_free(rt);
   free(rt->slots);
   free(rt->read_buf);
   free(rt->lua_dir);

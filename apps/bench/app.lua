@@ -7,6 +7,19 @@ local await, sleep = luaserve.await, luaserve.sleep
 
 local app = luaserve.app()
 
+-- Not part of the contract: what tests/bench/middleware.sh measures.
+-- LUASERVE_BENCH_MIDDLEWARE=N adds N no-op middleware; LUASERVE_BENCH_GZIP=1
+-- the GZip middleware (for /json-big, a 2 KB JSON answer).
+for _ = 1, tonumber(os.getenv("LUASERVE_BENCH_MIDDLEWARE") or "0") do
+  app:use(function(req, call_next) return call_next(req) end)
+end
+if os.getenv("LUASERVE_BENCH_GZIP") == "1" then
+  app:use(require("luaserve.middleware").gzip())
+end
+local BIG = {}
+for i = 1, 40 do BIG[i] = { id = i, name = "item " .. i, tags = { "a", "b" } } end
+app:get("/json-big", function() return { items = BIG } end)
+
 local TEXT = { ["Content-Type"] = "text/plain" }
 
 app:get("/plaintext", function()
