@@ -14,15 +14,17 @@ PORT ?= 8080
 # (TEST_PACKAGES), the benchmarks (BENCH_PACKAGES).
 PACKAGES = gcc make pkg-config luajit2 libluajit2-5.1-dev libuv1-dev \
            node-llhttp lua-cjson lua-busted libssl-dev openssl \
-           ca-certificates zlib1g-dev
-TEST_PACKAGES = python3 curl nodejs nghttp2-client wrk
+           ca-certificates zlib1g-dev libwslay-dev
+TEST_PACKAGES = python3 curl nodejs nghttp2-client wrk python3-websockets \
+                node-ws
 BENCH_PACKAGES = wrk
 
 CC ?= cc
 CFLAGS ?= -O2 -g
 WARN = -Wall -Wextra -Wshadow -Wno-unused-parameter
 PKG_CFLAGS = $(shell pkg-config --cflags luajit libuv openssl zlib 2>/dev/null)
-PKG_LIBS = $(shell pkg-config --libs luajit libuv openssl zlib 2>/dev/null)
+# Debian's libwslay-dev ships no pkg-config file.
+PKG_LIBS = $(shell pkg-config --libs luajit libuv openssl zlib 2>/dev/null) -lwslay
 
 # SAN=1: AddressSanitizer + UndefinedBehaviorSanitizer, built apart.
 ifeq ($(SAN),1)
@@ -52,7 +54,8 @@ CORE_SRCS = core/buf.c \
             core/stream.c \
             core/tcp.c \
             core/timer.c \
-            core/tls.c
+            core/tls.c \
+            core/ws.c
 LLHTTP_SRCS = $(LLHTTP_DIR)/api.c $(LLHTTP_DIR)/http.c $(LLHTTP_DIR)/llhttp.c
 
 CORE_OBJS = $(patsubst core/%.c,$(BUILD)/core/%.o,$(CORE_SRCS))

@@ -23,6 +23,8 @@ typedef struct {
   size_t header_bytes;      /* status line + headers so far */
   unsigned nheaders;
   int is_head;              /* the request was HEAD: no body follows */
+  int stream;               /* hand the body out as it comes (p:take) */
+  int head_done;            /* stream mode: the final head is in */
   int last_was_value;       /* header callbacks: last span was a value */
   int complete;             /* the final response is in */
   int keep_alive;           /* the connection may carry another request */
@@ -115,7 +117,11 @@ static int on_headers_complete(llhttp_t *p) {
   if (p->status_code >= 100 && p->status_code < 200)
     return 0;
   if (r->is_head)
-    return 1;
+    return r->stream ? (r->head_done = 1, 1) : 1;
+  if (r->stream) {   /* the caller takes the head now, the body as it comes */
+    r->head_done = 1;
+    return HPE_PAUSED;
+  }
   if ((p->flags & F_CONTENT_LENGTH) && p->content_length > r->max_body)
     return fail(p, "too large");
   return 0;
@@ -124,7 +130,7 @@ static int on_headers_complete(llhttp_t *p) {
 
 static int on_body(llhttp_t *p, const char *at, size_t n) {
   ls_resp_t *r = p->data;
-  if (r->body.len + n > r->max_body)
+  if (!r->stream && r->body.len + n > r->max_body)
     return fail(p, "too large");
   if (ls__buf_append(&r->body, at, n))
     return fail(p, "out of memory");
@@ -160,10 +166,14 @@ static ls_resp_t *check_resp(lua_State *L) {
 }
 
 
-/* p:reset(is_head, max_body): ready for the response to a new request. */
+/* p:reset(is_head, max_body, stream): ready for the response to a new
+ * request. With stream true, execute() stops once the head is in ("head")
+ * and the body is taken in pieces (p:take()) instead of collected. */
 static int resp_reset(lua_State *L) {
   ls_resp_t *r = check_resp(L);
   r->is_head = lua_toboolean(L, 2);
+  r->stream = lua_toboolean(L, 4);
+  r->head_done = 0;
   lua_Number max = luaL_optnumber(L, 3, 1024.0 * 1024 * 1024);
   r->max_body = max < 0 ? 0 : max >= (lua_Number)SIZE_MAX ? SIZE_MAX
                                                          : (size_t)max;
@@ -195,6 +205,15 @@ static int resp_execute(lua_State *L) {
   if (e == HPE_OK) {
     lua_pushboolean(L, 0);
     return 1;
+  }
+  if (e == HPE_PAUSED && r->stream && r->head_done && !r->complete) {
+    /* Stream mode: the head is in; what follows it is the caller's to
+     * feed again (execute) once it has taken the head. */
+    const char *pos = llhttp_get_error_pos(&r->parser);
+    llhttp_resume(&r->parser);
+    lua_pushliteral(L, "head");
+    lua_pushinteger(L, (lua_Integer)(pos ? pos - data : (ptrdiff_t)len));
+    return 2;
   }
   if (e == HPE_PAUSED && r->complete) {
     const char *pos = llhttp_get_error_pos(&r->parser);
@@ -276,7 +295,33 @@ int ls__lua_response_parser(lua_State *L) {
 }
 
 
+/* p:head(): status, headers of a response whose head is in (stream mode). */
+static int resp_head(lua_State *L) {
+  ls_resp_t *r = check_resp(L);
+  if (!r->head_done && !r->complete)
+    return luaL_error(L, "response_parser: the head is not in yet");
+  lua_pushinteger(L, r->status);
+  ls__http_push_headers(L, r->raw.data, (const ls_hdr_t *)r->hdrs.data,
+                        r->nheaders);
+  return 2;
+}
+
+
+/* p:take(): the body bytes parsed since the last take (stream mode), and
+ * whether the response is complete (then keep_alive as a third value). */
+static int resp_take(lua_State *L) {
+  ls_resp_t *r = check_resp(L);
+  lua_pushlstring(L, r->body.data ? r->body.data : "", r->body.len);
+  r->body.len = 0;
+  lua_pushboolean(L, r->complete);
+  lua_pushboolean(L, r->keep_alive);
+  return 3;
+}
+
+
 static const luaL_Reg resp_methods[] = {
+  {"head", resp_head},
+  {"take", resp_take},
   {"reset", resp_reset},
   {"execute", resp_execute},
   {"finish", resp_finish},

@@ -394,10 +394,13 @@ int ls__http_format_head(lua_State *L, ls_conn_t *c, int status,
     p = put_uint(p, body_len);
     p = PUT_LIT(p, "\r\n");
   }
-  if (!c->keepalive || c->server->draining)
+  if (status == 101) {
+    /* Switching protocols: the headers say Connection: Upgrade */
+  } else if (!c->keepalive || c->server->draining) {
     p = PUT_LIT(p, "Connection: close\r\n");
-  else if (c->parser.http_minor == 0)
+  } else if (c->parser.http_minor == 0) {
     p = PUT_LIT(p, "Connection: keep-alive\r\n");
+  }
   c->out.len = (size_t)(p - c->out.data);
   if (headers) {
     lua_pushnil(L);

@@ -281,6 +281,35 @@ void *ls__tls_check_context(lua_State *L, int idx);
 void ls__tls_context_ref(void *ctx);
 void ls__tls_context_unref(void *ctx);
 
+/* ---- ws.c: WebSocket on a stream ---------------------------------------- */
+
+typedef struct ls_ws_s ls_ws_t;
+
+/* What a ws needs of the stream's owner. */
+typedef struct {
+  void (*close)(void *owner);   /* close the transport (once) */
+} ls_ws_owner_t;
+
+/* ls__ws_new: a ws on stream (server or client side), its userdata pushed;
+ * opts is the stack index of its options (0: none). NULL on out of memory
+ * (nothing pushed). The owner forwards its stream events to it. */
+ls_ws_t *ls__ws_new(lua_State *L, ls_stream_t *stream, int server, int opts,
+                    const ls_ws_owner_t *owner, void *owner_data);
+/* The owner's stream events, in WebSocket mode. */
+void ls__ws_on_read(ls_ws_t *ws, const char *data, size_t len);
+void ls__ws_on_end(ls_ws_t *ws, int err);
+void ls__ws_on_drain(ls_ws_t *ws, int status);
+void ls__ws_on_timeout(ls_ws_t *ws);
+/* ls__ws_transport_closed: the owner's stream is closed (the ws frees
+ * itself once Lua has let go of it). */
+void ls__ws_transport_closed(ls_ws_t *ws);
+/* ls__ws_free: release everything (the exit path, or via the above). */
+void ls__ws_free(ls_ws_t *ws);
+/* ls__ws_clean: both close frames went through (a clean end). */
+int ls__ws_clean(const ls_ws_t *ws);
+/* ls__ws_going_away: start the close handshake with 1001 (shutdown). */
+void ls__ws_going_away(ls_ws_t *ws);
+
 /* ---- server.c: listeners, connections, reads, writes, timeouts ---------- */
 
 /* Limits and timeouts of one server; set from Lua at listen time. */
@@ -306,9 +335,10 @@ typedef struct {
 
 /* IDLE: between requests; READING: a request's bytes are arriving; BUSY: a
  * request is in Lua; LINGER: answered an error, draining input before the
- * close; CLOSING: handles closing. Only IDLE and READING parse. */
+ * close; WS: upgraded, the bytes are a WebSocket's (ws.c); CLOSING: handles
+ * closing. Only IDLE and READING parse. */
 enum { LS_CONN_IDLE, LS_CONN_READING, LS_CONN_BUSY, LS_CONN_CLOSING,
-       LS_CONN_LINGER };
+       LS_CONN_LINGER, LS_CONN_WS };
 
 /* A client connection. Allocated apart from Lua, which knows it by a
  * checked handle (a slot); freed when its stream is closed, Lua no longer
@@ -349,12 +379,14 @@ typedef struct ls_conn_s {
   uint16_t peer_port;       /* the client's address, read once at accept */
   char peer_host[46];       /* (INET6_ADDRSTRLEN); "" if unknown */
   int drain_ref;            /* target waiting for the write queue, or 0 */
+  ls_ws_t *ws;              /* in WebSocket mode: the protocol, or NULL */
   ls_buf_t written_refs;    /* int targets waiting for answers to be
                                written (background tasks), oldest first */
   unsigned notify_abort : 1;   /* tell Lua the client went away */
   unsigned notify_closed : 1;  /* wake drain_ref with nil, "closed" */
   unsigned notify_process : 1; /* parse pipelined bytes */
   unsigned notify_written : 1; /* resolve written_refs (true or "closed") */
+  unsigned notify_ws_early : 1; /* feed the ws what came after the upgrade */
 } ls_conn_t;
 
 struct ls_server_s {
@@ -494,6 +526,11 @@ int ls__lua_deflater(lua_State *L);        /* compress.c: deflater(level) */
 void ls__compress_open(lua_State *L);      /* compress.c: metatables */
 void ls__compress_free(ls_runtime_t *rt);  /* compress.c: exit path */
 int ls__lua_random_hex(lua_State *L);      /* random.c: random_hex(n) */
+void ls__random_bytes(void *buf, size_t len); /* random.c: not for secrets */
+int ls__lua_ws_accept_key(lua_State *L);   /* ws.c: ws_accept_key(key) */
+int ls__lua_base64(lua_State *L);          /* ws.c: base64(data) */
+int ls__lua_ws_accept(lua_State *L);       /* server.c: ws_accept(handle, headers, opts) */
+void ls__ws_open(lua_State *L);            /* ws.c: metatables */
 int ls__lua_spawn(lua_State *L);           /* proc.c: spawn(file, args, on_exit) */
 int ls__lua_watch(lua_State *L);           /* proc.c: watch(path, on_change) */
 int ls__lua_scandir(lua_State *L);         /* proc.c: scandir(path) */

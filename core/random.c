@@ -1,4 +1,5 @@
-/* random.c: random identifiers for Lua (request ids): xoshiro256** per
+/* random.c: random identifiers for Lua (request ids) and WebSocket masks:
+ * xoshiro256** per
  * thread, seeded from the kernel (getrandom) on first use, so ids differ
  * between processes and threads. Not for secrets. */
 #include <stdint.h>
@@ -37,6 +38,18 @@ static uint64_t next64(void) {
   state[2] ^= t;
   state[3] = rotl(state[3], 45);
   return result;
+}
+
+
+void ls__random_bytes(void *buf, size_t len) {
+  unsigned char *p = buf;
+  while (len > 0) {
+    uint64_t v = next64();
+    size_t n = len < 8 ? len : 8;
+    memcpy(p, &v, n);
+    p += n;
+    len -= n;
+  }
 }
 
 

@@ -370,6 +370,9 @@ static const luaL_Reg core_functions[] = {
   {"gunzip", ls__lua_gunzip},
   {"deflater", ls__lua_deflater},
   {"random_hex", ls__lua_random_hex},
+  {"ws_accept_key", ls__lua_ws_accept_key},
+  {"base64", ls__lua_base64},
+  {"ws_accept", ls__lua_ws_accept},
   {"spawn", ls__lua_spawn},
   {"watch", ls__lua_watch},
   {"scandir", ls__lua_scandir},
@@ -412,6 +415,7 @@ static int core_open(lua_State *L) {
   ls__tls_open(L);
   ls__compress_open(L);
   ls__proc_open(L);
+  ls__ws_open(L);
   return 1;
 }
 

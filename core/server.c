@@ -109,6 +109,12 @@ static void conn_on_notify(ls_defer_t *d) {
     if (c->state == LS_CONN_IDLE || c->state == LS_CONN_READING)
       conn_process(c);
   }
+  if (c->notify_ws_early) {   /* frames the client sent with its upgrade */
+    c->notify_ws_early = 0;
+    if (c->ws && c->state == LS_CONN_WS && c->pending.len)
+      ls__ws_on_read(c->ws, c->pending.data, c->pending.len);
+    ls__buf_free(&c->pending);
+  }
   c->in_notify = 0;
   conn_maybe_free(c);
 }
@@ -125,7 +131,10 @@ void ls__conn_close(ls_conn_t *c) {
   ls_server_t *s = c->server;
   if (c->state == LS_CONN_CLOSING)
     return;
-  int was_busy = c->state == LS_CONN_BUSY;
+  /* A request in Lua is cancelled when its client leaves; a WebSocket's
+   * too, unless its close handshake went through (the handler goes on). */
+  int was_busy = c->state == LS_CONN_BUSY ||
+                 (c->state == LS_CONN_WS && !(c->ws && ls__ws_clean(c->ws)));
   c->state = LS_CONN_CLOSING;
   if (c->prev) c->prev->next = c->next; else s->conns = c->next;
   if (c->next) c->next->prev = c->prev;
@@ -150,6 +159,10 @@ void ls__conn_close(ls_conn_t *c) {
 static void conn_on_close(ls_stream_t *st) {
   ls_conn_t *c = CONN(st);
   c->stream_open = 0;
+  if (c->ws) {
+    ls__ws_transport_closed(c->ws);
+    c->ws = NULL;
+  }
   conn_maybe_free(c);
 }
 
@@ -158,6 +171,10 @@ static void conn_on_close(ls_stream_t *st) {
  * ends, or lingering: close. A client that reads nothing: close. */
 static void conn_on_timeout(ls_stream_t *st, int kind) {
   ls_conn_t *c = CONN(st);
+  if (c->ws && kind == LS_TIMEOUT_DEADLINE) {
+    ls__ws_on_timeout(c->ws);
+    return;
+  }
   if (kind == LS_TIMEOUT_SEND) {
     ls__log_at(c->rt, 2, "info", "send timeout: %s:%u took no bytes for %.0f s; "
                "connection closed", c->peer_host, c->peer_port,
@@ -174,8 +191,11 @@ static void conn_on_timeout(ls_stream_t *st, int kind) {
 /* The end of the client's input (EOF, reset) closes: a request in Lua is
  * cancelled. */
 static void conn_on_end(ls_stream_t *st, int err) {
-  (void)err;
-  ls__conn_close(CONN(st));
+  ls_conn_t *c = CONN(st);
+  if (c->ws)
+    ls__ws_on_end(c->ws, err);   /* it closes the connection */
+  else
+    ls__conn_close(c);
 }
 
 
@@ -236,6 +256,10 @@ int ls__conn_write(ls_conn_t *c, uv_buf_t *bufs, unsigned nbufs) {
  * the keep-alive timer starts now, and reading goes on. */
 static void conn_on_drain(ls_stream_t *st, int status) {
   ls_conn_t *c = CONN(st);
+  if (c->ws) {
+    ls__ws_on_drain(c->ws, status);
+    return;
+  }
   if (status < 0) {   /* the client is gone */
     ls__conn_close(c);
     return;
@@ -323,6 +347,8 @@ void ls__conn_request_done(ls_conn_t *c) {
     conn_maybe_free(c);
     return;
   }
+  if (c->state == LS_CONN_WS)
+    return;   /* the WebSocket closes the connection after its handshake */
   if (!c->keepalive || c->server->draining) {
     if (c->pending.len > 0)   /* unread pipelined bytes: avoid an RST */
       ls__conn_linger(c);
@@ -427,6 +453,10 @@ static void conn_process(ls_conn_t *c) {
 
 static void conn_on_read(ls_stream_t *st, const char *data, size_t len) {
   ls_conn_t *c = CONN(st);
+  if (c->ws) {
+    ls__ws_on_read(c->ws, data, len);
+    return;
+  }
   if (c->state == LS_CONN_CLOSING || c->state == LS_CONN_LINGER)
     return;   /* lingering: what the client still sends is discarded */
   size_t used = 0;
@@ -515,6 +545,53 @@ static void server_on_connection(uv_stream_t *listener, int status) {
    * timeout, not the keep-alive one: a client that connects and sends
    * nothing is a slow sender. */
   ls__stream_deadline(&c->stream, s->lim.header_timeout);
+}
+
+
+static void conn_ws_close(void *owner) {
+  ls__conn_close(owner);
+}
+
+
+static const ls_ws_owner_t conn_ws_owner = { conn_ws_close };
+
+
+/* ws_accept(handle, headers, opts): answer the request 101 Switching
+ * Protocols with headers (Upgrade, Connection, Sec-WebSocket-Accept, ...)
+ * and make the connection a WebSocket (ws.c; opts are its options). The
+ * request stays Lua's until release(handle); the connection closes after
+ * the close handshake. A ws userdata, or nil, "closed". */
+int ls__lua_ws_accept(lua_State *L) {
+  ls_conn_t *c = ls__conn_lookup(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (c == NULL || c->lua_holds == 0 || c->state != LS_CONN_BUSY || c->streaming) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "closed");
+    return 2;
+  }
+  int err = ls__http_format_head(L, c, 101, NULL, 0, 0, 2);
+  uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
+  if (err == 0)
+    err = ls__conn_write(c, &b, 1);
+  c->out.len = 0;
+  ls_ws_t *ws = err ? NULL
+                    : ls__ws_new(L, &c->stream, 1, lua_istable(L, 3) ? 3 : 0,
+                                 &conn_ws_owner, c);
+  if (ws == NULL) {
+    ls__conn_close(c);
+    lua_pushnil(L);
+    lua_pushliteral(L, "closed");
+    return 2;
+  }
+  c->ws = ws;
+  c->state = LS_CONN_WS;
+  c->keepalive = 0;
+  if (c->pending.len) {   /* frames that came with the request: from the loop */
+    c->notify_ws_early = 1;
+    conn_notify(c);
+  }
+  ls__stream_read_start(&c->stream);
+  return 1;
 }
 
 

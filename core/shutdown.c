@@ -57,6 +57,10 @@ static void on_signal(uv_signal_t *h, int signum) {
     ls_conn_t *c = s->conns, *next;
     for (; c; c = next) {
       next = c->next;
+      if (c->ws) {   /* a WebSocket: goodbye (1001); it closes after that */
+        ls__ws_going_away(c->ws);
+        continue;
+      }
       if (c->state != LS_CONN_IDLE || c->pending.len > 0)
         continue;   /* a request in flight: its answer closes it */
       if (ls__stream_queued(&c->stream) > 0)

@@ -43,6 +43,7 @@ typedef struct {
   int wait;                 /* WAIT_*: what the deadline means */
   int resolving;            /* getaddrinfo in flight */
   int closed;               /* close() called: the stream is closing */
+  ls_ws_t *ws;              /* a WebSocket took the socket over, or NULL */
   int stream_open;          /* until the stream's on_close */
   const char *close_why;    /* what closed targets hear ("closed") */
 } ls_tcp_t;
@@ -147,6 +148,10 @@ static void tcp_wait(ls_tcp_t *s, int what, double ms) {
 
 static void tcp_on_read(ls_stream_t *st, const char *data, size_t len) {
   ls_tcp_t *s = TCP(st);
+  if (s->ws) {
+    ls__ws_on_read(s->ws, data, len);
+    return;
+  }
   if (s->wait == WAIT_IDLE) {
     /* While idle anything from the peer means the connection cannot carry
      * another request. */
@@ -176,6 +181,10 @@ static const char *end_message(ls_tcp_t *s, int err, char *buf, size_t n) {
 static void tcp_on_end(ls_stream_t *st, int err) {
   ls_tcp_t *s = TCP(st);
   char msg[200];
+  if (s->ws) {
+    ls__ws_on_end(s->ws, err);
+    return;
+  }
   if (s->wait == WAIT_IDLE) {
     tcp_idle_end(s);
     lua_pushliteral(s->rt->L, "closed");
@@ -190,6 +199,10 @@ static void tcp_on_end(ls_stream_t *st, int err) {
 
 static void tcp_on_drain(ls_stream_t *st, int status) {
   ls_tcp_t *s = TCP(st);
+  if (s->ws) {
+    ls__ws_on_drain(s->ws, status);
+    return;
+  }
   if (status < 0) {
     char msg[200];
     int ref = s->drain_ref;
@@ -205,6 +218,10 @@ static void tcp_on_drain(ls_stream_t *st, int status) {
 
 static void tcp_on_timeout(ls_stream_t *st, int kind) {
   ls_tcp_t *s = TCP(st);
+  if (s->ws && kind == LS_TIMEOUT_DEADLINE) {
+    ls__ws_on_timeout(s->ws);
+    return;
+  }
   if (kind == LS_TIMEOUT_SEND) {   /* a write made no progress: closed */
     int ref = s->drain_ref;
     s->drain_ref = LUA_NOREF;
@@ -258,6 +275,10 @@ static void tcp_on_handshake(ls_stream_t *st, int err) {
 static void tcp_on_close(ls_stream_t *st) {
   ls_tcp_t *s = TCP(st);
   s->stream_open = 0;
+  if (s->ws) {
+    ls__ws_transport_closed(s->ws);
+    s->ws = NULL;
+  }
   tcp_maybe_free(s);
 }
 
@@ -433,6 +454,40 @@ static int tcp_tls(lua_State *L) {
   s->hs_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   tcp_wait(s, WAIT_HANDSHAKE, timeout_ms);
   lua_pushboolean(L, 1);
+  return 1;
+}
+
+
+static void tcp_ws_close(void *owner) {
+  tcp_close(owner, NULL);
+}
+
+
+static const ls_ws_owner_t tcp_ws_owner = { tcp_ws_close };
+
+
+/* sock:ws_attach(early, opts): the socket becomes a WebSocket's (client
+ * side), after its handshake; early is what was read past the 101's head.
+ * A ws userdata (keep this socket's userdata alive as long as it), or nil,
+ * err. The socket's own methods are done with. */
+static int tcp_ws_attach(lua_State *L) {
+  ls_tcp_t *s = check_tcp(L);
+  size_t elen;
+  const char *early = luaL_optlstring(L, 2, "", &elen);
+  if (s == NULL || s->closed || s->stream.eof)
+    return ls__push_error(L, UV_EOF);
+  if (s->ws || s->wait != WAIT_NONE || s->read_ref != LUA_NOREF)
+    return luaL_error(L, "tcp: ws_attach on a busy socket");
+  ls_ws_t *ws = ls__ws_new(L, &s->stream, 0, lua_istable(L, 3) ? 3 : 0,
+                           &tcp_ws_owner, s);
+  if (ws == NULL)
+    return ls__push_error(L, UV_ENOMEM);
+  s->ws = ws;
+  int err = ls__stream_read_start(&s->stream);
+  if (err)
+    return ls__push_error(L, err);
+  if (elen)
+    ls__ws_on_read(ws, early, elen);   /* frames that came with the 101 */
   return 1;
 }
 
@@ -624,6 +679,7 @@ static const luaL_Reg tcp_methods[] = {
   {"cancel_read", tcp_cancel_read},
   {"tls", tcp_tls},
   {"tls_info", tcp_tls_info},
+  {"ws_attach", tcp_ws_attach},
   {"set_idle", tcp_set_idle},
   {"clear_idle", tcp_clear_idle},
   {"close", tcp_close_lua},

@@ -21,6 +21,7 @@ external_dependencies = {
   LUAJIT = { header = "luajit-2.1/luajit.h" },
   OPENSSL = { header = "openssl/ssl.h" },
   ZLIB = { header = "zlib.h" },
+  WSLAY = { header = "wslay/wslay.h" },
 }
 build = {
   type = "make",
@@ -55,9 +56,11 @@ build = {
       ["luaserve.response"] = "lua/luaserve/response.lua",
       ["luaserve.server"] = "lua/luaserve/server.lua",
       ["luaserve.shared"] = "lua/luaserve/shared.lua",
+      ["luaserve.sse"] = "lua/luaserve/sse.lua",
       ["luaserve.sync"] = "lua/luaserve/sync.lua",
       ["luaserve.tcp"] = "lua/luaserve/tcp.lua",
       ["luaserve.testing"] = "lua/luaserve/testing.lua",
+      ["luaserve.websocket"] = "lua/luaserve/websocket.lua",
     },
   },
 }

@@ -372,6 +372,72 @@ app:get("/state", function(req)
 end, { deps = { clock = get_clock } })
 
 
+-- ---- Long-lived connections: WebSockets, Server-Sent Events, streams -----
+
+-- Echo: every message back as it came (text or binary).
+app:websocket("/ws/echo", function(ws)
+  for msg, kind in ws:messages() do
+    await(ws:send(msg, kind))
+  end
+end)
+
+-- A chat room: every message goes to everyone in the room, the sender
+-- included; joins and leaves are announced. One Lua table per room: the
+-- members are this process's connections.
+local rooms = {}
+
+local function broadcast(room, text)
+  for member in pairs(room) do
+    member:send(text)   -- not awaited: one slow member must not hold the rest
+  end
+end
+
+app:websocket("/ws/chat/{room}", function(ws, req)
+  local name = req.params.room
+  local room = rooms[name] or {}
+  rooms[name] = room
+  local who = req.query.name or ("guest-" .. require("luaserve.core").random_hex(2))
+  room[ws] = true
+  broadcast(room, ("* %s joined #%s"):format(who, name))
+  for msg in ws:messages() do
+    broadcast(room, who .. ": " .. msg)
+  end
+  room[ws] = nil
+  if next(room) == nil then rooms[name] = nil end
+  broadcast(room, ("* %s left #%s"):format(who, name))
+end)
+
+-- Server-Sent Events: a counter every second, with ids; a client that
+-- reconnects with Last-Event-ID goes on from there.
+app:get("/events", function(req)
+  local last = tonumber(req.headers["last-event-id"]) or 0
+  local count = tonumber(req.query.count)
+  return luaserve.sse(function(send)
+    local i = last
+    while not count or i < last + count do
+      i = i + 1
+      if not send{ id = i, event = "tick", data = { n = i, at = os.time() } } then return end
+      await(sleep(tonumber(req.query.every) or 1))
+    end
+  end)
+end)
+
+-- A proxy that streams: the upstream's body goes through piece by piece,
+-- never whole in memory (http.get with stream = true, res:chunks()).
+app:get("/proxy-stream", function(req)
+  local url = req.query.url or own_url(req, "/events?count=3&every=0.2")
+  local res, err = await(http.get(url, { stream = true }))
+  if not res then return 502, { detail = "upstream failed: " .. err } end
+  return luaserve.Response{ status = res.status,
+    content_type = res.headers["content-type"] or "application/octet-stream",
+    stream = function(write)
+      for chunk in res:chunks() do
+        if not write(chunk) then res:close() return end
+      end
+    end }
+end)
+
+
 app:get("/", function(req)
   local routes = {}
   for _, r in ipairs(app.routes) do routes[#routes + 1] = r.method .. " " .. r.path end

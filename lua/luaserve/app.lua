@@ -285,6 +285,23 @@ for _, m in ipairs(METHODS) do
 end
 
 
+--- app:websocket(path, handler, opts): a WebSocket route: handler(ws, req)
+-- runs as the request's task once the handshake is done (see
+-- luaserve.websocket). Routed like any GET route (typed parameters,
+-- groups, middleware around the handshake). opts: subprotocols (a list,
+-- in preference order), max_message (bytes, default 1 MiB), ping_interval,
+-- ping_timeout, close_timeout (seconds), deflate (default true).
+function App:websocket(path, handler, opts)
+  if type(handler) ~= "function" then
+    error("websocket " .. tostring(path) .. ": the handler must be a function(ws, req)", 2)
+  end
+  opts = opts or {}
+  local route = self:route("GET", path, handler, opts)
+  route.websocket = true
+  return route
+end
+
+
 -- The Allow header: a set of methods, with HEAD when GET is there.
 local function allow_header(allowed)
   local list = {}
@@ -378,6 +395,11 @@ end
 
 function Group:group(prefix)
   return self.app:group(self.prefix .. prefix)
+end
+
+
+function Group:websocket(path, handler, opts)
+  return self.app:websocket(self.prefix .. path, handler, opts)
 end
 
 

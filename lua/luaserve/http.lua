@@ -275,15 +275,162 @@ end
 local read_response = M.read_response
 
 
--- ---------------------------------------------------------------------------
--- Requests
-
+-- An option of a call, or its default.
 local function opt(o, k)
   local v = o[k]
   if v == nil then v = M.DEFAULTS[k] end
   return v
 end
 
+
+-- ---------------------------------------------------------------------------
+-- Streamed responses (opts.stream): the head at once, the body on demand
+
+local StreamResponse = {}
+StreamResponse.__index = StreamResponse
+StreamResponse.__name = "luaserve.http.StreamResponse"
+M.StreamResponse = StreamResponse
+
+
+function StreamResponse.__tostring(r)
+  return format("luaserve.http.StreamResponse (%d, %s)", r.status,
+    r._done and "read" or "reading")
+end
+
+
+-- The body is over (or abandoned): the connection goes back to the pool
+-- when it may, else it is closed; the parser goes back too.
+local function stream_finish(r, keep)
+  if r._done then return end
+  r._done = true
+  local sock = r._sock
+  r._sock = nil
+  if keep and opt(r._o, "keepalive") ~= false then
+    sock:setkeepalive(opt(r._o, "keepalive_timeout"), opt(r._o, "pool_size"))
+  else
+    sock:close()
+  end
+  give_parser(r._p)
+  r._p = nil
+end
+
+
+-- The next piece of the body; nil at its end; nil, err on failure.
+local function stream_read(r)
+  local sock, p = r._sock, r._p
+  local remove = on_cancel(function() stream_finish(r, false) end)
+  local result, err
+  while true do
+    local data = r._left
+    r._left = nil
+    if data == nil then
+      local e
+      data, e = await(sock:receive())
+      if data == nil then
+        if e == "closed" then
+          if p:finish() then   -- a body the close ends
+            local body = p:take()
+            stream_finish(r, false)
+            result = body ~= "" and body or nil
+            break
+          end
+        end
+        stream_finish(r, false)
+        err = (e == "timeout" or sub(e, 1, 4) == "tls:") and e or "closed"
+        break
+      end
+    end
+    local ok, extra = p:execute(data)
+    if ok == nil then
+      stream_finish(r, false)
+      err = extra
+      break
+    end
+    local body, complete, keep = p:take()
+    if complete then stream_finish(r, keep and extra == 0) end
+    if body ~= "" then result = body break end
+    if complete then break end
+  end
+  if remove then remove() end
+  if err then return nil, err end
+  return result
+end
+
+
+--- res:read(): a future of the next piece of the body as it arrives, of
+-- nil at its end, or of nil, err. Nothing more is read from the socket
+-- until it is called (back-pressure).
+function StreamResponse:read()
+  if self._done and self._left == nil then return resolved(nil) end
+  if self._reading then error("http: a read of this response is already waiting", 2) end
+  self._reading = true
+  local f = spawn(function()
+    local chunk, err = stream_read(self)
+    self._reading = false
+    return chunk, err
+  end):future()
+  return f
+end
+
+
+--- res:chunks(): an iterator over the body's pieces (each step awaits);
+-- it ends at the end of the body; res.error says why it ended early.
+function StreamResponse:chunks()
+  return function()
+    local chunk, err = await(self:read())
+    if chunk == nil then self.error = err return nil end
+    return chunk
+  end
+end
+
+
+--- res:close(): stop reading; the connection is closed.
+function StreamResponse:close()
+  if not self._done then stream_finish(self, false) end
+end
+
+
+-- Read a response's head in stream mode: a StreamResponse, or nil, err,
+-- got_bytes.
+local function read_stream_head(sock, method, deadline, o)
+  local p = take_parser()
+  p:reset(method == "HEAD", nil, true)
+  local read_timeout = sock.read_timeout
+  local got = false
+  while true do
+    local t = cap(read_timeout, deadline)
+    if t == nil then give_parser(p) return nil, "timeout", got end
+    sock.read_timeout = t
+    local chunk, err = await(sock:receive())
+    sock.read_timeout = read_timeout
+    if chunk == nil then
+      give_parser(p)
+      if err ~= "timeout" and err ~= "cancelled" and sub(err, 1, 4) ~= "tls:" then
+        err = "closed"
+      end
+      return nil, err, got
+    end
+    got = true
+    local state, n = p:execute(chunk)
+    if state == nil then give_parser(p) return nil, n, got end
+    if state == "head" or state == true then
+      local status, headers = p:head()
+      local r = setmetatable({ status = status, headers = setmetatable(headers,
+        headers_mt), _sock = sock, _p = p, _o = o, _done = false }, StreamResponse)
+      if state == "head" then
+        r._left = sub(chunk, n + 1)
+      else   -- complete already (a HEAD's answer): n bytes came after it
+        local _, _, keep = p:take()
+        stream_finish(r, keep and n == 0)
+      end
+      return r
+    end
+  end
+end
+
+
+-- ---------------------------------------------------------------------------
+-- Requests
 
 -- Raise (at the caller's level) on a header that would break the request.
 local function check_headers(h, level)
@@ -419,6 +566,16 @@ local function attempt(st, u, raw, method, o, deadline, fresh)
     st.sock = nil
     return nil, short_error(serr), reused and stale(serr, false)
   end
+  if o.stream then
+    local res, rerr, got = read_stream_head(sock, method, deadline, o)
+    if not res then
+      sock:close()
+      st.sock = nil
+      return nil, rerr, reused and stale(rerr, got)
+    end
+    st.sock = nil
+    return res
+  end
   local status, headers, body, keep = read_response(sock, {
     head = method == "HEAD",
     max_body = opt(o, "max_body"),
@@ -488,6 +645,7 @@ local function run(method, url, o, body, request_deadline)
     if not res or redirects <= 0 or not REDIRECT[res.status] then break end
     local loc = res.headers.location
     if not loc then break end
+    if res.close then res:close() end   -- a streamed redirect's body: dropped
     redirects = redirects - 1
     url = resolve_location(u, loc)
     if res.status == 303 or ((res.status == 301 or res.status == 302) and

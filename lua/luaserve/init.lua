@@ -49,6 +49,7 @@ M.pool = { stats = require("luaserve.core").pool_stats }
 -- responses and errors
 M.HTTPError = errors.new
 M.Response = response.new
+M.sse = require("luaserve.sse").response
 M.null = json.null
 M.json = json
 

@@ -73,10 +73,10 @@ end
 --- object(status, body, ctype, headers, stream, background): the response
 -- as an object (what call_next gives a middleware): body a string,
 -- headers a table.
-function M.object(status, body, ctype, headers, stream, background)
+function M.object(status, body, ctype, headers, stream, background, websocket)
   return setmetatable({ status = status, body = body, content_type = ctype,
     headers = headers or {}, stream = stream, background = background,
-    _normal = true }, Response)
+    websocket = websocket, _normal = true }, Response)
 end
 
 
@@ -107,7 +107,8 @@ end
 
 --- normalize(a, b, c): status, body, content_type (nil if the headers carry
 -- one), headers, stream (a streamed Response's function), background (a
--- Response's), from a handler's return values. A response object a
+-- Response's), websocket (a handshake's session), from a handler's return
+-- values. A response object a
 -- middleware changed (res.body a string, res.content_type) goes through
 -- as it is.
 function M.normalize(a, b, c)
@@ -125,6 +126,9 @@ function M.normalize(a, b, c)
         local ctype = a.content_type or (not a._normal and TEXT or nil)
         if header_ctype(headers) then ctype = nil end
         return a.status or 200, "", ctype, headers, stream, a.background
+      end
+      if a.websocket then   -- a handshake's 101: the session follows
+        return 101, "", nil, a.headers, nil, nil, a.websocket
       end
       local body, ctype = encode_body(a.body)
       local headers = a.headers

@@ -25,6 +25,7 @@ local response = require "luaserve.response"
 local json = require "luaserve.json"
 local log = require "luaserve.log"
 local sync = require "luaserve.sync"
+local websocket = require "luaserve.websocket"
 
 local start = future.start
 local drain = future.drain
@@ -152,11 +153,17 @@ end
 
 
 -- The handler (after its dependencies): status, body, ctype, headers,
--- stream, background. Raises what it raises.
+-- stream, background, websocket. Raises what it raises. A WebSocket
+-- route's answer is the checked handshake's 101; its session follows it.
 local function call_handler(req, route)
   local deps = route.opts.deps
   if deps then resolve_deps(req, deps) end
   local handler = route.handler
+  if route.websocket then
+    local headers, session = websocket.handshake(req, route.opts)
+    session.handler = handler
+    return 101, "", nil, headers, nil, nil, session
+  end
   if is_sync(handler) then return run_sync(handler, req) end   -- on the pool
   return normalize(handler(req))
 end
@@ -202,7 +209,7 @@ local function call_with_deadline(req, route, seconds)
   task._deadline = nil
   if r[1] == nil then error(timeout_error(req, seconds), 0) end
   if not r[1] then error(r[2], 0) end
-  return unpack(r, 2, 7)
+  return unpack(r, 2, 8)
 end
 
 
@@ -231,7 +238,7 @@ end
 -- middleware outside it see a response object like any other.
 local function endpoint_object(ctx, req)
   local r = { xpcall(endpoint, on_error, ctx, req) }
-  if r[1] then return to_object(r[2], r[3], r[4], r[5], r[6], r[7]) end
+  if r[1] then return to_object(r[2], r[3], r[4], r[5], r[6], r[7], r[8]) end
   return to_object(answer_error(ctx.app, req, r[2]))
 end
 
@@ -372,7 +379,7 @@ local function send_stream(requests, req, status, ctype, headers, stream,
     if done then return true end
     return await(f)   -- the socket is full: wait until it drains
   end
-  local sok, serr = xpcall(stream, on_error, write)
+  local sok, serr = xpcall(stream, on_error, write, req)
   if requests[conn] ~= req then return nbytes end   -- aborted meanwhile
   requests[conn] = nil
   if not sok then
@@ -383,6 +390,30 @@ local function send_stream(requests, req, status, ctype, headers, stream,
   local written = want_written and new_future() or nil
   local _, later = respond_end(conn, not sok, written)
   return nbytes, later and written or nil
+end
+
+
+-- A WebSocket session after its handshake was answered 101: the route's
+-- handler(ws, req) in the request's task; the connection closes with 1000
+-- when it returns, 1011 (and a log line naming the route) when it raises.
+-- The client vanishing cancels the task like any request's.
+local function run_session(requests, req, session, headers)
+  local conn = req._conn
+  local ud = core.ws_accept(conn, headers, session.core)
+  if ud then
+    local ws = websocket._wrap(ud, session.subprotocol)
+    local ok, err = xpcall(session.handler, on_error, ws, req)
+    if ok then
+      await(ws:close(1000))
+    else
+      log_handler_error(req, err, " websocket")
+      await(ws:close(1011, "server error"))
+    end
+  end
+  if requests[conn] == req then
+    requests[conn] = nil
+    release(conn)
+  end
 end
 
 
@@ -436,7 +467,7 @@ local function make_handler(app, opts)
     if route and route.opts.deps then   -- cleanups run even if the client leaves
       on_cancel(function() run_cleanups(req) end)
     end
-    local ok, status, body, ctype, headers, stream, bg = xpcall(run_pipeline,
+    local ok, status, body, ctype, headers, stream, bg, ws = xpcall(run_pipeline,
       on_error, ctx, req)
     if not ok then
       status, body, ctype, headers, stream, bg = answer_error(app, req, status)
@@ -444,7 +475,10 @@ local function make_handler(app, opts)
     if requests[conn] ~= req then return end   -- aborted meanwhile
     local nbytes, written
     local want_written = bg or req._background
-    if stream then
+    if ws and status == 101 then
+      run_session(requests, req, ws, headers)
+      nbytes = 0
+    elseif stream then
       nbytes, written = send_stream(requests, req, status, ctype, headers,
         stream, want_written)
     else

@@ -159,6 +159,20 @@ for _, m in ipairs({ "get", "post", "put", "patch", "delete", "head", "options" 
 end
 
 
+--- client:websocket(path, opts): a WebSocket to path on this client's
+-- server (luaserve.websocket.connect; wss without verification when the
+-- server is HTTPS), or nil, err. Awaits inside a task; outside one it runs
+-- the loop until connected.
+function Client:websocket(path, opts)
+  local o = {}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  if self.scheme == "https" and o.verify == nil then o.verify = false end
+  local url = ("%s://%s:%d%s"):format(self.scheme == "https" and "wss" or "ws",
+    self.host, self.port, path)
+  return await(require("luaserve.websocket").connect(url, o))
+end
+
+
 --- client:close(): stop the server, then run the app's shutdown hooks.
 function Client:close()
   self.server:close()
