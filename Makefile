@@ -14,15 +14,15 @@ PORT ?= 8080
 # (TEST_PACKAGES), the benchmarks (BENCH_PACKAGES).
 PACKAGES = gcc make pkg-config luajit2 libluajit2-5.1-dev libuv1-dev \
            node-llhttp lua-cjson lua-busted libssl-dev openssl \
-           ca-certificates
-TEST_PACKAGES = python3 curl nodejs nghttp2-client wrk
-BENCH_PACKAGES = wrk
+           ca-certificates libpq-dev libhiredis-dev
+TEST_PACKAGES = python3 curl nodejs nghttp2-client wrk postgresql redis-server
+BENCH_PACKAGES = wrk postgresql python3-asyncpg
 
 CC ?= cc
 CFLAGS ?= -O2 -g
 WARN = -Wall -Wextra -Wshadow -Wno-unused-parameter
-PKG_CFLAGS = $(shell pkg-config --cflags luajit libuv openssl 2>/dev/null)
-PKG_LIBS = $(shell pkg-config --libs luajit libuv openssl 2>/dev/null)
+PKG_CFLAGS = $(shell pkg-config --cflags luajit libuv openssl libpq hiredis 2>/dev/null)
+PKG_LIBS = $(shell pkg-config --libs luajit libuv openssl libpq hiredis 2>/dev/null)
 
 # SAN=1: AddressSanitizer + UndefinedBehaviorSanitizer, built apart.
 ifeq ($(SAN),1)
@@ -40,7 +40,11 @@ CORE_SRCS = core/buf.c \
             core/copy.c \
             core/http.c \
             core/main.c \
+            core/pg.c \
+            core/pgquery.c \
+            core/pgresult.c \
             core/pool.c \
+            core/redis.c \
             core/respond.c \
             core/runtime.c \
             core/server.c \

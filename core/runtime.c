@@ -383,6 +383,10 @@ static const luaL_Reg core_functions[] = {
   {"shared_flush_all", ls__lua_shared_flush_all},
   {"shared_stats", ls__lua_shared_stats},
   {"shared_configure", ls__lua_shared_configure},
+  {"pg_connect", ls__lua_pg_connect},
+  {"pg_init", ls__lua_pg_init},
+  {"redis_reader", ls__lua_redis_reader},
+  {"redis_format", ls__lua_redis_format},
   {NULL, NULL},
 };
 
@@ -401,6 +405,8 @@ static int core_open(lua_State *L) {
   ls__client_open(L);
   ls__pool_open(L);
   ls__tls_open(L);
+  ls__pg_open(L);
+  ls__redis_open(L);
   return 1;
 }
 
