@@ -651,7 +651,12 @@ function Listener:next()
   local f = new_future(stop_waiting)
   f._c = c
   local ch, payload, pid = c:notification(f)
-  if ch == true then ch, payload, pid = await(f) end
+  if ch == true then
+    -- the task cancelled while it waits: the listener closes with it
+    local remove = on_cancel(function() self:close() end)
+    ch, payload, pid = await(f)
+    if remove then remove() end
+  end
   if type(ch) ~= "string" then
     self.err = payload or "closed"
     self:close()

@@ -492,7 +492,10 @@ function Subscription:next()
       end
     end
     local out = {}
+    -- the task cancelled while it waits: the subscription closes with it
+    local remove = on_cancel(function() self:close() end)
     local ok, err = read_replies(self.sock, self.reader, out, 1, 1)
+    if remove then remove() end
     if not ok then
       self.err = err
       self:close()
