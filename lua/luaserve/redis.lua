@@ -271,7 +271,10 @@ local function exchange(c, payload, n)
   local out
   for try = 1, 2 do
     local sock, extra = connect(c, try == 1)
-    if not sock then err = extra break end
+    if not sock then
+      ok, err = nil, extra
+      break
+    end
     st.sock = sock
     out = {}
     local reader = take_reader()
