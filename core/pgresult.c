@@ -288,7 +288,7 @@ void ls__pg_push_error(lua_State *L, const PGresult *r, const char *fallback) {
 }
 
 
-/* Push the rows table of a PGRES_TUPLES_OK or PGRES_COMMAND_OK result. */
+/* Push the rows of a PGRES_TUPLES_OK or PGRES_COMMAND_OK result. */
 void ls__pg_push_rows(lua_State *L, const PGresult *r) {
   int nrows = PQntuples(r), ncols = PQnfields(r);
   const pg_type_t *ct[64], **colt = ct;
@@ -300,16 +300,22 @@ void ls__pg_push_rows(lua_State *L, const PGresult *r) {
       return;
     }
   }
-  lua_createtable(L, nrows, 4);
+  /* rows: an array (it encodes as a JSON array); what describes it is in
+   * its metatable, which is its own __index: rows.affected, rows.command,
+   * rows.columns, rows.types. */
+  lua_createtable(L, nrows, 0);
   int rows = lua_gettop(L);
+  lua_createtable(L, 0, 6);
+  int meta = rows + 1;
+  lua_pushvalue(L, meta);
+  lua_setfield(L, meta, "__index");
   const char *tuples = PQcmdTuples((PGresult *)r);
   lua_pushnumber(L, *tuples ? strtod(tuples, NULL) : 0);
-  lua_setfield(L, rows, "affected");
+  lua_setfield(L, meta, "affected");
   lua_pushstring(L, PQcmdStatus((PGresult *)r));
-  lua_setfield(L, rows, "command");
-  /* columns and types; the names stay on the stack for the rows */
-  lua_createtable(L, ncols, 0);
-  lua_createtable(L, ncols, 0);
+  lua_setfield(L, meta, "command");
+  lua_createtable(L, ncols, 0);   /* columns: rows + 2 */
+  lua_createtable(L, ncols, 0);   /* types: rows + 3 */
   int has_json = 0;
   for (int c = 0; c < ncols; c++) {
     const pg_type_t *t = find_type(PQftype(r, c));
@@ -317,25 +323,26 @@ void ls__pg_push_rows(lua_State *L, const PGresult *r) {
     if (t->dec == DEC_JSON)
       has_json = 1;
     lua_pushstring(L, PQfname(r, c));
-    lua_rawseti(L, rows + 1, c + 1);
+    lua_rawseti(L, rows + 2, c + 1);
     if (t->name)
       lua_pushstring(L, t->name);
     else
       lua_pushinteger(L, (lua_Integer)PQftype(r, c));
-    lua_rawseti(L, rows + 2, c + 1);
+    lua_rawseti(L, rows + 3, c + 1);
   }
+  lua_setfield(L, meta, "types");
   lua_pushvalue(L, rows + 2);
-  lua_setfield(L, rows, "types");
-  lua_pushvalue(L, rows + 1);
-  lua_setfield(L, rows, "columns");
+  lua_setfield(L, meta, "columns");
   if (has_json) {   /* Lua decodes these columns */
     lua_pushboolean(L, 1);
-    lua_setfield(L, rows, "_json");
+    lua_setfield(L, meta, "_json");
   }
-  lua_pop(L, 1);   /* types */
+  lua_pushvalue(L, meta);
+  lua_setmetatable(L, rows);
+  /* stack: rows, meta, columns; the names go on top for the rows */
   for (int c = 0; c < ncols; c++)
-    lua_rawgeti(L, rows + 1, c + 1);
-  int names = rows + 2;   /* the first of the name strings */
+    lua_rawgeti(L, rows + 2, c + 1);
+  int names = rows + 3;   /* the first of the name strings */
   for (int i = 0; i < nrows; i++) {
     lua_createtable(L, 0, ncols);
     for (int c = 0; c < ncols; c++) {

@@ -298,6 +298,10 @@ app:get("/counter", function(req)
 end)
 
 
+-- PostgreSQL and Redis: a notes API, a rate limit, /db/slow (notes.lua).
+require("notes")(app)
+
+
 app:get("/", function(req)
   local routes = {}
   for _, r in ipairs(app.routes) do routes[#routes + 1] = r.method .. " " .. r.path end

@@ -7,6 +7,10 @@
 --   local rows, err = await(db:query("select id, name from users where id = $1", id))
 --   rows[1].name, rows.affected, rows.columns[1], rows.types[1]
 --
+-- rows is an array of rows (tables keyed by column name); what describes
+-- it (affected, command, columns, types) is reached through its metatable,
+-- so `return rows` from a handler answers a JSON array.
+--
 -- Parameters are bound by libpq ($1, $2, ...), never put into the SQL
 -- text: nil and pg.null are NULL, booleans, numbers and strings go as
 -- text, a table as JSON, pg.array{...} as a PostgreSQL array, pg.bytea(s)
@@ -229,7 +233,7 @@ end
 -- Decode the json columns C left as text.
 local function finish_rows(rows)
   if rows._json then
-    rows._json = nil
+    getmetatable(rows)._json = nil
     local cols, types = rows.columns, rows.types
     for c = 1, #cols do
       if JSON_TYPES[types[c]] then
