@@ -20,6 +20,8 @@ external_dependencies = {
   LIBUV = { header = "uv.h" },
   LUAJIT = { header = "luajit-2.1/luajit.h" },
   OPENSSL = { header = "openssl/ssl.h" },
+  LIBPQ = { header = "postgresql/libpq-fe.h" },
+  HIREDIS = { header = "hiredis/hiredis.h" },
 }
 build = {
   type = "make",
@@ -44,6 +46,8 @@ build = {
       ["luaserve.http"] = "lua/luaserve/http.lua",
       ["luaserve.json"] = "lua/luaserve/json.lua",
       ["luaserve.log"] = "lua/luaserve/log.lua",
+      ["luaserve.pg"] = "lua/luaserve/pg.lua",
+      ["luaserve.redis"] = "lua/luaserve/redis.lua",
       ["luaserve.request"] = "lua/luaserve/request.lua",
       ["luaserve.response"] = "lua/luaserve/response.lua",
       ["luaserve.server"] = "lua/luaserve/server.lua",
