@@ -41,6 +41,7 @@ build = {
       ["luaserve"] = "lua/luaserve/init.lua",
       ["luaserve.app"] = "lua/luaserve/app.lua",
       ["luaserve.cli"] = "lua/luaserve/cli.lua",
+      ["luaserve.dbpool"] = "lua/luaserve/dbpool.lua",
       ["luaserve.errors"] = "lua/luaserve/errors.lua",
       ["luaserve.future"] = "lua/luaserve/future.lua",
       ["luaserve.http"] = "lua/luaserve/http.lua",

@@ -43,6 +43,7 @@
 -- a pool made in a sync function's module lives in that pool thread.
 
 local core = require "luaserve.core"
+local dbpool = require "luaserve.dbpool"
 local future = require "luaserve.future"
 local json = require "luaserve.json"
 
@@ -51,7 +52,6 @@ local resolved = future.resolved
 local await = future.await
 local spawn = future.spawn
 local on_cancel = future.on_cancel
-local wait_for = future.wait_for
 local Semaphore = future.Semaphore
 local pg_connect = core.pg_connect
 local now = core.now
@@ -371,12 +371,8 @@ end
 -- fresh: a new one, not an idle one. The permit is held until release.
 local function acquire(pool, st, fresh)
   local sem = pool.sem
-  if sem.free > 0 or not pool.acquire_timeout or pool.acquire_timeout <= 0 then
-    await(sem:acquire())
-  else
-    local ok = await(wait_for(sem:acquire(), pool.acquire_timeout))
-    if not ok then return nil, "pool timeout" end
-  end
+  local ok, err = dbpool.acquire(sem, pool.acquire_timeout)
+  if not ok then return nil, err end
   st.permit = true
   local idle = pool.idle
   while not fresh do
@@ -605,19 +601,7 @@ function Listener:close()
   local conn = self.conn
   self.conn = nil
   if conn then conn.c:close(true) end
-  local guard = self.guard
-  self.guard = nil
-  if guard and not guard._done then guard._cancel = nil guard:resolve() end
-end
-
-
--- The listener ends with the task (the request) that iterates it: a
--- child task waits on a future whose cancellation closes it.
-local function tie_to_task(self)
-  if future.current() == nil then return end
-  local guard = new_future(function() self:close() end)
-  self.guard = guard
-  spawn(await, guard)
+  dbpool.untie(self)
 end
 
 
@@ -628,7 +612,7 @@ function Listener:_start()
   if self.closed then conn.c:close() return nil, "closed" end
   local ok, lerr = simple(conn, "LISTEN " .. quote_ident(self.channel))
   if not ok then return nil, lerr end
-  tie_to_task(self)
+  dbpool.tie(self)   -- it ends with the task (request) iterating it
   return true
 end
 
@@ -655,11 +639,8 @@ function Listener:next()
   local f = new_future(stop_waiting)
   f._c = c
   local ch, payload, pid = c:notification(f)
-  if ch == true then
-    -- the task cancelled while it waits: the listener closes with it
-    local remove = on_cancel(function() self:close() end)
-    ch, payload, pid = await(f)
-    if remove then remove() end
+  if ch == true then   -- cancelled while it waits: the listener closes
+    ch, payload, pid = dbpool.wait(self, await, f)
   end
   if type(ch) ~= "string" then
     self.err = payload or "closed"

@@ -31,16 +31,15 @@
 -- retried once on a new one.
 
 local core = require "luaserve.core"
+local dbpool = require "luaserve.dbpool"
 local future = require "luaserve.future"
 local json = require "luaserve.json"
 local tcp = require "luaserve.tcp"
 
-local new_future = future.new
 local resolved = future.resolved
 local await = future.await
 local spawn = future.spawn
 local on_cancel = future.on_cancel
-local wait_for = future.wait_for
 local Semaphore = future.Semaphore
 local format_command = core.redis_format
 local new_reader = core.redis_reader
@@ -243,17 +242,6 @@ local function hello_failed(out, n)
 end
 
 
-local function acquire(c)
-  local sem = c.sem
-  if sem.free > 0 or not c.acquire_timeout or c.acquire_timeout <= 0 then
-    return await(sem:acquire())
-  end
-  local ok = await(wait_for(sem:acquire(), c.acquire_timeout))
-  if not ok then return nil, "pool timeout" end
-  return true
-end
-
-
 -- The task of a call or a pipeline: send payload (n formatted commands)
 -- and read n replies, on a pooled connection. The replies, or nil, err.
 local function exchange(c, payload, n)
@@ -263,7 +251,7 @@ local function exchange(c, payload, n)
     st.sock = nil
     if s then s:close() end
   end)
-  local ok, err = acquire(c)
+  local ok, err = dbpool.acquire(c.sem, c.acquire_timeout)
   if not ok then
     if remove then remove() end
     return nil, err
@@ -444,19 +432,7 @@ function Subscription:close()
   local sock = self.sock
   self.sock = nil
   if sock then sock:close() end
-  local guard = self.guard
-  self.guard = nil
-  if guard and not guard._done then guard._cancel = nil guard:resolve() end
-end
-
-
--- The subscription ends with the task (the request) that iterates it: a
--- child task waits on a future whose cancellation closes it.
-local function tie_to_task(self)
-  if future.current() == nil then return end
-  local guard = new_future(function() self:close() end)
-  self.guard = guard
-  spawn(await, guard)
+  dbpool.untie(self)
 end
 
 
@@ -476,7 +452,7 @@ function Subscription:_start()
   if not ok then return nil, err end
   local herr = hello_failed(out, extra)
   if herr then return nil, herr end
-  tie_to_task(self)
+  dbpool.tie(self)   -- it ends with the task (request) iterating it
   return true
 end
 
@@ -495,10 +471,8 @@ function Subscription:next()
       end
     end
     local out = {}
-    -- the task cancelled while it waits: the subscription closes with it
-    local remove = on_cancel(function() self:close() end)
-    local ok, err = read_replies(self.sock, self.reader, out, 1, 1)
-    if remove then remove() end
+    -- cancelled while it waits: the subscription closes
+    local ok, err = dbpool.wait(self, read_replies, self.sock, self.reader, out, 1, 1)
     if not ok then
       self.err = err
       self:close()
