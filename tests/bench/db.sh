@@ -37,15 +37,18 @@ PM="$(head -n1 "$D/pg/data/postmaster.pid")"
 HZ="$(getconf CLK_TCK)"
 
 # CPU ticks of the cluster so far: the postmaster (its own and its reaped
-# children's) and every live child (the backends).
+# children's) and every live child of it (the backends), from /proc.
 pg_ticks() {
-  local total=0 pid f
-  for pid in "$PM" $(pgrep -P "$PM"); do
-    f="$(cat "/proc/$pid/stat" 2>/dev/null)" || continue
-    f="${f##*) }"   # after "(comm) "
-    set -- $f
-    total=$((total + ${12} + ${13}))
-    [ "$pid" = "$PM" ] && total=$((total + ${14} + ${15}))
+  local total=0 f line pid
+  for f in /proc/[0-9]*/stat; do
+    read -r line < "$f" 2>/dev/null || continue
+    pid="${f#/proc/}"; pid="${pid%/stat}"
+    set -- ${line##*) }   # the fields after "(comm) ": state ppid ...
+    if [ "$pid" = "$PM" ]; then
+      total=$((total + ${12} + ${13} + ${14} + ${15}))
+    elif [ "$2" = "$PM" ]; then
+      total=$((total + ${12} + ${13}))
+    fi
   done
   echo "$total"
 }
@@ -67,7 +70,7 @@ for s in ${DB_SCENARIOS:-db queries fortunes updates}; do
   awk -v s="$s" -v dur="$DUR" -v warm="$WARM" -v hz="$HZ" '
     function val(k,   i, kv) { for (i = 3; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) return kv[2] } return "NA" }
     {
-      t = $1; rps = val("rps"); if (rps == "NA") { runs[t] = runs[t] " NA"; continue }
+      t = $1; rps = val("rps"); if (rps == "NA") { runs[t] = runs[t] " NA"; next }
       runs[t] = runs[t] sprintf(" %.0f", rps); n[t]++; sum[t] += rps
       us[t] += val("target_us_per_req"); err[t] += val("errors")
       pgus[t] += ($2 / hz * 1e6) / (rps * (dur + warm))
