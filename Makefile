@@ -14,17 +14,17 @@ PORT ?= 8080
 # (TEST_PACKAGES), the benchmarks (BENCH_PACKAGES).
 PACKAGES = gcc make pkg-config luajit2 libluajit2-5.1-dev libuv1-dev \
            node-llhttp lua-cjson lua-busted libssl-dev openssl \
-           ca-certificates zlib1g-dev libwslay-dev
+           ca-certificates zlib1g-dev libwslay-dev libpq-dev libhiredis-dev
 TEST_PACKAGES = python3 curl nodejs nghttp2-client wrk python3-websockets \
-                node-ws
-BENCH_PACKAGES = wrk
+                node-ws postgresql redis-server
+BENCH_PACKAGES = wrk postgresql python3-asyncpg
 
 CC ?= cc
 CFLAGS ?= -O2 -g
 WARN = -Wall -Wextra -Wshadow -Wno-unused-parameter
-PKG_CFLAGS = $(shell pkg-config --cflags luajit libuv openssl zlib 2>/dev/null)
+PKG_CFLAGS = $(shell pkg-config --cflags luajit libuv openssl zlib libpq hiredis 2>/dev/null)
 # Debian's libwslay-dev ships no pkg-config file.
-PKG_LIBS = $(shell pkg-config --libs luajit libuv openssl zlib 2>/dev/null) -lwslay
+PKG_LIBS = $(shell pkg-config --libs luajit libuv openssl zlib libpq hiredis 2>/dev/null) -lwslay
 
 # SAN=1: AddressSanitizer + UndefinedBehaviorSanitizer, built apart.
 ifeq ($(SAN),1)
@@ -43,9 +43,13 @@ CORE_SRCS = core/buf.c \
             core/copy.c \
             core/http.c \
             core/main.c \
+            core/pg.c \
+            core/pgquery.c \
+            core/pgresult.c \
             core/pool.c \
             core/proc.c \
             core/random.c \
+            core/redis.c \
             core/respond.c \
             core/runtime.c \
             core/server.c \

@@ -486,6 +486,99 @@ void ls__pool_open(lua_State *L);
  * last runtime that did). */
 void ls__shared_release(ls_runtime_t *rt);
 
+/* ---- pg.c, pgquery.c, pgresult.c: PostgreSQL on libpq (luaserve.pg) ---- */
+
+struct pg_conn;
+struct pg_cancel;
+struct pg_result;
+
+/* RESOLVING: looking the host up; CONNECTING: PQconnectPoll steps; READY:
+ * idle; BUSY: a command is in flight; CLOSED. */
+enum { LS_PG_RESOLVING, LS_PG_CONNECTING, LS_PG_READY, LS_PG_BUSY,
+       LS_PG_CLOSED };
+
+/* What each result of a command in flight is: a prepare's (it matters only
+ * if it failed) or an execution's (one value of the answer). */
+enum { LS_PG_PREPARE = 'P', LS_PG_EXEC = 'E' };
+
+/* A connection. Allocated apart from its Lua userdata; lives until its
+ * handles are closed, the DNS and cancel requests are done, nothing is
+ * queued for Lua and Lua let go of it (pg.c). */
+typedef struct ls_pg_s {
+  struct pg_conn *conn;     /* libpq's; PQfinish'ed once no poll is open */
+  ls_runtime_t *rt;
+  struct pg_ud_s *ud;       /* the Lua side, NULL once collected */
+  uv_poll_t *poll;          /* watches fd (malloc'd); NULL: none */
+  int fd;
+  int events;               /* what the poll is started for; 0: stopped */
+  int polls_open;           /* poll handles not yet closed */
+  uv_timer_t timer;         /* the deadline of the connect or command */
+  int timer_open;
+  uv_getaddrinfo_t dns_req;
+  int resolving;
+  uv_work_t cancel_req;
+  struct pg_cancel *cancel; /* a cancel request running off the loop */
+  ls_defer_t notify;        /* resolves the targets of a closed connection */
+  int phase;                /* LS_PG_* */
+  int op_ref;               /* target of the connect or command */
+  int wait_ref;             /* target waiting for a notification */
+  int results_ref;          /* the command's results, being collected */
+  int perr_ref;             /* a failed prepare's error, for its exec */
+  int nexec;                /* results stored so far */
+  int single;               /* one command: its own result (2: an error) */
+  int pipeline;             /* the command went in pipeline mode */
+  int broken;               /* not usable any more: close after the answer */
+  char *kinds;              /* LS_PG_PREPARE/EXEC of each result expected */
+  int nkinds, kpos;
+  char kinds_inline[8];
+  char *conninfo;
+  const char *close_why;    /* what pending targets hear, NULL: "closed" */
+  char why[200];            /* the message of a failure (close_why) */
+} ls_pg_t;
+
+/* pg.c: the connection, its poll handle, its life. */
+/* ls__pg_check: the connection of the userdata at index 1, NULL once
+ * collected. */
+ls_pg_t *ls__pg_check(lua_State *L);
+/* ls__pg_ready: 1 if a command can be sent now, 0 if the connection is
+ * closed or broken; raises when it is busy. */
+int ls__pg_ready(lua_State *L, ls_pg_t *p);
+/* ls__pg_watch: poll PQsocket for events; active: the loop waits for it.
+ * 0 or a libuv error. */
+int ls__pg_watch(ls_pg_t *p, int events, int active);
+/* ls__pg_deadline: fail the pending operation with "timeout" in ms (0:
+ * no deadline). */
+void ls__pg_deadline(ls_pg_t *p, double ms);
+/* ls__pg_close: close (idempotent); a command in flight is cancelled on
+ * the server; pending targets hear nil, why ("closed") from the loop. */
+void ls__pg_close(ls_pg_t *p, const char *why);
+/* ls__pg_fail: ls__pg_close with a copy of msg. */
+void ls__pg_fail(ls_pg_t *p, const char *msg);
+/* ls__pg_unref / _resolve: release, or resolve with the nargs values on
+ * top, the target in *ref (which becomes LUA_NOREF). */
+void ls__pg_unref(ls_pg_t *p, int *ref);
+void ls__pg_resolve(ls_pg_t *p, int *ref, int nargs);
+/* ls__pg_conn_error: the first line of libpq's last error, into buf. */
+const char *ls__pg_conn_error(ls_pg_t *p, char *buf, size_t n);
+/* ls__pg_free_kinds: forget what results the command expected. */
+void ls__pg_free_kinds(ls_pg_t *p);
+/* pgquery.c: commands and their results. */
+/* ls__pg_collect: take the results that came; finish when all are in. */
+void ls__pg_collect(ls_pg_t *p);
+int ls__pg_query(lua_State *L);            /* conn:query(...) */
+int ls__pg_batch(lua_State *L);            /* conn:batch(...) */
+/* pgresult.c: results as Lua values. */
+/* ls__pg_push_rows: the rows table of a successful result. */
+void ls__pg_push_rows(lua_State *L, const struct pg_result *r);
+/* ls__pg_push_error: the error table of a failed result (r may be NULL;
+ * fallback: the message when the result has none). */
+void ls__pg_push_error(lua_State *L, const struct pg_result *r,
+                       const char *fallback);
+
+/* ---- redis.c: hiredis's reply reader and command formatter ------------- */
+
+void ls__redis_open(lua_State *L);         /* redis.c: metatables */
+
 /* ---- Lua-facing functions, one per line, registered in runtime.c -------- */
 
 int ls__lua_listen(lua_State *L);          /* server.c: listen(opts) */
@@ -557,5 +650,11 @@ int ls__lua_shared_keys(lua_State *L);     /* shared.c: shared_keys(max) */
 int ls__lua_shared_flush_all(lua_State *L); /* shared.c: shared_flush_all() */
 int ls__lua_shared_stats(lua_State *L);    /* shared.c: shared_stats() */
 int ls__lua_shared_configure(lua_State *L); /* shared.c: shared_configure(bytes) */
+
+int ls__lua_pg_connect(lua_State *L);     /* pg.c: pg_connect(conninfo, t, ms) */
+int ls__lua_pg_init(lua_State *L);        /* pgresult.c: pg_init(null, err_mt) */
+void ls__pg_open(lua_State *L);           /* pg.c: metatables */
+int ls__lua_redis_reader(lua_State *L);   /* redis.c: redis_reader() */
+int ls__lua_redis_format(lua_State *L);   /* redis.c: redis_format(...) */
 
 #endif /* LS_INTERNAL_H */

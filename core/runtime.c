@@ -395,6 +395,10 @@ static const luaL_Reg core_functions[] = {
   {"shared_flush_all", ls__lua_shared_flush_all},
   {"shared_stats", ls__lua_shared_stats},
   {"shared_configure", ls__lua_shared_configure},
+  {"pg_connect", ls__lua_pg_connect},
+  {"pg_init", ls__lua_pg_init},
+  {"redis_reader", ls__lua_redis_reader},
+  {"redis_format", ls__lua_redis_format},
   {NULL, NULL},
 };
 
@@ -416,6 +420,8 @@ static int core_open(lua_State *L) {
   ls__compress_open(L);
   ls__proc_open(L);
   ls__ws_open(L);
+  ls__pg_open(L);
+  ls__redis_open(L);
   return 1;
 }
 

@@ -22,6 +22,8 @@ external_dependencies = {
   OPENSSL = { header = "openssl/ssl.h" },
   ZLIB = { header = "zlib.h" },
   WSLAY = { header = "wslay/wslay.h" },
+  LIBPQ = { header = "postgresql/libpq-fe.h" },
+  HIREDIS = { header = "hiredis/hiredis.h" },
 }
 build = {
   type = "make",
@@ -41,6 +43,7 @@ build = {
       ["luaserve"] = "lua/luaserve/init.lua",
       ["luaserve.app"] = "lua/luaserve/app.lua",
       ["luaserve.cli"] = "lua/luaserve/cli.lua",
+      ["luaserve.dbpool"] = "lua/luaserve/dbpool.lua",
       ["luaserve.errors"] = "lua/luaserve/errors.lua",
       ["luaserve.future"] = "lua/luaserve/future.lua",
       ["luaserve.http"] = "lua/luaserve/http.lua",
@@ -51,6 +54,8 @@ build = {
       ["luaserve.middleware.gzip"] = "lua/luaserve/middleware/gzip.lua",
       ["luaserve.middleware.request_id"] = "lua/luaserve/middleware/request_id.lua",
       ["luaserve.middleware.trusted_hosts"] = "lua/luaserve/middleware/trusted_hosts.lua",
+      ["luaserve.pg"] = "lua/luaserve/pg.lua",
+      ["luaserve.redis"] = "lua/luaserve/redis.lua",
       ["luaserve.reload"] = "lua/luaserve/reload.lua",
       ["luaserve.request"] = "lua/luaserve/request.lua",
       ["luaserve.response"] = "lua/luaserve/response.lua",

@@ -76,4 +76,122 @@ app:post("/echo", function(req)
   }
 end)
 
+-- The TechEmpower database tests (../shared/bench/README.md) on the world
+-- (10,000 rows) and fortune tables that ../shared/bench/db/ creates, with
+-- the database from $LUASERVE_PG. Several queries of one request go in one
+-- libpq pipeline (one round trip); the updates in one statement.
+local pg = require "luaserve.pg"
+
+local PG_URL = os.getenv("LUASERVE_PG") or ""
+local db = PG_URL ~= "" and pg.pool{ url = PG_URL,
+  max = tonumber(os.getenv("LUASERVE_PG_POOL")) or 16 } or nil
+local random, floor = math.random, math.floor
+local concat, sort, format = table.concat, table.sort, string.format
+local READ = "SELECT id, randomnumber FROM world WHERE id = $1"
+local WRITE = "UPDATE world SET randomnumber = v.r FROM " ..
+  "(SELECT unnest($1::int[]) AS id, unnest($2::int[]) AS r) AS v WHERE world.id = v.id"
+local HTML = { ["Content-Type"] = "text/html; charset=utf-8" }
+
+
+local function database()
+  if not db then luaserve.raise(503, "no database: set LUASERVE_PG") end
+  return db
+end
+
+
+-- ?queries=N: 1..500; what is not a number gives 1.
+local function count(q)
+  local n = tonumber(q)
+  if not n then return 1 end
+  n = floor(n)
+  if n < 1 then return 1 end
+  if n > 500 then return 500 end
+  return n
+end
+
+
+-- n distinct random ids, sorted (updates then lock rows in one order).
+local function ids(n)
+  local seen, out = {}, {}
+  while #out < n do
+    local id = random(1, 10000)
+    if not seen[id] then seen[id] = true out[#out + 1] = id end
+  end
+  sort(out)
+  return out
+end
+
+
+local function world_json(id, n)
+  return format('{"id":%d,"randomNumber":%d}', id, n)
+end
+
+
+app:get("/db", function()
+  local rows, err = await(database():query(READ, random(1, 10000)))
+  if not rows then return 503, { detail = tostring(err) } end
+  local r = rows[1]
+  return 200, world_json(r.id, r.randomnumber), JSON
+end)
+
+
+app:get("/queries", function(req)
+  local want = ids(count(req.query.queries))
+  local out, err = await(database():pipeline(function(p)
+    for i = 1, #want do p:query(READ, want[i]) end
+  end))
+  if not out then return 503, { detail = tostring(err) } end
+  local parts = {}
+  for i = 1, #out do
+    local r = out[i][1]
+    parts[i] = world_json(r.id, r.randomnumber)
+  end
+  return 200, "[" .. concat(parts, ",") .. "]", JSON
+end)
+
+
+local ESCAPE = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;",
+  ['"'] = "&quot;", ["'"] = "&#x27;" }
+
+
+local function by_message(a, b)
+  return a.message < b.message
+end
+
+
+app:get("/fortunes", function()
+  local rows, err = await(database():query("SELECT id, message FROM fortune"))
+  if not rows then return 503, { detail = tostring(err) } end
+  local list = {}
+  for i = 1, #rows do list[i] = rows[i] end
+  list[#list + 1] = { id = 0, message = "Additional fortune added at request time." }
+  sort(list, by_message)
+  local out = { "<!DOCTYPE html><html><head><title>Fortunes</title></head><body>" ..
+    "<table><tr><th>id</th><th>message</th></tr>" }
+  for i = 1, #list do
+    out[i + 1] = format("<tr><td>%d</td><td>%s</td></tr>", list[i].id,
+      (list[i].message:gsub("[&<>\"']", ESCAPE)))
+  end
+  out[#out + 1] = "</table></body></html>"
+  return 200, concat(out), HTML
+end)
+
+
+app:get("/updates", function(req)
+  local want = ids(count(req.query.queries))
+  local numbers = {}
+  for i = 1, #want do numbers[i] = random(1, 10000) end
+  -- each row read, then all updated: one pipeline, one round trip
+  local out, err = await(database():pipeline(function(p)
+    for i = 1, #want do p:query(READ, want[i]) end
+    p:query(WRITE, pg.array(want), pg.array(numbers))
+  end))
+  if not out then return 503, { detail = tostring(err) } end
+  local parts = {}
+  for i = 1, #want do
+    parts[i] = world_json(out[i][1].id, numbers[i])
+  end
+  return 200, "[" .. concat(parts, ",") .. "]", JSON
+end)
+
 return app

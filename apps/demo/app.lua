@@ -351,12 +351,12 @@ app:post("/signup", function(req)
   return 202, { accepted = true, name = name }
 end)
 
--- The domain error above: /notes/7 raises NotFound from a "data layer".
-local function find_note(id)
-  error(setmetatable({ what = "note " .. id }, NotFound))
+-- The domain error above: /books/7 raises NotFound from a "data layer".
+local function find_book(id)
+  error(setmetatable({ what = "book " .. id }, NotFound))
 end
-app:get("/notes/{id:int}", function(req)
-  return find_note(req.params.id)
+app:get("/books/{id:int}", function(req)
+  return find_book(req.params.id)
 end)
 
 -- Dependencies: resolved before the handler, cleaned up after the answer.
@@ -436,6 +436,9 @@ app:get("/proxy-stream", function(req)
       end
     end }
 end)
+
+-- PostgreSQL and Redis: a notes API, a rate limit, /db/slow (notes.lua).
+require("notes")(app)
 
 
 app:get("/", function(req)
