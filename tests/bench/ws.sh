@@ -19,7 +19,7 @@
 #
 # The server runs on CPU 0, the client on CPU 1 (taskset). Ratios are
 # luaserve's figure over the peer's (rate), or the peer's over luaserve's
-# (times, CPU): above 1 luaserve does better. Env: PEERS ("luaserve node
+# (times, CPU): above 1 luaserve does better. Env: WS_PEERS ("luaserve node
 # uvicorn"), UVICORN_LOOP (auto: uvloop where installed; asyncio),
 # UVICORN_HTTP (auto: httptools where installed; h11). Every server listens
 # on 127.0.0.1 and is stopped by its pid, also on failure; every client run
@@ -34,7 +34,7 @@ FANOUTS="${FANOUTS:-20}"
 ECHO_CONNS="${ECHO_CONNS:-64}"
 FANOUT_CONNS="${FANOUT_CONNS:-2000}"
 MSG_BYTES="${MSG_BYTES:-64}"
-read -r -a PEERS <<< "${PEERS:-luaserve node uvicorn}"
+read -r -a PEERS <<< "${WS_PEERS:-luaserve node uvicorn}"
 PYTHON="${PYTHON:-/usr/bin/python3}"
 export NODE_PATH="${NODE_PATH:-/usr/share/nodejs}"
 
@@ -71,6 +71,7 @@ start() {
                --ws websockets --loop "${UVICORN_LOOP:-auto}" --http "${UVICORN_HTTP:-auto}" \
                --host 127.0.0.1 --port "$PORT" --backlog 4096 --no-access-log \
                --log-level warning 2>>"$tmp/$1.log" & ;;
+    *) echo "ws.sh: unknown server $1 (luaserve, node, uvicorn)" >&2; return 1 ;;
   esac
   PID=$!
   for _ in $(seq 300); do

@@ -337,7 +337,8 @@ static void read_handshake(conn_t *c) {
   *end = 0;
   if (strncmp((char *) c->rbuf, "HTTP/1.1 101 ", 13) != 0) {
     char line[120];
-    snprintf(line, sizeof(line), "handshake refused: %.80s", (char *) c->rbuf);
+    int n = (int) strcspn((char *) c->rbuf, "\r\n");
+    snprintf(line, sizeof(line), "handshake refused: %.*s", n < 80 ? n : 80, (char *) c->rbuf);
     kill_conn(c, line);
     return;
   }
