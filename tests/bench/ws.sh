@@ -20,7 +20,8 @@
 # The server runs on CPU 0, the client on CPU 1 (taskset). Ratios are
 # luaserve's figure over the peer's (rate), or the peer's over luaserve's
 # (times, CPU): above 1 luaserve does better. Env: WS_PEERS ("luaserve node
-# uvicorn"), UVICORN_LOOP (auto: uvloop where installed; asyncio),
+# uvicorn"), LUASERVE_DIR (the checkout whose ./luaserve runs; default this
+# one), UVICORN_LOOP (auto: uvloop where installed; asyncio),
 # UVICORN_HTTP (auto: httptools where installed; h11). Every server listens
 # on 127.0.0.1 and is stopped by its pid, also on failure; every client run
 # is bounded by `timeout`.
@@ -64,8 +65,8 @@ trap 'exit 130' INT TERM
 start() {
   PORT=$(( 20000 + RANDOM % 10000 ))
   case "$1" in
-    luaserve) taskset -c 0 ./luaserve apps/bench --port "$PORT" --no-access-log \
-                2>>"$tmp/$1.log" & ;;
+    luaserve) ( cd "${LUASERVE_DIR:-$ROOT}" && exec taskset -c 0 ./luaserve apps/bench \
+                --port "$PORT" --no-access-log 2>>"$tmp/$1.log" ) & ;;
     node) PORT=$PORT taskset -c 0 node tests/bench/ws/node_ws.js 2>>"$tmp/$1.log" & ;;
     uvicorn) taskset -c 0 "$PYTHON" -m uvicorn uvicorn_app:app --app-dir tests/bench/ws \
                --ws websockets --loop "${UVICORN_LOOP:-auto}" --http "${UVICORN_HTTP:-auto}" \
@@ -111,6 +112,7 @@ order() {
 }
 
 touch "$tmp/echo" "$tmp/fanout"
+bars=""
 for r in $(seq "$ROUNDS"); do
   for p in $(order "$r"); do measure "$p" echo; done
 done
@@ -120,21 +122,25 @@ done
 
 # field NAME KEY FILE: every value of KEY in NAME's lines, one a line.
 field() { awk -v n="$1" -v k="$2" '$1 == n { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) print kv[2] } }' "$3"; }
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# median [PRINTF_FORMAT]: of the numbers on stdin ("-" if none)
+median() { sort -g | awk -v f="${1:-%.2f}" '{ v[NR] = $1 } END { if (NR == 0) print "-"; else printf f "\n", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'; }
 
 echo "echo: $ECHO_CONNS connections, $MSG_BYTES-byte messages, one in flight each, ${DUR}s, $ROUNDS rounds alternating (server CPU 0, client CPU 1), medians"
 printf "%-9s %10s %8s %8s %13s %10s %10s %12s %14s\n" server "round/s" p50_us p99_us server_us/msg server_cpu client_cpu "ls/peer rate" "peer/ls cpu/msg"
-ls_rate=$(field luaserve rate "$tmp/echo" | median)
+ls_rate=$(field luaserve rate "$tmp/echo" | median %.0f)
 ls_us=$(field luaserve server_us_per_msg "$tmp/echo" | median)
 for p in "${PEERS[@]}"; do
-  rate=$(field "$p" rate "$tmp/echo" | median)
+  rate=$(field "$p" rate "$tmp/echo" | median %.0f)
   us=$(field "$p" server_us_per_msg "$tmp/echo" | median)
   printf "%-9s %10s %8s %8s %13s %10s %10s %12s %14s\n" "$p" "$rate" \
-    "$(field "$p" p50_us "$tmp/echo" | median)" "$(field "$p" p99_us "$tmp/echo" | median)" "$us" \
+    "$(field "$p" p50_us "$tmp/echo" | median %.0f)" "$(field "$p" p99_us "$tmp/echo" | median %.0f)" "$us" \
     "$(field "$p" server_cpu_util "$tmp/echo" | median)" "$(field "$p" client_cpu_util "$tmp/echo" | median)" \
     "$(ratio "$ls_rate" "$rate")" "$(ratio "$us" "$ls_us")"
+  case "$p" in node) want=1.0 ;; uvicorn) want=1.5 ;; *) continue ;; esac
+  bars="$bars; ${want}x $p: rate $(ratio "$ls_rate" "$rate"), cpu/msg $(ratio "$us" "$ls_us")"
 done
+[ -n "${bars:-}" ] && echo "bars of issue 8 (luaserve at least${bars#;})"
 echo
 echo "fanout: one message to $FANOUT_CONNS connections in one room (the publisher one of them), $FANOUTS fan-outs x $FANOUT_ROUNDS starts alternating; time until the last member has it"
 printf "%-9s %9s %9s %9s %16s %16s %14s %14s\n" server p50_ms p99_ms max_ms server_ms/fanout client_ms/fanout "peer/ls p50" "peer/ls cpu"
