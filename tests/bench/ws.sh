@@ -64,6 +64,9 @@ trap 'exit 130' INT TERM
 # start NAME: the server on CPU 0 and a free port (PORT); its pid in PID.
 start() {
   PORT=$(( 20000 + RANDOM % 10000 ))
+  while (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do   # taken: another
+    PORT=$(( 20000 + RANDOM % 10000 ))
+  done
   case "$1" in
     luaserve) ( cd "${LUASERVE_DIR:-$ROOT}" && exec taskset -c 0 ./luaserve apps/bench \
                 --port "$PORT" --no-access-log 2>>"$tmp/$1.log" ) & ;;
