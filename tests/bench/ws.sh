@@ -159,6 +159,8 @@ for p in "${PEERS[@]}"; do
   printf "%-9s %9s %9s %9s %16s %16s %14s %14s\n" "$p" "$p50" "$(times "$p" | pct 0.99)" "$(times "$p" | pct 1)" \
     "$cpu" "$(field "$p" client_ms_per_fanout "$tmp/fanout" | median)" "$(ratio "$p50" "$ls_p50")" "$(ratio "$cpu" "$ls_cpu")"
 done
+cat "$tmp/echo" "$tmp/fanout" > build/bench/ws-runs.txt
+echo "(every run's figures: build/bench/ws-runs.txt)"
 for p in "${PEERS[@]}"; do
   n=$(awk -v n="$p" '$1 == n' "$tmp/echo" | wc -l); m=$(awk -v n="$p" '$1 == n' "$tmp/fanout" | wc -l)
   if [ "$n" != "$ROUNDS" ] || [ "$m" != "$FANOUT_ROUNDS" ]; then
