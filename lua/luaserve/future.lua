@@ -385,7 +385,7 @@ M.on_error = on_error
 
 local getinfo = debug.getinfo
 local sub = string.sub
-local made, made_root, made_site = {}, {}, {}
+local made, made_root, made_src, made_line = {}, {}, {}, {}
 local reported, nreported = {}, 0
 local MAX_LOOSE = 64        -- per request: the rest are not followed
 local MAX_REPORTED = 1000   -- call sites remembered (then no new reports)
@@ -405,19 +405,36 @@ function M.check_unawaited(on)
 end
 
 
+-- function -> its file (short_src), or false for C and the framework's
+-- own functions; weak: closures made per request come and go.
+local file_of = setmetatable({}, { __mode = "k" })
+
+local function user_file(fn)
+  local file = file_of[fn]
+  if file == nil then
+    local info = getinfo(fn, "S")
+    file = info.what ~= "C" and (FRAMEWORK == nil or
+      sub(info.source, 1, NFRAMEWORK) ~= FRAMEWORK) and info.short_src
+    file_of[fn] = file
+  end
+  return file
+end
+
+
 function note_created(f)
   if not check_unawaited then return end
   -- Level 3: the caller of new() or sleep(); up past framework frames.
   for level = 3, 12 do
-    local info = getinfo(level, "Sl")
+    local info = getinfo(level, "fl")
     if info == nil then return end
-    local src = info.source
-    if info.what ~= "C" and (FRAMEWORK == nil or sub(src, 1, NFRAMEWORK) ~= FRAMEWORK) then
+    local file = user_file(info.func)
+    if file then
       local task = current
       nmade = nmade + 1
       made[nmade] = f
       made_root[nmade] = task._root or task
-      made_site[nmade] = info.short_src .. ":" .. (info.currentline or 0)
+      made_src[nmade] = file
+      made_line[nmade] = info.currentline
       return
     end
   end
@@ -434,12 +451,12 @@ function sweep_created()
       local loose = root._loose
       if loose == nil then loose = { n = 0 } root._loose = loose end
       local n = loose.n
-      if n < 2 * MAX_LOOSE then
-        loose[n + 1], loose[n + 2] = f, made_site[i]
-        loose.n = n + 2
+      if n < 3 * MAX_LOOSE then
+        loose[n + 1], loose[n + 2], loose[n + 3] = f, made_src[i], made_line[i]
+        loose.n = n + 3
       end
     end
-    made[i], made_root[i], made_site[i] = nil, nil, nil
+    made[i], made_root[i], made_src[i] = nil, nil, nil
   end
   nmade = 0
 end
@@ -460,8 +477,8 @@ end
 local function report_loose(task)
   local loose = task._loose
   task._loose = nil
-  for i = 1, loose.n, 2 do
-    local f, site = loose[i], loose[i + 1]
+  for i = 1, loose.n, 3 do
+    local f, site = loose[i], loose[i + 1] .. ":" .. tostring(loose[i + 2])
     if f._waiters == false and not reported[site] and nreported < MAX_REPORTED then
       reported[site] = true
       nreported = nreported + 1
