@@ -2,7 +2,6 @@
 -- happen, with the message a user sees (issue 14).
 
 local luaserve = require "luaserve"
-local log = require "luaserve.log"
 local testing = require "luaserve.testing"
 
 local await, sleep = luaserve.await, luaserve.sleep
@@ -19,18 +18,7 @@ local function line_of(name)
 end
 
 
--- Run fn with the log collected; returns the log text.
-local function logged(fn)
-  local lines = {}
-  local prev = log.set_output({ write = function(_, ...)
-    lines[#lines + 1] = table.concat({ ... })
-  end })
-  local ok, err = pcall(fn)
-  log.flush()
-  log.set_output(prev)
-  if not ok then error(err, 0) end
-  return table.concat(lines)
-end
+local logged = testing.logged
 
 
 describe("a forgotten await", function()
