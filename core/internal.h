@@ -55,6 +55,8 @@ struct ls_runtime_s {
   int blocked_ref;         /* Lua blocked(seconds) hook, 0: none */
   struct ls_server_s *servers;     /* this runtime's listening servers */
   struct ls_shutdown_s *shutdown;  /* signal watchers (shutdown.c), or NULL */
+  uv_timer_t sleep_timer;  /* the one timer behind every sleep() (timer.c) */
+  int sleep_ref;           /* Lua fire(now_ms) that sleep_timer calls, or 0 */
   uv_idle_t defer_idle;    /* runs the deferred queue before the loop waits */
   uv_check_t defer_check;  /* and after the I/O callbacks of an iteration */
   ls_defer_t *defer_head, *defer_tail;
@@ -614,6 +616,9 @@ void ls__timer_open(lua_State *L);         /* timer.c: metatables */
 
 int ls__lua_tcp_connect(lua_State *L);     /* tcp.c: connect(host, port, t, ms) */
 int ls__lua_resolve_sync(lua_State *L);    /* tcp.c: resolve_sync(name) */
+int ls__lua_now_ms(lua_State *L);          /* timer.c: now_ms() */
+int ls__lua_sleep_init(lua_State *L);      /* timer.c: sleep_init(fire) */
+int ls__lua_sleep_arm(lua_State *L);       /* timer.c: sleep_arm(at_ms|nil) */
 void ls__tcp_open(lua_State *L);           /* tcp.c: metatables */
 
 int ls__lua_response_parser(lua_State *L); /* client.c: response_parser() */

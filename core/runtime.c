@@ -354,6 +354,9 @@ static const luaL_Reg core_functions[] = {
   {"stop", ls__lua_stop},
   {"tcp_connect", ls__lua_tcp_connect},
   {"resolve_sync", ls__lua_resolve_sync},
+  {"now_ms", ls__lua_now_ms},
+  {"sleep_init", ls__lua_sleep_init},
+  {"sleep_arm", ls__lua_sleep_arm},
   {"response_parser", ls__lua_response_parser},
   {"gzip", ls__lua_gzip},
   {"gunzip", ls__lua_gunzip},
@@ -434,6 +437,8 @@ ls_runtime_t *ls_runtime_new(uv_loop_t *loop, const char *lua_dir) {
     return NULL;
   }
   loop->data = rt;
+  uv_timer_init(loop, &rt->sleep_timer);
+  rt->sleep_timer.data = rt;
   uv_idle_init(loop, &rt->defer_idle);
   uv_check_init(loop, &rt->defer_check);
   rt->defer_idle.data = rt->defer_check.data = rt;
@@ -489,6 +494,7 @@ void ls_runtime_free(ls_runtime_t *rt) {
    * callbacks free the C side without entering Lua (rt->closing). */
   lua_close(rt->L);
   rt->L = NULL;
+  uv_close((uv_handle_t *)&rt->sleep_timer, NULL);
   uv_close((uv_handle_t *)&rt->defer_idle, NULL);
   uv_close((uv_handle_t *)&rt->defer_check, NULL);
   uv_run(rt->loop, UV_RUN_DEFAULT);
