@@ -54,6 +54,8 @@ CORE_SRCS = core/buf.c \
             core/runtime.c \
             core/server.c \
             core/shared.c \
+            core/shm.c \
+            core/shmdict.c \
             core/shutdown.c \
             core/stream.c \
             core/tcp.c \

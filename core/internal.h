@@ -486,6 +486,133 @@ void ls__pool_open(lua_State *L);
  * last runtime that did). */
 void ls__shared_release(ls_runtime_t *rt);
 
+/* ---- shm.c: the shared-memory region (workers, metrics, dictionary) ---- */
+
+#include <pthread.h>
+
+#define LS_SHM_MAX_SLOTS 512
+#define LS_METRIC_BUCKETS 15   /* latency histogram bounds, +Inf included */
+
+/* One worker process's place in the region (in a single process: slot 0).
+ * Written by that worker's loop thread (pool gauges: under the pool's
+ * lock); read by the master and by any worker rendering metrics. */
+typedef struct {
+  int32_t pid;              /* the master's: 0 when free */
+  uint32_t gen;             /* the master's: which start of this slot */
+  uint64_t beat;            /* uv_hrtime of the worker's last heartbeat */
+  uint64_t entry_t0;        /* an entry from the loop into Lua runs since
+                               (uv_hrtime ns); 0: none */
+  uint64_t lag_ns[2];       /* the longest entry of this window, the last */
+  uint64_t lag_window;      /* when this window began (ns) */
+  int64_t conns;            /* gauges: open connections */
+  int64_t inflight;         /* requests in Lua */
+  int64_t pool_threads, pool_busy, pool_queued;
+  uint64_t requests;        /* requests dispatched by this process */
+  uint64_t max_requests;    /* retire after this many; 0: never */
+  char running[232];        /* "GET /x (route /x)" of the task resumed
+                               last, NUL-terminated */
+} ls_wslot_t;
+
+/* A metrics series' key: route NUL method NUL status. */
+typedef struct {
+  uint32_t len;             /* 0 until the key is whole */
+  char key[252];
+} ls_series_key_t;
+
+/* A series' counters in one slot (one writer: that worker's loop). */
+typedef struct {
+  uint64_t count;
+  uint64_t sum_ns;
+  uint64_t buckets[LS_METRIC_BUCKETS];   /* not cumulative */
+} ls_series_t;
+
+typedef struct {
+  uint64_t magic;
+  uint64_t size;
+  pthread_mutex_t meta_lock;   /* registering series */
+  uint32_t nslots, max_series;
+  uint32_t nseries;            /* series registered (meta_lock) */
+  uint32_t workers;            /* the master's: workers alive */
+  uint64_t restarts;           /* the master's: workers replaced, ever */
+  uint64_t slots_off, keys_off, counters_off, dict_off;
+} ls_shm_t;
+
+/* The region once made (inherited by forked workers), else NULL. */
+extern ls_shm_t *ls__shm_region;
+/* ls__shm_create: make the region (dict_bytes 0: the default). 0,
+ * UV_EEXIST when it exists, or an error. */
+int ls__shm_create(size_t dict_bytes, unsigned nslots, unsigned max_series);
+/* ls__shm: the region, made with the defaults on first use; NULL on
+ * failure. */
+ls_shm_t *ls__shm(void);
+/* ls__shm_slot: worker slot i. */
+ls_wslot_t *ls__shm_slot(ls_shm_t *h, unsigned i);
+/* ls__shm_dict: the dictionary's base. */
+void *ls__shm_dict(ls_shm_t *h);
+/* ls__shm_set_default_dict: the capacity a region made later gets; 1 if
+ * it is made already. */
+int ls__shm_set_default_dict(size_t bytes);
+/* ls__shm_mutex_init: a process-shared robust mutex. 0 or an error. */
+int ls__shm_mutex_init(pthread_mutex_t *m);
+/* ls__shm_lock: lock m; if its owner died holding it, repair(arg) runs
+ * (lock held) and m is made consistent. 0, 1 (repaired) or an error. */
+int ls__shm_lock(pthread_mutex_t *m, void (*repair)(void *), void *arg);
+
+/* ---- shmdict.c: luaserve.shared's dictionary in the region ------------- */
+
+typedef struct ls_dict_s ls_dict_t;
+
+typedef struct {
+  int is_num;
+  double num;
+  const char *data;         /* copy.c's format, when not a number */
+  size_t len;
+} ls_dict_value_t;
+
+typedef struct {
+  uint64_t count, bytes, capacity, evicted, repairs;
+} ls_dict_stats_t;
+
+enum { LS_DICT_ADD = 1, LS_DICT_NO_EVICT = 2 };
+
+/* ls__dict_region_size: bytes a dictionary of this capacity needs. */
+size_t ls__dict_region_size(size_t capacity);
+/* ls__dict_init: a dictionary in size bytes at base. 0 or an error. */
+int ls__dict_init(void *base, size_t size, size_t capacity);
+/* ls__dict_lock / _unlock: every function below needs the lock held.
+ * lock: 0, 1 (a dead owner's lock: repaired), or an error. */
+int ls__dict_lock(ls_dict_t *d);
+void ls__dict_unlock(ls_dict_t *d);
+/* ls__dict_recover: without waiting, repair the lock if its owner died;
+ * 1 if it did. No lock held. */
+int ls__dict_recover(ls_dict_t *d);
+uint32_t ls__dict_hash(const char *k, size_t n);
+/* ls__dict_find: key's live entry (touched: most recently used) or NULL;
+ * an expired one is dropped. */
+void *ls__dict_find(ls_dict_t *d, const char *k, size_t n, uint32_t h,
+                    uint64_t now, int touch);
+/* ls__dict_entry: an entry's value (pointing into the region) and expiry. */
+void ls__dict_entry(void *e, ls_dict_value_t *v, uint64_t *expires);
+/* ls__dict_add_num: add to a number entry's value. */
+void ls__dict_add_num(void *e, double by);
+/* ls__dict_store: key = v. flags LS_DICT_ADD (UV_EEXIST if live),
+ * LS_DICT_NO_EVICT (only expired entries make room). 0, UV_EEXIST or
+ * LS_ESHAREDFULL. */
+int ls__dict_store(ls_dict_t *d, const char *k, size_t n, uint32_t h,
+                   const ls_dict_value_t *v, uint64_t expires, uint64_t now,
+                   int flags);
+void ls__dict_delete(ls_dict_t *d, const char *k, size_t n, uint32_t h);
+void ls__dict_flush(ls_dict_t *d);
+void ls__dict_sweep(ls_dict_t *d, uint64_t now);
+/* ls__dict_each: fn(arg, key, len) for each live key, most recently used
+ * first, until fn returns nonzero (then 1). */
+int ls__dict_each(ls_dict_t *d, uint64_t now,
+                  int (*fn)(void *arg, const char *k, size_t n), void *arg);
+void ls__dict_stats(ls_dict_t *d, ls_dict_stats_t *st);
+void ls__dict_set_capacity(ls_dict_t *d, uint64_t bytes);
+/* ls__dict_verify: NULL if the structure is sound, else what is wrong. */
+const char *ls__dict_verify(ls_dict_t *d, char *buf, size_t size);
+
 /* ---- pg.c, pgquery.c, pgresult.c: PostgreSQL on libpq (luaserve.pg) ---- */
 
 struct pg_conn;
@@ -650,6 +777,12 @@ int ls__lua_shared_keys(lua_State *L);     /* shared.c: shared_keys(max) */
 int ls__lua_shared_flush_all(lua_State *L); /* shared.c: shared_flush_all() */
 int ls__lua_shared_stats(lua_State *L);    /* shared.c: shared_stats() */
 int ls__lua_shared_configure(lua_State *L); /* shared.c: shared_configure(bytes) */
+
+/* workers, shared memory, metrics */
+int ls__lua_shm_init(lua_State *L);        /* shm.c: shm_init{shared_size, slots, series} */
+int ls__lua_shared_safe_set(lua_State *L); /* shared.c: set, evicting nothing */
+int ls__lua_shared_safe_add(lua_State *L); /* shared.c: add, evicting nothing */
+int ls__lua_shared_verify(lua_State *L);   /* shared.c: check the structure */
 
 int ls__lua_pg_connect(lua_State *L);     /* pg.c: pg_connect(conninfo, t, ms) */
 int ls__lua_pg_init(lua_State *L);        /* pgresult.c: pg_init(null, err_mt) */

@@ -399,6 +399,11 @@ static const luaL_Reg core_functions[] = {
   {"pg_init", ls__lua_pg_init},
   {"redis_reader", ls__lua_redis_reader},
   {"redis_format", ls__lua_redis_format},
+  /* workers, shared memory, metrics (issue 9) */
+  {"shm_init", ls__lua_shm_init},
+  {"shared_safe_set", ls__lua_shared_safe_set},
+  {"shared_safe_add", ls__lua_shared_safe_add},
+  {"shared_verify", ls__lua_shared_verify},
   {NULL, NULL},
 };
 
