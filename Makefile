@@ -43,6 +43,8 @@ CORE_SRCS = core/buf.c \
             core/copy.c \
             core/http.c \
             core/main.c \
+            core/master.c \
+            core/metrics.c \
             core/pg.c \
             core/pgquery.c \
             core/pgresult.c \

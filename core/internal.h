@@ -61,6 +61,10 @@ struct ls_runtime_s {
   ls_defer_t *defer_head, *defer_tail;
   ls_slot_t *slots;        /* request handles (server.c) */
   uint32_t nslots, slot_cap, slot_free;
+  /* This process's worker slot in shared memory (master.c), or a private
+   * one: gauges, heartbeat, loop lag. wslot_shared: entries are timed. */
+  struct ls_wslot_s *wslot;
+  int wslot_shared;
 };
 
 #define LS__READ_BUF (64 * 1024)
@@ -382,6 +386,8 @@ typedef struct ls_conn_s {
   ls_ws_t *ws;              /* in WebSocket mode: the protocol, or NULL */
   ls_buf_t written_refs;    /* int targets waiting for answers to be
                                written (background tasks), oldest first */
+  uint64_t idle_since;      /* loop ms: idle (no request, nothing to write)
+                               since; a drain spares a recent one a while */
   unsigned notify_abort : 1;   /* tell Lua the client went away */
   unsigned notify_closed : 1;  /* wake drain_ref with nil, "closed" */
   unsigned notify_process : 1; /* parse pipelined bytes */
@@ -401,6 +407,8 @@ struct ls_server_s {
   int backlog;
   int draining;             /* shutting down: finish in-flight, accept none */
   unsigned inflight;        /* connections with a request in Lua */
+  int accept_fd;            /* a socket shared with other workers, or -1 */
+  uv_poll_t *accept_poll;   /* watches it (one accept per wakeup), or NULL */
   ls_conn_t *conns;         /* every open connection */
   ls_server_t *next_server; /* every server of this runtime */
 };
@@ -496,7 +504,7 @@ void ls__shared_release(ls_runtime_t *rt);
 /* One worker process's place in the region (in a single process: slot 0).
  * Written by that worker's loop thread (pool gauges: under the pool's
  * lock); read by the master and by any worker rendering metrics. */
-typedef struct {
+typedef struct ls_wslot_s {
   int32_t pid;              /* the master's: 0 when free */
   uint32_t gen;             /* the master's: which start of this slot */
   uint64_t beat;            /* uv_hrtime of the worker's last heartbeat */
@@ -534,6 +542,7 @@ typedef struct {
   uint32_t nseries;            /* series registered (meta_lock) */
   uint32_t workers;            /* the master's: workers alive */
   uint64_t restarts;           /* the master's: workers replaced, ever */
+  int64_t conns_total;         /* open connections of all workers (atomic) */
   uint64_t slots_off, keys_off, counters_off, dict_off;
 } ls_shm_t;
 
@@ -557,6 +566,29 @@ int ls__shm_mutex_init(pthread_mutex_t *m);
 /* ls__shm_lock: lock m; if its owner died holding it, repair(arg) runs
  * (lock held) and m is made consistent. 0, 1 (repaired) or an error. */
 int ls__shm_lock(pthread_mutex_t *m, void (*repair)(void *), void *arg);
+
+/* ls__wslot_local: the slot of a process that shares none. */
+extern ls_wslot_t ls__wslot_local;
+/* ls__wslot_entry_done: an entry into Lua that began at t1 - dt is over:
+ * no entry runs, and the loop lag's window keeps its longest. */
+#define LS__LAG_WINDOW_NS 10000000000ull
+static inline void ls__wslot_entry_done(ls_wslot_t *ws, uint64_t t1,
+                                        uint64_t dt) {
+  ws->entry_t0 = 0;
+  if (t1 - ws->lag_window >= LS__LAG_WINDOW_NS) {
+    ws->lag_ns[1] = t1 - ws->lag_window < 2 * LS__LAG_WINDOW_NS
+                        ? ws->lag_ns[0] : 0;
+    ws->lag_ns[0] = 0;
+    ws->lag_window = t1;
+  }
+  if (dt > ws->lag_ns[0])
+    ws->lag_ns[0] = dt;
+}
+
+/* ---- master.c: the master's system calls, the worker's side ----------- */
+
+/* ls__worker_retire: --max-requests reached: ask for a replacement. */
+void ls__worker_retire(ls_runtime_t *rt);
 
 /* ---- shmdict.c: luaserve.shared's dictionary in the region ------------- */
 
@@ -783,6 +815,26 @@ int ls__lua_shm_init(lua_State *L);        /* shm.c: shm_init{shared_size, slots
 int ls__lua_shared_safe_set(lua_State *L); /* shared.c: set, evicting nothing */
 int ls__lua_shared_safe_add(lua_State *L); /* shared.c: add, evicting nothing */
 int ls__lua_shared_verify(lua_State *L);   /* shared.c: check the structure */
+int ls__lua_master_open(lua_State *L);     /* master.c: master_open() */
+int ls__lua_master_close(lua_State *L);    /* master.c: master_close() */
+int ls__lua_master_wait(lua_State *L);     /* master.c: master_wait(s) */
+int ls__lua_master_fork(lua_State *L);     /* master.c: master_fork(slot, gen, max) */
+int ls__lua_master_figures(lua_State *L);  /* master.c: master_figures(n, restarts) */
+int ls__lua_kill(lua_State *L);            /* master.c: kill(pid, signal) */
+int ls__lua_slot_info(lua_State *L);       /* master.c: slot_info(i) */
+int ls__lua_slot_release(lua_State *L);    /* master.c: slot_release(i) */
+int ls__lua_shared_recover(lua_State *L);  /* master.c: shared_recover() */
+int ls__lua_listen_socket(lua_State *L);   /* master.c: listen_socket(host, port) */
+int ls__lua_worker_notify(lua_State *L);   /* master.c: worker_notify(kind, text) */
+int ls__lua_worker_beat(lua_State *L);     /* master.c: worker_beat() */
+int ls__lua_worker_running(lua_State *L);  /* master.c: worker_running(m, p, r) */
+int ls__lua_worker_attach(lua_State *L);   /* master.c: worker_attach() */
+int ls__lua_worker_slot(lua_State *L);     /* master.c: worker_slot() */
+int ls__lua_getpid(lua_State *L);          /* master.c: getpid() */
+int ls__lua_metrics_series(lua_State *L);  /* metrics.c: metrics_series(route, method, status) */
+int ls__lua_metrics_observe(lua_State *L); /* metrics.c: metrics_observe(i, seconds) */
+int ls__lua_metrics_snapshot(lua_State *L); /* metrics.c: metrics_snapshot() */
+int ls__lua_cpus(lua_State *L);            /* master.c: cpus() */
 
 int ls__lua_pg_connect(lua_State *L);     /* pg.c: pg_connect(conninfo, t, ms) */
 int ls__lua_pg_init(lua_State *L);        /* pgresult.c: pg_init(null, err_mt) */
