@@ -248,12 +248,13 @@ class FailureTest(unittest.TestCase):
         repaired = None
         for attempt in range(30):
             c = harness.Client(srv.port)
-            c.request("GET", "/hammer")
+            c.request("GET", "/hammer?id=%d" % attempt)
             # the worker running /hammer writes its pid first
             def hammer_pid():
                 try:
-                    s, body = get_json(srv.port, "/shared?key=hammer:pid", timeout=2)
-                    return body["value"]
+                    s, body = get_json(srv.port, "/shared?key=hammer:pid:%d" % attempt,
+                                       timeout=2)
+                    return body.get("value")
                 except OSError:
                     return None
             pid = wait_for(hammer_pid, 5)

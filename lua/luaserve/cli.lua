@@ -438,7 +438,7 @@ local function serve(args)
   local log = require "luaserve.log"
   log.set_level(opts["log-level"])
   local bad = M.check_options(opts)
-  if bad then return fail(2, "%s", bad) end
+  if bad then return select(2, fail(2, "%s", bad)) end
   local tls = tls_context(opts)
   if tls == false then return 2 end
   local n = opts.workers == 0 and core.cpus() or opts.workers
@@ -449,7 +449,7 @@ local function serve(args)
   core.shm_init({ shared_size = opts["shared-size"], slots = 1,
     series = opts["metrics-path"] ~= "" and 2048 or 0 })
   local pid_ok, pid_err = write_pid(opts.pid)
-  if not pid_ok then return fail(2, "--pid %s: %s", opts.pid, tostring(pid_err)) end
+  if not pid_ok then return select(2, fail(2, "--pid %s: %s", opts.pid, tostring(pid_err))) end
   local status = serve_one(opts, app_path, tls, nil)
   if opts.pid ~= "" then os.remove(opts.pid) end
   return status

@@ -24,6 +24,14 @@ app:get("/sleep", function(req)
   return { pid = core.getpid() }
 end)
 
+-- On the pool: holds a pool thread for ms (the pool's gauges).
+app:get("/sync-busy", luaserve.sync(function(req)
+  local t = os.clock()
+  local s = (tonumber(req.query.ms) or 100) / 1000
+  while os.clock() - t < s do end
+  return { done = true }
+end))
+
 -- Holds the loop (a bug the healthcheck catches): never yields.
 app:get("/block", function()
   local t = os.time()
@@ -33,8 +41,8 @@ end)
 
 -- Takes the dictionary's lock as often as it can, with a large value (a
 -- long copy under the lock), until the worker is killed.
-app:get("/hammer", function()
-  shared.set("hammer:pid", core.getpid())
+app:get("/hammer", function(req)
+  shared.set("hammer:pid:" .. (req.query.id or ""), core.getpid())
   local big = ("x"):rep(4 * 1024 * 1024)
   for i = 1, 1e9 do shared.set("hammer:" .. (i % 4), big) end
 end)
