@@ -34,7 +34,10 @@ local function bytes_of(addr)
     end
     return t
   end
-  if not addr:find(":", 1, true) or addr:find("[^%x:%.]") then return nil end
+  if not addr:find(":", 1, true) or addr:find("[^%x:%.]") or addr:find(":::", 1, true)
+     or select(2, addr:gsub("::", "")) > 1 then
+    return nil
+  end
   local v4 = match(addr, ":(%d+%.%d+%.%d+%.%d+)$")
   local tail = {}
   if v4 then
