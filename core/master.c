@@ -261,14 +261,20 @@ int ls__lua_kill(lua_State *L) {
 }
 
 
-/* slot_info(i): {pid, gen, beat, entry, running, requests} of worker slot
- * i (seconds on the hrtime clock; entry 0: no entry into Lua running). */
-int ls__lua_slot_info(lua_State *L) {
+/* The worker slot numbered by argument 1; raises if there is none. */
+static ls_wslot_t *check_slot(lua_State *L) {
   ls_shm_t *h = ls__shm_region;
   unsigned i = (unsigned)luaL_checkinteger(L, 1);
   if (h == NULL || i >= h->nslots)
-    return luaL_argerror(L, 1, "no such worker slot");
-  ls_wslot_t *ws = ls__shm_slot(h, i);
+    luaL_argerror(L, 1, "no such worker slot");
+  return ls__shm_slot(h, i);
+}
+
+
+/* slot_info(i): {pid, gen, beat, entry, running, requests} of worker slot
+ * i (seconds on the hrtime clock; entry 0: no entry into Lua running). */
+int ls__lua_slot_info(lua_State *L) {
+  ls_wslot_t *ws = check_slot(L);
   char running[sizeof(ws->running)];
   memcpy(running, ws->running, sizeof(running));
   running[sizeof(running) - 1] = '\0';
@@ -292,11 +298,8 @@ int ls__lua_slot_info(lua_State *L) {
 /* slot_release(i): the slot's worker is gone (its counters stay, for the
  * metrics' totals). */
 int ls__lua_slot_release(lua_State *L) {
+  ls_wslot_t *ws = check_slot(L);
   ls_shm_t *h = ls__shm_region;
-  unsigned i = (unsigned)luaL_checkinteger(L, 1);
-  if (h == NULL || i >= h->nslots)
-    return luaL_argerror(L, 1, "no such worker slot");
-  ls_wslot_t *ws = ls__shm_slot(h, i);
   ws->pid = 0;
   ws->entry_t0 = 0;
   /* A worker that died had connections no one will close. */

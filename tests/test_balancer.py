@@ -98,25 +98,25 @@ def harness_children(pid):
     return children(pid)
 
 
-@unittest.skipUnless(shutil.which("nginx") or os.path.exists("/usr/sbin/nginx"),
-                     "nginx is not installed (make test installs it)")
-class NginxTest(Balanced, unittest.TestCase):
+class BalancerTest(Balanced):
+    """Two instances, then the balancer (start_balancer(conf_dir)), once
+    for the class; everything is stopped by pid afterwards."""
+
     @classmethod
     def setUpClass(cls):
         cls.start_instances()
-        cls.dir = tempfile.mkdtemp(prefix="luaserve-nginx-")
+        cls.dir = tempfile.mkdtemp(prefix="luaserve-balancer-")
         os.chmod(cls.dir, 0o755)
         cls.port = harness.free_port()
-        conf = os.path.join(cls.dir, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(fill("nginx.conf", LISTEN="127.0.0.1:%d" % cls.port, DIR=cls.dir,
-                         UPSTREAM_A="127.0.0.1:%d" % cls.a.port,
-                         UPSTREAM_B="127.0.0.1:%d" % cls.b.port))
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        cls.proc = subprocess.Popen([nginx, "-c", conf, "-p", cls.dir, "-e",
-                                     os.path.join(cls.dir, "error.log")],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_port(cls.port, cls.proc)
+        try:
+            cls.proc = cls.start_balancer(dict(
+                LISTEN="127.0.0.1:%d" % cls.port, DIR=cls.dir,
+                UPSTREAM_A="127.0.0.1:%d" % cls.a.port,
+                UPSTREAM_B="127.0.0.1:%d" % cls.b.port))
+            wait_port(cls.port, cls.proc)
+        except Exception:
+            cls.stop_instances()
+            raise
 
     @classmethod
     def tearDownClass(cls):
@@ -124,42 +124,41 @@ class NginxTest(Balanced, unittest.TestCase):
         cls.stop_instances()
         shutil.rmtree(cls.dir, ignore_errors=True)
 
+    @classmethod
+    def write_conf(cls, template, values):
+        conf = os.path.join(cls.dir, template)
+        with open(conf, "w") as f:
+            f.write(fill(template, **values))
+        return conf
+
     def test_balanced_and_original_client(self):
         self.check_balanced_and_client(self.port)
 
     def test_reload_of_one_instance_under_load_loses_nothing(self):
         self.check_reload_under_load(self.port)
+
+
+@unittest.skipUnless(shutil.which("nginx") or os.path.exists("/usr/sbin/nginx"),
+                     "nginx is not installed (make test installs it)")
+class NginxTest(BalancerTest, unittest.TestCase):
+    @classmethod
+    def start_balancer(cls, values):
+        conf = cls.write_conf("nginx.conf", values)
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        return subprocess.Popen([nginx, "-c", conf, "-p", cls.dir, "-e",
+                                 os.path.join(cls.dir, "error.log")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
 @unittest.skipUnless(shutil.which("haproxy") or os.path.exists("/usr/sbin/haproxy"),
                      "haproxy is not installed (make test installs it)")
-class HAProxyTest(Balanced, unittest.TestCase):
+class HAProxyTest(BalancerTest, unittest.TestCase):
     @classmethod
-    def setUpClass(cls):
-        cls.start_instances()
-        cls.dir = tempfile.mkdtemp(prefix="luaserve-haproxy-")
-        cls.port = harness.free_port()
-        conf = os.path.join(cls.dir, "haproxy.cfg")
-        with open(conf, "w") as f:
-            f.write(fill("haproxy.cfg", LISTEN="127.0.0.1:%d" % cls.port,
-                         UPSTREAM_A="127.0.0.1:%d" % cls.a.port,
-                         UPSTREAM_B="127.0.0.1:%d" % cls.b.port))
+    def start_balancer(cls, values):
+        conf = cls.write_conf("haproxy.cfg", values)
         haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
-        cls.proc = subprocess.Popen([haproxy, "-f", conf, "-db"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_port(cls.port, cls.proc)
-
-    @classmethod
-    def tearDownClass(cls):
-        stop(cls.proc)
-        cls.stop_instances()
-        shutil.rmtree(cls.dir, ignore_errors=True)
-
-    def test_balanced_and_original_client(self):
-        self.check_balanced_and_client(self.port)
-
-    def test_reload_of_one_instance_under_load_loses_nothing(self):
-        self.check_reload_under_load(self.port)
+        return subprocess.Popen([haproxy, "-f", conf, "-db"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
 class ProxyHeadersTest(harness.ServerTest):
