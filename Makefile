@@ -42,6 +42,7 @@ CORE_SRCS = core/buf.c \
             core/compress.c \
             core/copy.c \
             core/http.c \
+            core/log.c \
             core/main.c \
             core/master.c \
             core/metrics.c \

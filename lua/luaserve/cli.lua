@@ -12,9 +12,10 @@ local VERSION = core.version
 -- name, kind, default, help. Each has an environment variable
 -- LUASERVE_<NAME> (upper case, '-' as '_'); a flag wins over it.
 local OPTIONS = {
-  { "host", "string", "127.0.0.1", "address to listen on" },
+  { "host", "string", "127.0.0.1", "address to listen on: IPv4, IPv6 (::1) or a name, looked up at startup (localhost)" },
   { "port", "port", 8080, "port to listen on (0 picks a free one)" },
   { "log-level", "level", "info", "debug, info, warn or error" },
+  { "log-format", "logformat", "text", "text, or json: one JSON object per line" },
   { "no-access-log", "flag", false, "do not log each request" },
   { "limit-concurrency", "count", 0, "requests in flight before 503 (0: no limit)" },
   { "timeout-keep-alive", "seconds", 5, "close idle keep-alive connections after this" },
@@ -68,7 +69,8 @@ options (each also read from LUASERVE_<NAME>, e.g. LUASERVE_PORT=9000):
 local function usage()
   local lines = {}
   for _, o in ipairs(OPTIONS) do
-    local kind = o[2] == "certreqs" and "MODE" or o[2]:upper()
+    local kind = o[2] == "certreqs" and "MODE" or o[2] == "seconds" and "DURATION"
+      or o[2] == "logformat" and "FORMAT" or o[2]:upper()
     local flag = "--" .. o[1] .. (o[2] == "flag" and "" or " " .. kind)
     local def = (o[2] == "flag" or o[3] == "") and "" or
       (" (default %s)"):format(tostring(o[3]))
@@ -81,6 +83,20 @@ end
 local function fail(status, fmt, ...)
   io.stderr:write("luaserve: ", fmt:format(...), "\n")
   return nil, status
+end
+
+
+local UNITS = { ms = 0.001, s = 1, m = 60, h = 3600 }
+
+--- duration(v): seconds from a number (seconds) or a number with a unit
+-- (250ms, 5s, 2m, 1h, 1.5s); nil, message when it is not one.
+function M.duration(v)
+  local num, unit = tostring(v):match("^%s*(%d*%.?%d+)%s*(%a*)%s*$")
+  local n = tonumber(num)
+  if n == nil or (unit ~= "" and not UNITS[unit]) then
+    return nil, "expects seconds: a number >= 0, or with a unit (250ms, 5s, 2m, 1h)"
+  end
+  return n * (UNITS[unit] or 1)
 end
 
 
@@ -99,6 +115,11 @@ local function convert(o, v)
   elseif kind == "level" then
     if v == "debug" or v == "info" or v == "warn" or v == "error" then return v end
     return nil, "must be debug, info, warn or error"
+  elseif kind == "logformat" then
+    if v == "text" or v == "json" then return v end
+    return nil, "must be text or json"
+  elseif kind == "seconds" then
+    return M.duration(v)
   end
   local n = tonumber(v)
   if n == nil then
@@ -270,10 +291,10 @@ end
 -- master (worker = { fd = the master's socket }). Returns the exit status.
 local function serve_one(opts, app_path, tls, worker)
   local log = require "luaserve.log"
-  -- What stops the start: a worker tells its master (which prints it once
-  -- and decides), a single process prints it.
+  -- What stops the start: a worker tells its master (which logs it once
+  -- and decides), a single process logs it.
   local function cannot(status, msg)
-    if worker then core.worker_notify("failed", msg) else io.stderr:write("luaserve: ", msg, "\n") end
+    if worker then core.worker_notify("failed", msg) else log.error(msg) end
     return status
   end
   local metrics_path = opts["metrics-path"] ~= "" and opts["metrics-path"] or nil
@@ -288,12 +309,17 @@ local function serve_one(opts, app_path, tls, worker)
   if worker and opts["timeout-worker-healthcheck"] > 0 then
     server.publish_running(true)
   end
+  local host, herr = "127.0.0.1", nil
+  if not worker then
+    host, herr = server.listen_address(opts.host)
+    if not host then return cannot(2, herr) end
+  end
   local ok, srv, lerr = pcall(server.serve, app, {
     fd = worker and worker.fd,
     metrics = metrics_path ~= nil,
     proxy = not opts["no-proxy-headers"] and opts["forwarded-allow-ips"] or nil,
     root_path = opts["root-path"] ~= "" and opts["root-path"] or nil,
-    host = opts.host,
+    host = host,
     port = opts.port,
     tls = tls,
     access_log = not opts["no-access-log"] and log.LEVELS[opts["log-level"]] <= log.LEVELS.info,
@@ -308,7 +334,7 @@ local function serve_one(opts, app_path, tls, worker)
     backlog = opts.backlog,
     paused = true,   -- bound; accepting once the startup hooks are done
   })
-  if not ok then   -- an option value the core refuses (--host localhost)
+  if not ok then   -- an option value the core refuses
     return cannot(2, (tostring(srv):gsub("^[^\n]-:%d+: ", "")))
   end
   if not srv then
@@ -323,7 +349,7 @@ local function serve_one(opts, app_path, tls, worker)
     log_level = opts["log-level"] })
   if pooled == nil then
     srv:close()
-    return cannot(2, "cannot start the sync pool: " .. perr)
+    return cannot(2, "cannot start the sync pool: " .. tostring(perr))
   end
   -- The app's startup hooks, before any connection is accepted.
   local grace = opts["timeout-graceful-shutdown"]
@@ -339,10 +365,10 @@ local function serve_one(opts, app_path, tls, worker)
     if hc > 0 then server.heartbeat(math.min(1, hc / 4)) end
     core.worker_notify("ready")
   else
-    local host, port = srv:address()
-    io.stderr:write(("luaserve %s serving %s on %s://%s:%d (Ctrl+C to quit)\n")
+    local shost, port = srv:address()
+    log.info(("luaserve %s serving %s on %s://%s:%d (Ctrl+C to quit)")
       :format(VERSION, app_path, tls and "https" or "http",
-        host:find(":") and "[" .. host .. "]" or host, port))
+        shost:find(":") and "[" .. shost .. "]" or shost, port))
     core.shutdown_on_signals(grace * 1000)
   end
   if pooled then
@@ -381,26 +407,27 @@ end
 -- --workers N: the master binds the socket, maps the shared memory and
 -- forks; each worker comes back here and serves.
 local function serve_master(opts, app_path, tls, n)
-  local lok, fd, port = pcall(core.listen_socket, opts.host, opts.port)
-  if not lok then
-    io.stderr:write("luaserve: ", (tostring(fd):gsub("^[^\n]-:%d+: ", "")), "\n")
+  local log = require "luaserve.log"
+  local addr, herr = require("luaserve.server").listen_address(opts.host)
+  if not addr then
+    log.error(herr)
     return 2
   end
+  local fd, port = core.listen_socket(addr, opts.port)
   if not fd then
-    io.stderr:write(("luaserve: cannot listen on %s port %d: %s\n")
-      :format(opts.host, opts.port, port))
+    log.error(("cannot listen on %s port %d: %s"):format(opts.host, opts.port, port))
     return 1
   end
   local nslots = math.min(512, 2 * math.max(n, 32))
   local ok, err = core.shm_init({ shared_size = opts["shared-size"], slots = nslots,
     series = opts["metrics-path"] ~= "" and 2048 or 0 })
   if not ok then
-    io.stderr:write("luaserve: cannot map the shared memory: ", tostring(err), "\n")
+    log.error("cannot map the shared memory: " .. tostring(err))
     return 1
   end
   local pid_ok, pid_err = write_pid(opts.pid)
   if not pid_ok then
-    io.stderr:write("luaserve: --pid ", opts.pid, ": ", tostring(pid_err), "\n")
+    log.error(("--pid %s: %s"):format(opts.pid, tostring(pid_err)))
     return 2
   end
   local host = opts.host:find(":") and "[" .. opts.host .. "]" or opts.host
@@ -412,8 +439,8 @@ local function serve_master(opts, app_path, tls, n)
     jitter = opts["max-requests-jitter"],
     nslots = nslots,
     banner = function(count)
-      io.stderr:write(("luaserve %s serving %s on %s://%s:%d with %d workers " ..
-        "(master %d; Ctrl+C to quit)\n"):format(VERSION, app_path,
+      log.info(("luaserve %s serving %s on %s://%s:%d with %d workers " ..
+        "(master %d; Ctrl+C to quit)"):format(VERSION, app_path,
         tls and "https" or "http", host, port, count, core.getpid()))
     end,
   })
@@ -428,6 +455,9 @@ end
 local function serve(args)
   local opts, app_path = M.parse(args)
   if opts == nil then return app_path end
+  local log = require "luaserve.log"
+  log.set_level(opts["log-level"])
+  log.set_format(opts["log-format"])
   if opts.reload then
     local child_args = {}
     for _, a in ipairs(args) do
@@ -435,10 +465,11 @@ local function serve(args)
     end
     return require("luaserve.reload").supervise(app_path, child_args)
   end
-  local log = require "luaserve.log"
-  log.set_level(opts["log-level"])
   local bad = M.check_options(opts)
-  if bad then return select(2, fail(2, "%s", bad)) end
+  if bad then
+    log.error(bad)
+    return 2
+  end
   local tls = tls_context(opts)
   if tls == false then return 2 end
   local n = opts.workers == 0 and core.cpus() or opts.workers
@@ -449,7 +480,10 @@ local function serve(args)
   core.shm_init({ shared_size = opts["shared-size"], slots = 1,
     series = opts["metrics-path"] ~= "" and 2048 or 0 })
   local pid_ok, pid_err = write_pid(opts.pid)
-  if not pid_ok then return select(2, fail(2, "--pid %s: %s", opts.pid, tostring(pid_err))) end
+  if not pid_ok then
+    log.error(("--pid %s: %s"):format(opts.pid, tostring(pid_err)))
+    return 2
+  end
   local status = serve_one(opts, app_path, tls, nil)
   if opts.pid ~= "" then os.remove(opts.pid) end
   return status

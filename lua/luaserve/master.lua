@@ -199,7 +199,7 @@ function M.run(cfg)
     if not served then
       if not fatal then
         fatal = text
-        io.stderr:write("luaserve: ", text, "\n")
+        log.error(text)
         each(function(o) if o ~= w then core.kill(o.pid, signals.KILL) end end)
       end
       return
