@@ -74,12 +74,18 @@ int ls__pcall(lua_State *L, int nargs, int nresults, const char *what) {
 
 
 int ls__pcall_entry(ls_runtime_t *rt, int nargs, const char *what) {
-  if (rt->block_warn_ns == 0)
+  if (rt->block_warn_ns == 0 && !rt->wslot_shared)
     return pcall_rt(rt, nargs, 0, what);
   uint64_t t0 = uv_hrtime();
+  /* Workers publish the entry (the master's heartbeat check) and keep
+   * its length (the loop lag metric). */
+  if (rt->wslot_shared)
+    rt->wslot->entry_t0 = t0;
   int status = pcall_rt(rt, nargs, 0, what);
-  uint64_t dt = uv_hrtime() - t0;
-  if (dt >= rt->block_warn_ns && !rt->closing) {
+  uint64_t t1 = uv_hrtime(), dt = t1 - t0;
+  if (rt->wslot_shared)
+    ls__wslot_entry_done(rt->wslot, t1, dt);
+  if (rt->block_warn_ns && dt >= rt->block_warn_ns && !rt->closing) {
     lua_rawgeti(rt->L, LUA_REGISTRYINDEX, rt->blocked_ref);
     lua_pushnumber(rt->L, (double)dt / 1e9);
     pcall_rt(rt, 1, 0, "blocked");
@@ -391,6 +397,31 @@ static const luaL_Reg core_functions[] = {
   {"pg_init", ls__lua_pg_init},
   {"redis_reader", ls__lua_redis_reader},
   {"redis_format", ls__lua_redis_format},
+  /* workers, shared memory, metrics (issue 9) */
+  {"shm_init", ls__lua_shm_init},
+  {"shared_safe_set", ls__lua_shared_safe_set},
+  {"shared_safe_add", ls__lua_shared_safe_add},
+  {"shared_verify", ls__lua_shared_verify},
+  {"master_open", ls__lua_master_open},
+  {"master_close", ls__lua_master_close},
+  {"master_wait", ls__lua_master_wait},
+  {"master_fork", ls__lua_master_fork},
+  {"master_figures", ls__lua_master_figures},
+  {"kill", ls__lua_kill},
+  {"slot_info", ls__lua_slot_info},
+  {"slot_release", ls__lua_slot_release},
+  {"shared_recover", ls__lua_shared_recover},
+  {"listen_socket", ls__lua_listen_socket},
+  {"worker_notify", ls__lua_worker_notify},
+  {"worker_beat", ls__lua_worker_beat},
+  {"worker_running", ls__lua_worker_running},
+  {"worker_attach", ls__lua_worker_attach},
+  {"worker_slot", ls__lua_worker_slot},
+  {"getpid", ls__lua_getpid},
+  {"metrics_series", ls__lua_metrics_series},
+  {"metrics_observe", ls__lua_metrics_observe},
+  {"metrics_snapshot", ls__lua_metrics_snapshot},
+  {"cpus", ls__lua_cpus},
   {NULL, NULL},
 };
 
@@ -436,6 +467,7 @@ ls_runtime_t *ls_runtime_new(uv_loop_t *loop, const char *lua_dir) {
     free(rt);
     return NULL;
   }
+  rt->wslot = &ls__wslot_local;
   loop->data = rt;
   uv_timer_init(loop, &rt->sleep_timer);
   rt->sleep_timer.data = rt;

@@ -135,6 +135,7 @@ local ready = {}           -- tasks to resume, with the future they waited on
 local ready_head, ready_tail = 1, 0
 local draining = false
 local last_stepped = nil   -- the task resumed last (who held the loop)
+local step_hook = nil      -- workers: fn(task) before each resume
 local step                 -- forward: resumes a task
 
 
@@ -501,6 +502,7 @@ function step(task, ...)
   local co = task._co
   current = task
   last_stepped = task
+  if step_hook then step_hook(task) end
   local ok, tag = co_resume(co, ...)
   current = prev
   if nmade > 0 then sweep_created() end
@@ -697,6 +699,13 @@ function M.deadline()
   if task == nil then return nil end
   local root = task._root or task
   return root._deadline
+end
+
+
+--- set_step_hook(fn): fn(task) before each task is resumed (a worker
+-- publishes what runs, for its master's heartbeat check); nil: none.
+function M.set_step_hook(fn)
+  step_hook = fn
 end
 
 
