@@ -399,6 +399,8 @@ static const luaL_Reg core_functions[] = {
   {"pg_init", ls__lua_pg_init},
   {"redis_reader", ls__lua_redis_reader},
   {"redis_format", ls__lua_redis_format},
+  {"file_open", ls__lua_file_open},
+  {"respond_file", ls__lua_respond_file},
   {NULL, NULL},
 };
 
@@ -422,6 +424,7 @@ static int core_open(lua_State *L) {
   ls__ws_open(L);
   ls__pg_open(L);
   ls__redis_open(L);
+  ls__static_open(L);
   return 1;
 }
 

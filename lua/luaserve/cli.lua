@@ -37,6 +37,9 @@ local OPTIONS = {
   { "pool-nice", "count", 5, "how much lower the pool threads' priority is than the loop's (0-19)" },
   { "shared-size", "bytes", 64 * 1024 * 1024, "capacity of luaserve.shared in bytes" },
   { "reload", "flag", false, "development: restart the server when a .lua file of the app changes" },
+  -- issue 12: declared inputs, OpenAPI and docs
+  { "no-docs", "flag", false, "do not serve /openapi.json and /docs" },
+  { "validate-responses", "flag", false, "development: a handler's answer that does not match its declared response schema is a logged 500" },
 }
 M.OPTIONS = OPTIONS
 
@@ -292,6 +295,8 @@ local function serve(args)
     limit_concurrency = opts["limit-concurrency"],
     backlog = opts.backlog,
     paused = true,   -- bound; accepting once the startup hooks are done
+    docs = not opts["no-docs"],
+    validate_responses = opts["validate-responses"],
   })
   if not ok then   -- an option value the core refuses (--host localhost)
     io.stderr:write("luaserve: ", (tostring(srv):gsub("^[^\n]-:%d+: ", "")), "\n")

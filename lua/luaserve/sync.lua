@@ -233,6 +233,7 @@ function M.run_request(obj, req)
     client = req.client,
     scheme = req.scheme,
     tls = req.scheme == "https" and req.tls or nil,
+    valid = rawget(req, "valid"),   -- declared inputs, checked on the loop
   }
   local f = new_future(cancel_job)
   local job, err = pool_submit(REQUEST, obj.key, f, plain)
@@ -301,6 +302,7 @@ local function run_request_here(obj, plain)
   req.route = plain.route
   req.client = plain.client or {}
   req.tls = plain.tls or false
+  req.valid = plain.valid
   local ok, a, b, c = xpcall(obj.fn, on_error, req)
   local headers
   if ok then
