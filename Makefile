@@ -175,7 +175,7 @@ $(OAS_SCHEMA):
 # A person's look at /docs: the demo served, headless chromium, a
 # screenshot in build/docs.png (tests/docs_check.py).
 docs-check: test-deps all
-	LUASERVE="$(TEST_BIN)" LUASERVE_LUA_DIR="$(CURDIR)/lua" python3 tests/docs_check.py build/docs.png
+	LUASERVE="$(TEST_BIN)" LUASERVE_LUA_DIR="$(CURDIR)/lua" /usr/bin/python3 tests/docs_check.py build/docs.png
 
 run: all
 	./luaserve apps/demo --port $(PORT)
