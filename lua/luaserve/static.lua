@@ -175,9 +175,9 @@ local function byte_range(h, size)
     return size - n, size - 1
   end
   a = tonumber(a)
-  b = b ~= "" and tonumber(b) or size - 1
-  if b < a then return nil end
+  if b ~= "" and tonumber(b) < a then return nil end   -- malformed: ignored
   if a >= size then return "416" end
+  b = b ~= "" and tonumber(b) or size - 1
   if b >= size then b = size - 1 end
   return a, b
 end
