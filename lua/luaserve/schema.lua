@@ -348,7 +348,11 @@ end
 
 
 local function E(errs, typ, msg, loc, input, ctx)
-  if input == nil then input = null end
+  if input == nil then
+    input = null
+  elseif type(input) == "number" and (input ~= input or input == huge or input == -huge) then
+    input = tostring(input)   -- JSON has no NaN or infinity: the answer must encode
+  end
   errs[#errs + 1] = { type = typ, loc = loc, msg = msg, input = input, ctx = ctx }
 end
 
