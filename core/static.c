@@ -478,6 +478,18 @@ void ls__send_on_drain(ls_conn_t *c) {
 }
 
 
+/* The answer cannot go on (a write failed, no memory): close the file and
+ * the connection, end the request; push nil, "closed". */
+static int give_up(lua_State *L, ls_conn_t *c, int fd) {
+  close(fd);
+  ls__conn_close(c);
+  ls__conn_request_done(c);
+  lua_pushnil(L);
+  lua_pushliteral(L, "closed");
+  return 2;
+}
+
+
 /* respond_file(handle, status, content_type, headers|nil, file, offset,
  * length, target): answer with length bytes of the open file from
  * offset (Content-Length: length; HEAD: the head only). true when it is
@@ -515,14 +527,8 @@ int ls__lua_respond_file(lua_State *L) {
   if (err == 0)
     err = ls__conn_write(c, &b, 1);
   c->out.len = 0;
-  if (err) {
-    close(fd);
-    ls__conn_close(c);
-    ls__conn_request_done(c);
-    lua_pushnil(L);
-    lua_pushliteral(L, "closed");
-    return 2;
-  }
+  if (err)
+    return give_up(L, c, fd);
   if (c->is_head || lend == 0 || status == 304 || status == 204) {
     close(fd);
     ls__conn_request_done(c);
@@ -543,12 +549,7 @@ int ls__lua_respond_file(lua_State *L) {
     if (s)
       free(s->chunk);
     free(s);
-    close(fd);
-    ls__conn_close(c);
-    ls__conn_request_done(c);
-    lua_pushnil(L);
-    lua_pushliteral(L, "closed");
-    return 2;
+    return give_up(L, c, fd);
   }
   s->c = c;
   s->rt = c->rt;

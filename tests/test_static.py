@@ -53,11 +53,18 @@ def make_tree():
     return d, root, data
 
 
-class StaticFiles(unittest.TestCase):
+class TreeTest(unittest.TestCase):
+    """A class's server on a fresh tree (make_tree), stopped and removed
+    at the end; flags() gives its extra command-line flags."""
+
+    @classmethod
+    def flags(cls):
+        return []
+
     @classmethod
     def setUpClass(cls):
         cls.tmp, cls.root, cls.big = make_tree()
-        cls.srv = Server(APP, env={"LUASERVE_TEST_STATIC": cls.root})
+        cls.srv = Server(APP, *cls.flags(), env={"LUASERVE_TEST_STATIC": cls.root})
 
     @classmethod
     def tearDownClass(cls):
@@ -66,6 +73,9 @@ class StaticFiles(unittest.TestCase):
             assert status == 0, status
         finally:
             shutil.rmtree(cls.tmp, ignore_errors=True)
+
+
+class StaticFiles(TreeTest):
 
     def req(self, target, headers=(), method="GET"):
         with Client(self.srv.port) as c:
@@ -219,24 +229,14 @@ class StaticFiles(unittest.TestCase):
         self.assertTrue(self.srv.alive())
 
 
-class StaticOverTLS(unittest.TestCase):
+class StaticOverTLS(TreeTest):
     """Over TLS sendfile cannot work: chunks are read off the loop and go
     through the stream (and its back-pressure)."""
 
     @classmethod
-    def setUpClass(cls):
-        cls.tmp, cls.root, cls.big = make_tree()
-        cls.certs = certs.make(os.path.join(cls.tmp, "certs"))
-        cls.srv = Server(APP, "--ssl-certfile", cls.certs["chain"], "--ssl-keyfile",
-                         cls.certs["server_key"], env={"LUASERVE_TEST_STATIC": cls.root})
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            status, _ = cls.srv.stop()
-            assert status == 0, status
-        finally:
-            shutil.rmtree(cls.tmp, ignore_errors=True)
+    def flags(cls):
+        cls.certs = certs.make(tempfile.mkdtemp(prefix="luaserve-certs-"))
+        return ["--ssl-certfile", cls.certs["chain"], "--ssl-keyfile", cls.certs["server_key"]]
 
     def tls(self):
         ctx = ssl.create_default_context(cafile=self.certs["ca"])

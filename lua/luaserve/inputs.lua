@@ -167,7 +167,6 @@ function M.compile(method, path, opts, names, types)
   if not (path_decl or query or headers or body) then return nil end
 
   local gen = schema.new_gen()
-  local E, L = schema.E, schema.L
   gen:emit("return function(req)")
   gen:emit("local errs, P = {}, nil")
   gen:emit("local valid = {}")

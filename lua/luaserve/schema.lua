@@ -550,6 +550,17 @@ function Gen:node_body(s, x, path, mode)
 end
 
 
+-- One of enum's values (x), or an error naming them (input: what it shows).
+function Gen:enum(s, x, path, input)
+  local set = {}
+  for _, v in ipairs(s.enum) do set[v] = true end
+  local expected = quote_list(s.enum)
+  self:emit(format("if not %s[%s] then", self:k(set), x))
+  self:err(path, input, "enum", "Input should be " .. expected, { expected = expected })
+  self:emit("end")
+end
+
+
 function Gen:string(s, x, path, mode)
   if mode == "string" then
     self:emit(format("if type(%s) == 'number' then %s = tostring(%s) end", x, x, x))
@@ -578,14 +589,7 @@ function Gen:string(s, x, path, mode)
       s.pattern .. "'", { pattern = s.pattern })
     self:emit("end")
   end
-  if s.enum then
-    local set = {}
-    for _, v in ipairs(s.enum) do set[v] = true end
-    local expected = quote_list(s.enum)
-    self:emit(format("if not %s[%s] then", self:k(set), x))
-    self:err(path, x, "enum", "Input should be " .. expected, { expected = expected })
-    self:emit("end")
-  end
+  if s.enum then self:enum(s, x, path, x) end
   if s.format then
     local fe = FORMAT_ERRORS[s.format] or { "value_error", "Input should be a valid " .. s.format }
     self:emit(format("if not FORMATS[%q](%s) then", s.format, x))
@@ -651,14 +655,7 @@ function Gen:number(s, x, path, mode)
       { multiple_of = s.multiple_of })
     self:emit("end end")
   end
-  if s.enum then
-    local set = {}
-    for _, v in ipairs(s.enum) do set[v] = true end
-    local expected = quote_list(s.enum)
-    self:emit(format("if not %s[%s] then", self:k(set), x))
-    self:err(path, input, "enum", "Input should be " .. expected, { expected = expected })
-    self:emit("end")
-  end
+  if s.enum then self:enum(s, x, path, input) end
 end
 
 
