@@ -34,16 +34,6 @@ const char *ls_strerror(int err) {
 }
 
 
-void ls__log(const char *level, const char *fmt, ...) {
-  char msg[4096];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof(msg), fmt, ap);
-  va_end(ap);
-  fprintf(stderr, "luaserve: %s: %s\n", level, msg);
-}
-
-
 int ls__push_error(lua_State *L, int err) {
   lua_pushnil(L);
   lua_pushstring(L, ls_strerror(err));
@@ -84,12 +74,18 @@ int ls__pcall(lua_State *L, int nargs, int nresults, const char *what) {
 
 
 int ls__pcall_entry(ls_runtime_t *rt, int nargs, const char *what) {
-  if (rt->block_warn_ns == 0)
+  if (rt->block_warn_ns == 0 && !rt->wslot_shared)
     return pcall_rt(rt, nargs, 0, what);
   uint64_t t0 = uv_hrtime();
+  /* Workers publish the entry (the master's heartbeat check) and keep
+   * its length (the loop lag metric). */
+  if (rt->wslot_shared)
+    rt->wslot->entry_t0 = t0;
   int status = pcall_rt(rt, nargs, 0, what);
-  uint64_t dt = uv_hrtime() - t0;
-  if (dt >= rt->block_warn_ns && !rt->closing) {
+  uint64_t t1 = uv_hrtime(), dt = t1 - t0;
+  if (rt->wslot_shared)
+    ls__wslot_entry_done(rt->wslot, t1, dt);
+  if (rt->block_warn_ns && dt >= rt->block_warn_ns && !rt->closing) {
     lua_rawgeti(rt->L, LUA_REGISTRYINDEX, rt->blocked_ref);
     lua_pushnumber(rt->L, (double)dt / 1e9);
     pcall_rt(rt, 1, 0, "blocked");
@@ -328,11 +324,6 @@ static int core_watch_blocking(lua_State *L) {
 }
 
 
-/* set_log_level(n): 1 debug .. 4 error; what the core logs itself. */
-static int core_set_log_level(lua_State *L) {
-  ls__runtime(L)->log_level = (int)luaL_checkinteger(L, 1);
-  return 0;
-}
 
 
 /* is_pool_state(): true in a pool thread's state. */
@@ -346,7 +337,10 @@ static const luaL_Reg core_functions[] = {
   {"init", core_init},
   {"is_pool_state", core_is_pool_state},
   {"watch_blocking", core_watch_blocking},
-  {"set_log_level", core_set_log_level},
+  {"log", ls__lua_log},
+  {"log_access", ls__lua_log_access},
+  {"log_flush", ls__lua_log_flush},
+  {"log_config", ls__lua_log_config},
   {"listen", ls__lua_listen},
   {"respond", ls__lua_respond},
   {"release", ls__lua_release},
@@ -365,6 +359,10 @@ static const luaL_Reg core_functions[] = {
   {"run_once", ls__lua_run_once},
   {"stop", ls__lua_stop},
   {"tcp_connect", ls__lua_tcp_connect},
+  {"resolve_sync", ls__lua_resolve_sync},
+  {"now_ms", ls__lua_now_ms},
+  {"sleep_init", ls__lua_sleep_init},
+  {"sleep_arm", ls__lua_sleep_arm},
   {"response_parser", ls__lua_response_parser},
   {"gzip", ls__lua_gzip},
   {"gunzip", ls__lua_gunzip},
@@ -399,6 +397,33 @@ static const luaL_Reg core_functions[] = {
   {"pg_init", ls__lua_pg_init},
   {"redis_reader", ls__lua_redis_reader},
   {"redis_format", ls__lua_redis_format},
+  /* workers, shared memory, metrics (issue 9) */
+  {"shm_init", ls__lua_shm_init},
+  {"shared_safe_set", ls__lua_shared_safe_set},
+  {"shared_safe_add", ls__lua_shared_safe_add},
+  {"shared_verify", ls__lua_shared_verify},
+  {"master_open", ls__lua_master_open},
+  {"master_close", ls__lua_master_close},
+  {"master_wait", ls__lua_master_wait},
+  {"master_fork", ls__lua_master_fork},
+  {"master_figures", ls__lua_master_figures},
+  {"kill", ls__lua_kill},
+  {"slot_info", ls__lua_slot_info},
+  {"slot_release", ls__lua_slot_release},
+  {"shared_recover", ls__lua_shared_recover},
+  {"listen_socket", ls__lua_listen_socket},
+  {"worker_notify", ls__lua_worker_notify},
+  {"worker_beat", ls__lua_worker_beat},
+  {"worker_running", ls__lua_worker_running},
+  {"worker_attach", ls__lua_worker_attach},
+  {"worker_slot", ls__lua_worker_slot},
+  {"getpid", ls__lua_getpid},
+  {"metrics_series", ls__lua_metrics_series},
+  {"metrics_observe", ls__lua_metrics_observe},
+  {"metrics_snapshot", ls__lua_metrics_snapshot},
+  {"cpus", ls__lua_cpus},
+  {"file_open", ls__lua_file_open},
+  {"respond_file", ls__lua_respond_file},
   {NULL, NULL},
 };
 
@@ -422,6 +447,7 @@ static int core_open(lua_State *L) {
   ls__ws_open(L);
   ls__pg_open(L);
   ls__redis_open(L);
+  ls__static_open(L);
   return 1;
 }
 
@@ -444,8 +470,10 @@ ls_runtime_t *ls_runtime_new(uv_loop_t *loop, const char *lua_dir) {
     free(rt);
     return NULL;
   }
-  rt->log_level = 2;
+  rt->wslot = &ls__wslot_local;
   loop->data = rt;
+  uv_timer_init(loop, &rt->sleep_timer);
+  rt->sleep_timer.data = rt;
   uv_idle_init(loop, &rt->defer_idle);
   uv_check_init(loop, &rt->defer_check);
   rt->defer_idle.data = rt->defer_check.data = rt;
@@ -501,6 +529,7 @@ void ls_runtime_free(ls_runtime_t *rt) {
    * callbacks free the C side without entering Lua (rt->closing). */
   lua_close(rt->L);
   rt->L = NULL;
+  uv_close((uv_handle_t *)&rt->sleep_timer, NULL);
   uv_close((uv_handle_t *)&rt->defer_idle, NULL);
   uv_close((uv_handle_t *)&rt->defer_check, NULL);
   uv_run(rt->loop, UV_RUN_DEFAULT);

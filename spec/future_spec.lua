@@ -180,6 +180,53 @@ describe("luaserve.future", function()
       assert.is_true(d >= 0.08 and d < 2, d)
     end)
 
+    it("wakes sleepers in deadline order, equal ones in start order, cancelled never", function()
+      -- 300 sleeps of 0..30 ms started in one loop iteration (one ms, so
+      -- a deadline is the start time + the duration), every 7th cancelled
+      local woke, fs = {}, {}
+      math.randomseed(7)
+      local ms = {}
+      for i = 1, 300 do
+        ms[i] = math.random(0, 30)
+        local f = sleep(ms[i] / 1000)
+        fs[i] = f
+        f:on_done(function(g)
+          if select("#", g:result()) == 0 then woke[#woke + 1] = i end
+        end)
+      end
+      for i = 7, 300, 7 do fs[i]:cancel() end
+      await(sleep(0.1))
+      local want = {}
+      for i = 1, 300 do if i % 7 ~= 0 then want[#want + 1] = i end end
+      table.sort(want, function(a, b)
+        if ms[a] ~= ms[b] then return ms[a] < ms[b] end
+        return a < b
+      end)
+      -- the loop clock may tick between starts: allow a sleep started a
+      -- millisecond later to share a deadline with a shorter one; the
+      -- order must still never put a longer sleep before a shorter one
+      -- started earlier
+      assert.equal(#want, #woke)
+      for k = 2, #woke do
+        local a, b = woke[k - 1], woke[k]
+        assert.is_true(ms[a] <= ms[b] + 1, ("%d (%d ms) woke before %d (%d ms)")
+          :format(a, ms[a], b, ms[b]))
+        if ms[a] == ms[b] then assert.is_true(a < b) end
+      end
+      for i = 7, 300, 7 do
+        assert.same({ nil, "cancelled" }, { fs[i]:result() })
+      end
+    end)
+
+    it("keeps the loop up only while something sleeps", function()
+      local f = sleep(30)   -- cancelled: must not hold the loop for 30 s
+      f:cancel()
+      local d = timed(function() await(sleep(0.01)) end)
+      assert.is_true(d < 1, d)
+      -- (tests/test_usability.py: a script whose cancelled sleep would
+      -- hold the loop exits at once)
+    end)
+
     it("counts from the call, even after the loop's clock went stale", function()
       local spin_until = hrtime() + 0.2   -- CPU work, no loop turn
       while hrtime() < spin_until do end
@@ -254,7 +301,7 @@ describe("luaserve.future", function()
       assert.is_nil(v2)
       assert.matches("at once", err2)
       local out = table.concat(logged)
-      assert.matches("error: task failed: [^\n]*boom", out)
+      assert.matches("ERROR task failed: [^\n]*boom", out)
       assert.matches("stack traceback", out)
     end))
 
@@ -310,7 +357,7 @@ describe("luaserve.future", function()
       assert.equal(0, select("#", await(f)))
     end)
 
-    it("reports the first failure as nil, err and cancels the others", function()
+    it("raises the first failure at the await and cancels the others", function()
       local finished, cancelled = {}, {}
       local function slow(name)
         return spawn(function()
@@ -323,9 +370,12 @@ describe("luaserve.future", function()
       local a, b = slow("a"), slow("b")
       local failing = spawn(function() await(sleep(0.02)) return nil, "it broke" end)
       local d = timed(function()
-        local v, err = await(gather(a, failing, b))
-        assert.is_nil(v)
-        assert.equal("it broke", err)
+        local ok, err = pcall(await, gather(a, failing, b))
+        assert.is_false(ok)
+        assert.equal(luaserve.GatherError, getmetatable(err))
+        assert.equal(2, err.index)
+        assert.equal("it broke", err.error)
+        assert.equal("gather: future 2 failed: it broke", tostring(err))
       end)
       assert.is_true(d < 0.25, d)   -- did not wait for the slow ones
       assert.same({ nil, "cancelled" }, { await(a) })
@@ -334,12 +384,40 @@ describe("luaserve.future", function()
       assert.same({}, finished)
     end)
 
-    it("reports a task's error as a failure", quietly(function()
-      local v, err = await(gather(luaserve.resolved(1),
+    it("raises a task's error as a failure", quietly(function()
+      local ok, err = pcall(await, gather(luaserve.resolved(1),
         spawn(function() error("bad") end)))
-      assert.is_nil(v)
-      assert.matches("bad", err)
+      assert.is_false(ok)
+      assert.matches("^gather: future 2 failed: spec/future_spec.lua:%d+: bad$", tostring(err))
     end))
+
+    it("passes an HTTPError raised by a task as it is", quietly(function()
+      local ok, err = pcall(await, gather(spawn(function()
+        luaserve.raise(404, "no such item") end), sleep(0)))
+      assert.is_false(ok)
+      assert.equal(404, err.status)
+      assert.equal("no such item", err.detail)
+    end))
+
+    it("tells nil values from a failure: a, b = await(gather(fa, fb))", function()
+      local a, b = await(gather(luaserve.resolved(nil), luaserve.resolved(false)))
+      assert.is_nil(a)
+      assert.is_false(b)
+      -- a failure is never mistaken for values: it raises where awaited
+      local f = gather(luaserve.resolved(1), luaserve.resolved(nil, "gone"))
+      local ok, err = pcall(function() local x, y = await(f) return x, y end)
+      assert.is_false(ok)
+      assert.equal("gone", err.error)
+      -- and f:result() raises the same
+      assert.has_error(function() f:result() end)
+    end)
+
+    it("inside wait_for: the failure still raises", function()
+      local ok, err = pcall(await, luaserve.wait_for(gather(
+        luaserve.resolved(nil, "nope")), 1))
+      assert.is_false(ok)
+      assert.equal("nope", err.error)
+    end)
 
     it("raises on what is not a future", function()
       assert.has_error(function() gather(sleep(0), 5) end,

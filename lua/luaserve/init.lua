@@ -23,6 +23,7 @@ M.sleep = future.sleep
 M.spawn = future.spawn
 M.spawn_detached = future.spawn_detached
 M.gather = future.gather
+M.GatherError = future.GatherError
 M.wait_for = future.wait_for
 M.Semaphore = future.Semaphore
 M.Future = future.new
@@ -50,8 +51,12 @@ M.pool = { stats = require("luaserve.core").pool_stats }
 M.HTTPError = errors.new
 M.Response = response.new
 M.sse = require("luaserve.sse").response
+M.FileResponse = require("luaserve.static").FileResponse
 M.null = json.null
 M.json = json
+
+-- the log (luaserve.log.info(...), in handlers, tasks and sync functions)
+M.log = require "luaserve.log"
 
 --- raise(status, detail, headers): error(HTTPError(status, detail, headers)).
 function M.raise(status, detail, headers)

@@ -8,6 +8,9 @@
 
 local json = require "luaserve.json"
 local errors = require "luaserve.errors"
+local future = require "luaserve.future"
+
+local Future, Task = future.Future, future.Task
 
 local type = type
 local getmetatable = getmetatable
@@ -24,6 +27,11 @@ local Response = {}
 Response.__index = Response
 Response.__name = "luaserve.Response"
 M.Response = Response
+
+--- The metatable of a file body (luaserve.static): a Response's stream
+-- that the server sends with sendfile: { file =, offset =, length = }.
+local FileBody = { __name = "luaserve.FileBody" }
+M.FileBody = FileBody
 
 
 --- Response{status = 200, body = string|table, headers = {}, content_type = }
@@ -116,10 +124,14 @@ function M.normalize(a, b, c)
   if ta == "string" then return 200, a, TEXT, nil end
   if ta == "table" then
     local mt = getmetatable(a)
+    if mt == Future or mt == Task then
+      error("the handler returned a " .. (mt == Future and "future" or "task") ..
+        " instead of its result: did you forget await? (return await(f))", 0)
+    end
     if mt == Response then
       local stream = a.stream
       if stream ~= nil then
-        if type(stream) ~= "function" then
+        if type(stream) ~= "function" and getmetatable(stream) ~= FileBody then
           error("Response: stream must be a function(write)", 0)
         end
         local headers = a.headers

@@ -26,6 +26,7 @@ local json = require "luaserve.json"
 local log = require "luaserve.log"
 local sync = require "luaserve.sync"
 local websocket = require "luaserve.websocket"
+local inputs = require "luaserve.inputs"
 
 local start = future.start
 local drain = future.drain
@@ -50,7 +51,9 @@ local respond = core.respond
 local respond_start = core.respond_start
 local write_chunk = core.write_chunk
 local respond_end = core.respond_end
-local new_future = future.new
+local respond_file = core.respond_file
+local FileBody = response.FileBody
+local new_future = future.new_internal
 local await = future.await
 local release = core.release
 local hrtime = core.hrtime
@@ -60,6 +63,7 @@ local pcall = pcall
 local type = type
 local tostring = tostring
 local getmetatable = getmetatable
+local rawget = rawget
 local select = select
 local unpack = unpack
 local sort = table.sort
@@ -72,8 +76,12 @@ local EMPTY_PARAMS = setmetatable({}, { __newindex = function()
 
 local INTERNAL_ERROR = '{"detail":"Internal Server Error"}'
 
+-- Workers (luaserve.master): publish what runs, for the master's log when
+-- it kills a worker whose loop is blocked. nil: not a worker.
+local note_running = nil
+
 -- Errors of tasks (spawned, cancelled) go through the server's log.
-future.set_logger(log.error)
+future.set_logger(log.error, log.warn)
 
 
 -- The log line for a handler error: method, path, route and traceback.
@@ -84,6 +92,9 @@ local function log_handler_error(req, err, what)
   log.error(("%s %s (route %s)%s: %s"):format(req.method, req.path,
     req.route or "-", what or "", err))
 end
+
+
+local strip_root   -- forward (defined with the workers' helpers)
 
 
 -- ---------------------------------------------------------------------------
@@ -156,6 +167,11 @@ end
 -- stream, background, websocket. Raises what it raises. A WebSocket
 -- route's answer is the checked handshake's 101; its session follows it.
 local function call_handler(req, route)
+  local validate = route.validate   -- declared inputs (luaserve.inputs)
+  if validate then
+    local problems = validate(req)
+    if problems then error(new_http_error(422, problems), 0) end
+  end
   local deps = route.opts.deps
   if deps then resolve_deps(req, deps) end
   local handler = route.handler
@@ -165,6 +181,9 @@ local function call_handler(req, route)
     return 101, "", nil, headers, nil, nil, session
   end
   if is_sync(handler) then return run_sync(handler, req) end   -- on the pool
+  if route.responses and inputs.validate_responses then
+    return normalize(inputs.check_response(req, route, handler(req)))
+  end
   return normalize(handler(req))
 end
 
@@ -373,11 +392,13 @@ local function send_stream(requests, req, status, ctype, headers, stream,
     end
     if requests[conn] ~= req then return nil, "closed" end
     local f = new_future()
-    local done, werr = write_chunk(conn, data, f)
-    if done == nil then return nil, werr end
+    local done = write_chunk(conn, data, f)
+    -- Whatever cut the connection (a reset, a send timeout): "closed".
+    if done == nil then return nil, "closed" end
     nbytes = nbytes + #data
     if done then return true end
-    return await(f)   -- the socket is full: wait until it drains
+    if await(f) then return true end   -- the socket was full: it drained
+    return nil, "closed"
   end
   local sok, serr = xpcall(stream, on_error, write, req)
   if requests[conn] ~= req then return nbytes end   -- aborted meanwhile
@@ -390,6 +411,31 @@ local function send_stream(requests, req, status, ctype, headers, stream,
   local written = want_written and new_future() or nil
   local _, later = respond_end(conn, not sok, written)
   return nbytes, later and written or nil
+end
+
+
+-- A file body (luaserve.static): the head, then the file sent by the
+-- core (sendfile off the loop; chunks over TLS). The request stays
+-- abortable until the last byte; nothing pipelined is answered before.
+-- Returns the body bytes sent.
+local function send_file(requests, req, status, ctype, headers, body)
+  local conn = req._conn
+  local f = new_future()
+  local ok, r = pcall(respond_file, conn, status, ctype, headers, body.file,
+    body.offset, body.length, f)
+  if not ok then   -- a bad header table: nothing was sent yet
+    log_handler_error(req, r)
+    requests[conn] = nil
+    respond(conn, 500, INTERNAL_ERROR, JSON)
+    return 0
+  end
+  if r ~= false then   -- done now (HEAD, empty), or the client is gone
+    if requests[conn] == req then requests[conn] = nil end
+    return (r and req.method ~= "HEAD") and body.length or 0
+  end
+  local done = await(f)   -- the client leaving cancels this task instead
+  if requests[conn] == req then requests[conn] = nil end
+  return done and body.length or 0
 end
 
 
@@ -440,6 +486,7 @@ end
 local function make_handler(app, opts)
   local requests = opts.requests
   local access_log = opts.access_log ~= false
+  local metrics = opts.metrics and require("luaserve.metrics").observe
   local ctx = {
     app = app,
     max_body = opts.max_body or 1024 * 1024,
@@ -464,6 +511,7 @@ local function make_handler(app, opts)
       req._nomatch = { params, detail, extra }
       if near then req.route = near.path end   -- a 422: its parameter did not convert
     end
+    if note_running then note_running(req.method, req.path, req.route or "-") end
     if route and route.opts.deps then   -- cleanups run even if the client leaves
       on_cancel(function() run_cleanups(req) end)
     end
@@ -478,6 +526,8 @@ local function make_handler(app, opts)
     if ws and status == 101 then
       run_session(requests, req, ws, headers)
       nbytes = 0
+    elseif stream and getmetatable(stream) == FileBody then
+      nbytes = send_file(requests, req, status, ctype, headers, stream)
     elseif stream then
       nbytes, written = send_stream(requests, req, status, ctype, headers,
         stream, want_written)
@@ -493,7 +543,11 @@ local function make_handler(app, opts)
     elseif want_written then
       after_written(req, bg)
     end
-    if access_log then log.access(req, status, nbytes, hrtime() - req._t0) end
+    if access_log or metrics then
+      local seconds = hrtime() - req._t0
+      if access_log then log.access(req, status, nbytes, seconds) end
+      if metrics then metrics(req, status, seconds) end
+    end
   end
 end
 
@@ -521,6 +575,80 @@ function M.watch_blocking(seconds)
 end
 
 
+-- The numeric address to listen on: host itself (IPv4 or IPv6), or the
+-- first address a name (localhost) has, looked up now (startup: the
+-- look-up blocks). nil, err when the name has none.
+local function listen_address(host)
+  if host:match("^[%d.]+$") or host:find(":", 1, true) then return host end
+  local list, err = core.resolve_sync(host)
+  if not list or not list[1] then
+    return nil, ("cannot resolve host '%s': %s"):format(host, tostring(err or "no address"))
+  end
+  if list[1] ~= host then
+    log.debug(("host %s is %s"):format(host, table.concat(list, ", ")))
+  end
+  return list[1]
+end
+M.listen_address = listen_address
+
+
+-- ---------------------------------------------------------------------------
+-- Workers, proxies (luaserve.master, luaserve.proxy)
+
+--- strip_root(req, root): --root-path: a path under the prefix is routed
+-- without it (req.root_path keeps the prefix); one outside it (a proxy
+-- that strips the prefix itself) is routed as it is.
+function strip_root(req, root)
+  local path = req.path
+  if path:sub(1, #root) == root then
+    local rest = path:sub(#root + 1)
+    if rest == "" or rest:byte(1) == 47 then
+      req.path = rest == "" and "/" or rest
+    end
+  end
+  req.root_path = root
+end
+
+
+--- publish_running(on): in a worker, keep what the loop runs in shared
+-- memory: the request of each task resumed, its route once matched.
+function M.publish_running(on)
+  if not on then
+    note_running = nil
+    future.set_step_hook(nil)
+    return
+  end
+  local note = core.worker_running
+  note_running = note
+  local published = nil
+  future.set_step_hook(function(task)
+    local root = task._root or task
+    if root == published then return end
+    published = root
+    local req = root._a1
+    if type(req) == "table" and req.method then
+      -- a new request's route is not matched yet: the handler notes it
+      if req.route ~= false then note(req.method, req.path, req.route or "-") end
+    else
+      note(nil)
+    end
+  end)
+end
+
+
+--- heartbeat(seconds): a worker tells its master it is alive that often
+-- (a blocked loop cannot).
+function M.heartbeat(seconds)
+  core.worker_beat()
+  spawn_detached(function()
+    while true do
+      await(sleep(seconds))
+      core.worker_beat()
+    end
+  end)
+end
+
+
 --- serve(app, opts): listen and serve app; returns the server (with
 -- :address(), :start() and :close()), or nil, err.
 -- opts: host, port, tls (a context from tls_context: the listener speaks
@@ -528,27 +656,43 @@ end
 -- header_timeout_ms, keepalive_timeout_ms, send_timeout_ms,
 -- timeout_request (seconds a handler may take; a route's timeout option
 -- wins), limit_concurrency, backlog, paused (bound but not accepting until
--- server:start(): the app's startup hooks run in between).
+-- server:start(): the app's startup hooks run in between), docs (false: no
+-- /openapi.json and /docs), validate_responses (check answers against
+-- their declared schemas: a mismatch is a logged 500).
 function M.serve(app, opts)
   opts = opts or {}
+  -- issue 12: /openapi.json and /docs (after the app's routes: its own win)
+  if opts.docs ~= false then require("luaserve.docs").mount(app) end
+  if opts.validate_responses ~= nil then inputs.validate_responses = opts.validate_responses end
   local requests = {}   -- conn -> the request being handled
   local handle = make_handler(app, {
     requests = requests,
     access_log = opts.access_log,
+    metrics = opts.metrics,
     max_body = opts.max_body,
     timeout_request = opts.timeout_request,
   })
 
-  local timed = opts.access_log ~= false
+  local timed = opts.access_log ~= false or opts.metrics
   local scheme = opts.tls and "https" or "http"
+  local proxy = opts.proxy and require("luaserve.proxy").new(opts.proxy)
+  local root = opts.root_path
   local function dispatch(conn, method, target, headers, body)
     local req = new_request(conn, method, target, headers, body, scheme)
     if timed then req._t0 = hrtime() end
+    -- Behind a balancer: only a request that carries forwarding headers
+    -- pays for them.
+    if proxy and (rawget(headers, "x-forwarded-for") or rawget(headers,
+        "x-forwarded-proto") or rawget(headers, "forwarded")) then
+      proxy(req)
+    end
+    if root then strip_root(req, root) end
     requests[conn] = req
     start(handle, false, req)
     drain()
   end
 
+  local metrics = opts.metrics and require("luaserve.metrics").observe
   local function abort(conn)
     local req = requests[conn]
     if req == nil then return end
@@ -558,14 +702,18 @@ function M.serve(app, opts)
     if opts.access_log ~= false then
       log.access(req, 499, 0, hrtime() - req._t0)
     end
+    if metrics then metrics(req, 499, hrtime() - req._t0) end
     release(conn)
     drain()
   end
 
   local max_body = opts.max_body or 1024 * 1024
   if app.max_body > max_body then max_body = app.max_body end
+  local host, herr = listen_address(opts.host or "127.0.0.1")
+  if not host then return nil, herr end
   return core.listen({
-    host = opts.host or "127.0.0.1",
+    fd = opts.fd,
+    host = host,
     port = opts.port or 8080,
     dispatch = dispatch,
     abort = abort,
