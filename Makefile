@@ -37,10 +37,13 @@ BUILD = build/release
 SANFLAGS =
 endif
 
-CORE_SRCS = core/buf.c \
+CORE_SRCS = core/body.c \
+            core/buf.c \
             core/client.c \
             core/compress.c \
             core/copy.c \
+            core/crypto.c \
+            core/fs.c \
             core/http.c \
             core/main.c \
             core/pg.c \

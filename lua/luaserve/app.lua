@@ -237,6 +237,9 @@ function App:route(method, path, handler, opts)
   if route.opts.max_body and route.opts.max_body > self.max_body then
     self.max_body = route.opts.max_body
   end
+  if route.opts.max_upload and route.opts.max_upload > (self.max_upload or 0) then
+    self.max_upload = route.opts.max_upload   -- streamed bodies (multipart)
+  end
   for _, m in ipairs(methods) do
     m = type(m) == "string" and m:upper() or m
     if not KNOWN_METHOD[m] then

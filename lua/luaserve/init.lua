@@ -53,6 +53,17 @@ M.sse = require("luaserve.sse").response
 M.null = json.null
 M.json = json
 
+-- cookies, crypto, files (issue 14)
+M.cookies = require "luaserve.cookies"
+M.crypto = require "luaserve.crypto"
+M.fs = require "luaserve.fs"
+
+--- cookie(name, value, opts): a Set-Cookie header value, for the
+-- `return status, body, headers` form: { ["Set-Cookie"] = { c1, c2 } }.
+function M.cookie(name, value, opts)
+  return M.cookies.serialize(name, value, opts, 2)
+end
+
 --- raise(status, detail, headers): error(HTTPError(status, detail, headers)).
 function M.raise(status, detail, headers)
   error(errors.new(status, detail, headers), 2)

@@ -302,6 +302,9 @@ local function run_request_here(obj, plain)
   req.client = plain.client or {}
   req.tls = plain.tls or false
   local ok, a, b, c = xpcall(obj.fn, on_error, req)
+  if rawget(req, "_uploads") then   -- temp files of req:multipart(), unkept
+    require("luaserve.form").discard(req)
+  end
   local headers
   if ok then
     ok, a, b, c, headers = pcall(response.normalize, a, b, c)
