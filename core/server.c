@@ -96,10 +96,6 @@ static void conn_on_notify(ls_defer_t *d) {
     ls__resolve(rt, ref, 2);
   }
   c->notify_closed = 0;
-  if (c->notify_body) {   /* a streamed body's reader (body.c) */
-    c->notify_body = 0;
-    ls__body_notify(c);
-  }
   if (c->notify_abort && c->lua_holds > 0) {
     /* Lua cancels the request's task and calls release(handle). */
     lua_State *L = rt->L;
@@ -108,6 +104,11 @@ static void conn_on_notify(ls_defer_t *d) {
     ls__pcall_entry(rt, 1, "abort");
   }
   c->notify_abort = 0;
+  if (c->notify_body) {   /* a streamed body's reader (body.c), after the
+                             abort: a cancelled task reads no more */
+    c->notify_body = 0;
+    ls__body_notify(c);
+  }
   if (c->notify_process) {
     c->notify_process = 0;
     if (c->state == LS_CONN_IDLE || c->state == LS_CONN_READING)

@@ -440,6 +440,9 @@ end)
 -- PostgreSQL and Redis: a notes API, a rate limit, /db/slow (notes.lua).
 require("notes")(app)
 
+-- Cookies, forms and uploads: /login, /me, /logout, /upload (forms.lua).
+require("forms")(app)
+
 
 app:get("/", function(req)
   local routes = {}
