@@ -35,20 +35,9 @@ local function multipart_body(parts)
 end
 
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
-
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local files = dofile((debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec")
+  .. "/files_helper.lua")
+local exists, read_file = files.exists, files.read
 
 
 describe("application/x-www-form-urlencoded", function()
@@ -159,18 +148,6 @@ describe("multipart/form-data", function()
       out[#out + 1] = rec
     end
     return out
-  end)
-  app:post("/body", function(req)
-    return { len = #req.body, head = req.body:sub(1, 2 + #B) }
-  end, { max_body = 4096 })
-  app:post("/chunks", function(req)
-    local n, count = 0, 0
-    for c in req:chunks() do n, count = n + #c, count + 1 end
-    return { n = n, count = count }
-  end)
-  app:post("/twice", function(req)
-    req:multipart()
-    return { len = #req.body }
   end)
   app:post("/small", function(req) return { n = #req:multipart().list } end,
     { max_upload = 2000 })
@@ -296,29 +273,6 @@ describe("multipart/form-data", function()
       { name = "big", filename = "big.bin", size = #big, sha256 = crypto.sha256(big, "hex") },
       { name = "skip", filename = "ignored.bin" },
     }, res:json())
-  end)
-
-  it("reads a streamed body whole as req.body, within the route's max_body", function()
-    local body = multipart_body({ { name = "a", value = "1" } })
-    local res = post("/body", body)
-    assert.same({ len = #body, head = "--" .. B }, res:json())
-    res = post("/body", multipart_body({ { name = "a", value = string.rep("x", 5000) } }))
-    assert.equals(413, res.status)
-    assert.equals("request body larger than 4096 bytes", res:json().detail)
-  end)
-
-  it("gives a body's pieces with req:chunks(), streamed or not", function()
-    local body = multipart_body({ { name = "a", value = string.rep("x", 300000) } })
-    local t = post("/chunks", body):json()
-    assert.equals(#body, t.n)
-    assert.is_true(t.count >= 1)
-    t = post("/chunks", "plain body", "text/plain"):json()
-    assert.same({ n = 10, count = 1 }, t)
-  end)
-
-  it("refuses to read a body twice: a clear 500 in the log", function()
-    local res = post("/twice", multipart_body({ { name = "a", value = "1" } }))
-    assert.equals(500, res.status)
   end)
 
   it("answers 413 before reading when Content-Length passes the route's max_upload", function()

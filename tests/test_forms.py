@@ -361,6 +361,15 @@ class TransportTest(FormsServerTest):
             self.assertEqual(r.status, 413)
             self.assertEqual(json.loads(r.body),
                              {"detail": "request body too large"})
+        # chunked past a route's own max_upload: 413 naming it
+        body = multipart([("f", b"z" * 200000, "f.bin", "application/octet-stream")])
+        with harness.Client(self.srv.port, timeout=20) as c:
+            c.send(mp_head("/small", None, "Transfer-Encoding: chunked\r\n") +
+                   b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+            r = c.response(timeout=20)
+            self.assertEqual(r.status, 413)
+            self.assertEqual(json.loads(r.body),
+                             {"detail": "request body larger than 100000 bytes"})
         # malformed: no closing boundary; bad chunk encoding
         r = self.post_raw("/upload", multipart([("a", b"1")])[:-8])
         self.assertEqual(r.status, 400)

@@ -200,7 +200,8 @@ end
 -- opts.timeout: seconds the handler may take (504 after); opts.deps: {name
 -- = fn(req)} dependencies resolved before the handler into req.deps (fn
 -- may await and may return a cleanup function as its second value, run
--- after the response).
+-- after the response); opts.max_upload: this route's limit of a streamed
+-- multipart/form-data body in bytes (413 beyond).
 function App:route(method, path, handler, opts)
   if type(handler) ~= "function" and not (type(handler) == "table" and
       getmetatable(handler) and getmetatable(handler).__call) then

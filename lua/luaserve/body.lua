@@ -82,6 +82,7 @@ local read = M.read
 
 --- chunks(req): an iterator over the pieces of the body.
 function M.chunks(req)
+  if rawget(req, "body") ~= nil then req._body = nil end   -- in memory: again
   return function() return read(req) end
 end
 

@@ -12,7 +12,9 @@
 --   crypto.equal(a, b)                           -- constant time
 
 local core = require "luaserve.core"
+local errors = require "luaserve.errors"
 
+local check_string = errors.check_string
 local sha256 = core.sha256
 local hmac_sha256 = core.hmac_sha256
 local sha256_new = core.sha256_new
@@ -45,25 +47,20 @@ local function encode(raw, enc)
 end
 
 
-local function check_string(v, what, level)
-  if type(v) ~= "string" then
-    error(what .. ": expected a string, got " .. type(v), level + 1)
-  end
-end
 
 
 --- sha256(data, enc): the SHA-256 digest of data: 32 raw bytes, or "hex",
 -- "base64", "base64url".
 function M.sha256(data, enc)
-  check_string(data, "sha256", 2)
+  check_string(data, "sha256")
   return encode(sha256(data), enc)
 end
 
 
 --- hmac_sha256(key, data, enc): the HMAC-SHA256 of data under key.
 function M.hmac_sha256(key, data, enc)
-  check_string(key, "hmac_sha256: key", 2)
-  check_string(data, "hmac_sha256: data", 2)
+  check_string(key, "hmac_sha256: key")
+  check_string(data, "hmac_sha256: data")
   return encode(hmac_sha256(key, data), enc)
 end
 
@@ -81,7 +78,7 @@ end
 
 
 function Stream:update(data)
-  check_string(data, "sha256 update", 2)
+  check_string(data, "sha256 update")
   self._d:update(data)
   self.size = self.size + #data
   return self

@@ -239,8 +239,11 @@ end
 local function open_multipart(req, lim)
   local st = rawget(req, "_body")
   if st and st.received > 0 then
-    error("the request's body was read already (req:multipart(), req:parts(), " ..
-      "req:chunks() and req.body each read it; use one)", 3)
+    if rawget(req, "body") == nil then
+      error("the request's body was read already as a stream (req:multipart(), " ..
+        "req:parts() and req:chunks() each read it; use one)", 3)
+    end
+    req._body = nil   -- whole in memory (req.body): read it again
   end
   local ctype = req.headers["content-type"]
   if media_type(ctype) ~= "multipart/form-data" then

@@ -16,8 +16,10 @@
 -- that was cancelled before it got it is closed (a temp file removed).
 
 local core = require "luaserve.core"
+local errors = require "luaserve.errors"
 local future = require "luaserve.future"
 
+local check_string = errors.check_string
 local new_future = future.new
 local fs_open = core.fs_open
 local fs_mkstemp = core.fs_mkstemp
@@ -33,6 +35,8 @@ local error = error
 local remove = table.remove
 
 local M = {}
+
+local MODES = { r = true, ["r+"] = true, w = true, wx = true, a = true }
 
 local File = {}
 File.__index = File
@@ -55,11 +59,6 @@ local function call(start)
 end
 
 
-local function check_string(v, what, level)
-  if type(v) ~= "string" then
-    error(what .. ": expected a string, got " .. type(v), level + 1)
-  end
-end
 
 
 -- A file object for fd; its sentinel closes the descriptor if the object
@@ -104,9 +103,13 @@ end
 -- (default), "r+", "w" (create or truncate), "wx" (create, fail if it
 -- exists), "a" (append); perm for a created file (default 0644).
 function M.open(path, mode, perm)
-  check_string(path, "fs.open: path", 2)
+  check_string(path, "fs.open: path")
+  mode = mode or "r"
+  if not MODES[mode] then
+    error("fs.open: mode must be r, r+, w, wx or a, got '" .. tostring(mode) .. "'", 2)
+  end
   return open_call(function(f)
-    return fs_open(path, mode or "r", perm or 420, f)
+    return fs_open(path, mode, perm or 420, f)
   end, path)
 end
 
@@ -115,7 +118,7 @@ end
 -- trailing "XXXXXX" made unique ("/tmp/upload-XXXXXX"): a File whose
 -- `path` is the name.
 function M.mkstemp(template)
-  check_string(template, "fs.mkstemp", 2)
+  check_string(template, "fs.mkstemp")
   return open_call(function(f) return fs_mkstemp(template, f) end, nil, true)
 end
 
@@ -157,7 +160,7 @@ end
 
 --- file:write(data): true once every byte is written, or nil, err, code.
 function File:write(data)
-  check_string(data, "file:write", 2)
+  check_string(data, "file:write")
   local out = new_future()
   self:_op(function(f, fd) return fs_write(fd, data, -1, f) end):on_done(function(g)
     local n, err, code = g:result()
@@ -188,23 +191,23 @@ end
 
 --- remove(path): true, or nil, err, code.
 function M.remove(path)
-  check_string(path, "fs.remove", 2)
+  check_string(path, "fs.remove")
   return call(function(f) return fs_unlink(path, f) end)
 end
 
 
 --- rename(from, to): true, or nil, err, code (both on one file system).
 function M.rename(from, to)
-  check_string(from, "fs.rename: from", 2)
-  check_string(to, "fs.rename: to", 2)
+  check_string(from, "fs.rename: from")
+  check_string(to, "fs.rename: to")
   return call(function(f) return fs_rename(from, to, f) end)
 end
 
 
 --- copy(from, to): true, or nil, err, code ("EEXIST": to exists).
 function M.copy(from, to)
-  check_string(from, "fs.copy: from", 2)
-  check_string(to, "fs.copy: to", 2)
+  check_string(from, "fs.copy: from")
+  check_string(to, "fs.copy: to")
   return call(function(f) return fs_copyfile(from, to, f) end)
 end
 
@@ -212,7 +215,7 @@ end
 --- stat(path): {size, mtime, mode, type = "file"|"directory"|"link"|
 -- "other"}, or nil, err, code.
 function M.stat(path)
-  check_string(path, "fs.stat", 2)
+  check_string(path, "fs.stat")
   return call(function(f) return fs_stat(path, f) end)
 end
 
@@ -220,8 +223,8 @@ end
 --- move(from, to): rename; across file systems (EXDEV) copy, then remove
 -- the original. true, or nil, err, code.
 function M.move(from, to)
-  check_string(from, "fs.move: from", 2)
-  check_string(to, "fs.move: to", 2)
+  check_string(from, "fs.move: from")
+  check_string(to, "fs.move: to")
   local out = new_future()
   M.rename(from, to):on_done(function(g)
     local ok, err, code = g:result()

@@ -552,7 +552,10 @@ end
 -- header_timeout_ms, keepalive_timeout_ms, send_timeout_ms,
 -- timeout_request (seconds a handler may take; a route's timeout option
 -- wins), limit_concurrency, backlog, paused (bound but not accepting until
--- server:start(): the app's startup hooks run in between).
+-- server:start(): the app's startup hooks run in between), max_upload (a
+-- multipart body's limit, 100 MB; routes may set their own),
+-- stream_multipart (default true: multipart/form-data bodies reach the
+-- handler as a stream; false: read whole under max_body like any other).
 function M.serve(app, opts)
   opts = opts or {}
   local requests = {}   -- conn -> the request being handled

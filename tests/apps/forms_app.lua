@@ -72,6 +72,11 @@ app:post("/count", function(req)
   return { bytes = n }
 end)
 
+-- A route with its own, smaller, upload limit.
+app:post("/small", function(req)
+  return { n = #req:multipart().list }
+end, { max_upload = 100000 })
+
 app:post("/form", function(req)
   return { form = req:form(), tags = req:form_all("tag") }
 end)
