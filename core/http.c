@@ -122,20 +122,23 @@ static int wants_continue(ls_conn_t *c) {
 }
 
 
-/* Is the request's body multipart/form-data (streamed: body.c)? */
+/* Is the request's body multipart/form-data (streamed: body.c)? Every
+ * request with a body asks: the first letters decide before any compare. */
 static int is_multipart(ls_conn_t *c) {
   static const char mp[] = "multipart/form-data";
+  const size_t mplen = sizeof(mp) - 1;
   ls_hdr_t *h = (ls_hdr_t *)c->hdrs.data;
   for (unsigned i = 0; i < c->nheaders; i++, h++) {
-    if (h->name_len != 12 ||
-        strncasecmp(c->req.data + h->name_off, "content-type", 12) != 0)
+    const char *name = c->req.data + h->name_off;
+    if (h->name_len != 12 || (name[0] | 0x20) != 'c' ||
+        (name[8] | 0x20) != 't' || strncasecmp(name, "content-type", 12) != 0)
       continue;
     const char *v = c->req.data + h->value_off;
     size_t n = h->value_len;
     while (n && (*v == ' ' || *v == '\t')) v++, n--;
-    return n >= sizeof(mp) - 1 && strncasecmp(v, mp, sizeof(mp) - 1) == 0 &&
-           (n == sizeof(mp) - 1 || v[sizeof(mp) - 1] == ';' ||
-            v[sizeof(mp) - 1] == ' ' || v[sizeof(mp) - 1] == '\t');
+    return n >= mplen && (v[0] | 0x20) == 'm' &&
+           strncasecmp(v, mp, mplen) == 0 &&
+           (n == mplen || v[mplen] == ';' || v[mplen] == ' ' || v[mplen] == '\t');
   }
   return 0;
 }

@@ -572,8 +572,11 @@ function M.serve(app, opts)
   local timed = opts.access_log ~= false
   local scheme = opts.tls and "https" or "http"
   local function dispatch(conn, method, target, headers, body)
-    local req = new_request(conn, method, target, headers, body or nil, scheme)
-    if body == false then   -- streamed: read as the handler asks (body.lua)
+    local req
+    if body then
+      req = new_request(conn, method, target, headers, body, scheme)
+    else   -- streamed (false): read as the handler asks (body.lua)
+      req = new_request(conn, method, target, headers, nil, scheme)
       req._max_body, req._max_upload = body_max, upload_max
     end
     if timed then req._t0 = hrtime() end

@@ -16,6 +16,7 @@ cd "$(dirname "$0")/../.."
 DUR="${1:-${BENCH_DURATION:-10}}"
 ROUNDS="${ROUNDS:-4}"
 UPLOADS="${UPLOADS:-10}"
+ROUTES="${ROUTES:-plaintext json echo}"
 TICK=$(getconf CLK_TCK)
 HERE="$PWD"
 
@@ -59,7 +60,7 @@ if [ -n "${BASE:-}" ]; then
   echo "== hot paths: this tree against $BASE (server CPU per request, medians of $ROUNDS)"
   tmp=$(mktemp)
   for r in $(seq "$ROUNDS"); do
-    for p in plaintext json echo; do
+    for p in $ROUTES; do
       if [ $((r % 2)) = 1 ]; then
         run "$p-base" "$BASE" "/$p" >> "$tmp"; run "$p-this" "$HERE" "/$p" >> "$tmp"
       else
@@ -68,7 +69,7 @@ if [ -n "${BASE:-}" ]; then
     done
   done
   printf "%-10s %12s %12s %10s %10s %8s\n" route rps_base rps_this us_base us_this ratio
-  for p in plaintext json echo; do
+  for p in $ROUTES; do
     rb=$(awk -v v="$p-base" '$1 == v { print $2 }' "$tmp" | median)
     rt=$(awk -v v="$p-this" '$1 == v { print $2 }' "$tmp" | median)
     ub=$(awk -v v="$p-base" '$1 == v { print $3 }' "$tmp" | median)
