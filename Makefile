@@ -45,6 +45,7 @@ CORE_SRCS = core/body.c \
             core/crypto.c \
             core/fs.c \
             core/http.c \
+            core/log.c \
             core/main.c \
             core/pg.c \
             core/pgquery.c \

@@ -46,7 +46,6 @@ struct ls_runtime_s {
   void *shared;        /* the shared dictionary, or NULL */
   void *gzip;          /* compress.c's reusable deflate stream, or NULL */
   int is_pool_state;   /* 1 in a pool thread's state */
-  int log_level;       /* 1 debug, 2 info, 3 warn, 4 error (luaserve.log's) */
   char *lua_dir;       /* the framework's Lua folder (pool states need it) */
   char *read_buf;      /* LS__READ_BUF bytes every read of this loop lands in:
                           a waiting connection or socket holds no buffer */
@@ -86,9 +85,14 @@ int ls__pcall_entry(ls_runtime_t *rt, int nargs, const char *what);
 /* ls__resolve: call resolve(target, <nargs values on top>) and unref target.
  * Pops the nargs values. Does nothing (but pop and unref) when closing. */
 void ls__resolve(ls_runtime_t *rt, int target_ref, int nargs);
-/* ls__log: one line on stderr, "luaserve: <level>: <message>". */
+/* ls__log (log.c): one line on stderr with the time and the level
+ * ("debug", "info", "warn", "error"), after the buffered access lines. */
 void ls__log(const char *level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* ls__log_flush (log.c): write the buffered access lines now. */
+void ls__log_flush(void);
+/* ls__log_level (log.c): the process's level, 1 debug .. 4 error. */
+int ls__log_level(void);
 /* ls__new_class: a metatable `name` (with __name), methods as __index,
  * gc as __gc (either may be NULL); leaves the stack as it was. */
 void ls__new_class(lua_State *L, const char *name, const luaL_Reg *methods,
@@ -100,10 +104,11 @@ int ls__format_addr(const struct sockaddr_storage *addr, char *host,
 int ls__push_addr(lua_State *L, const struct sockaddr_storage *addr);
 /* ls__push_error: push nil and the message of err; returns 2. */
 int ls__push_error(lua_State *L, int err);
-/* ls__log_at: ls__log when level (1 debug .. 4 error) passes rt's. */
+/* ls__log_at: ls__log when level (1 debug .. 4 error) passes the log's. */
 #define ls__log_at(rt, lvl, name, ...)                                      \
   do {                                                                      \
-    if ((lvl) >= (rt)->log_level) ls__log(name, __VA_ARGS__);              \
+    (void)(rt);                                                             \
+    if ((lvl) >= ls__log_level()) ls__log(name, __VA_ARGS__);              \
   } while (0)
 /* ls__defer: run cb(d) after the current callback, from the loop (never
  * inside a Lua call). Queuing a queued item does nothing. Not while the
@@ -649,6 +654,7 @@ int ls__lua_stop(lua_State *L);            /* timer.c: stop the loop */
 void ls__timer_open(lua_State *L);         /* timer.c: metatables */
 
 int ls__lua_tcp_connect(lua_State *L);     /* tcp.c: connect(host, port, t, ms) */
+int ls__lua_resolve_sync(lua_State *L);    /* tcp.c: resolve_sync(name) */
 void ls__tcp_open(lua_State *L);           /* tcp.c: metatables */
 
 int ls__lua_response_parser(lua_State *L); /* client.c: response_parser() */
@@ -660,6 +666,10 @@ int ls__lua_deflater(lua_State *L);        /* compress.c: deflater(level) */
 void ls__compress_open(lua_State *L);      /* compress.c: metatables */
 void ls__compress_free(ls_runtime_t *rt);  /* compress.c: exit path */
 int ls__lua_random_hex(lua_State *L);      /* random.c: random_hex(n) */
+int ls__lua_log(lua_State *L);             /* log.c: log(level, msg, ...) */
+int ls__lua_log_access(lua_State *L);      /* log.c: an access line */
+int ls__lua_log_flush(lua_State *L);       /* log.c: write the buffered */
+int ls__lua_log_config(lua_State *L);      /* log.c: {format, level} */
 void ls__random_bytes(void *buf, size_t len); /* random.c: not for secrets */
 int ls__lua_ws_accept_key(lua_State *L);   /* ws.c: ws_accept_key(key) */
 int ls__lua_base64(lua_State *L);          /* ws.c: base64(data) */

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "luaserve.h"
+#include "internal.h"
 
 #ifndef LS_LUA_DIR
 #define LS_LUA_DIR "/usr/local/share/luaserve/lua"
@@ -16,7 +16,9 @@
 
 
 /* The framework's Lua directory: $LUASERVE_LUA_DIR, else lua/ beside the
- * binary (a build tree), else the installed LS_LUA_DIR. */
+ * binary or up to two folders above it (a source tree: ./luaserve, and
+ * build/san/luaserve, the sanitizer build), else the installed
+ * LS_LUA_DIR. */
 static void find_lua_dir(char *out, size_t size) {
   const char *env = getenv("LUASERVE_LUA_DIR");
   if (env && *env) {
@@ -27,9 +29,11 @@ static void find_lua_dir(char *out, size_t size) {
   ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
   if (n > 0) {
     exe[n] = '\0';
-    char *slash = strrchr(exe, '/');
-    if (slash) {
-      *slash = '\0';
+    for (int up = 0; up < 3; up++) {
+      char *slash = strrchr(exe, '/');
+      if (slash == NULL)
+        break;
+      *slash = '\0';   /* the folder holding the binary, then its parents */
       snprintf(out, size, "%s/lua/luaserve/init.lua", exe);
       if (access(out, R_OK) == 0) {
         snprintf(out, size, "%s/lua", exe);
@@ -57,5 +61,6 @@ int main(int argc, char **argv) {
   }
   int status = ls_runtime_call_main(rt, "luaserve.cli", argc - 1, argv + 1);
   ls_runtime_free(rt);
+  ls__log_flush();   /* access lines still buffered */
   return status;
 }

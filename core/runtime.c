@@ -34,16 +34,6 @@ const char *ls_strerror(int err) {
 }
 
 
-void ls__log(const char *level, const char *fmt, ...) {
-  char msg[4096];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof(msg), fmt, ap);
-  va_end(ap);
-  fprintf(stderr, "luaserve: %s: %s\n", level, msg);
-}
-
-
 int ls__push_error(lua_State *L, int err) {
   lua_pushnil(L);
   lua_pushstring(L, ls_strerror(err));
@@ -328,11 +318,6 @@ static int core_watch_blocking(lua_State *L) {
 }
 
 
-/* set_log_level(n): 1 debug .. 4 error; what the core logs itself. */
-static int core_set_log_level(lua_State *L) {
-  ls__runtime(L)->log_level = (int)luaL_checkinteger(L, 1);
-  return 0;
-}
 
 
 /* is_pool_state(): true in a pool thread's state. */
@@ -346,7 +331,10 @@ static const luaL_Reg core_functions[] = {
   {"init", core_init},
   {"is_pool_state", core_is_pool_state},
   {"watch_blocking", core_watch_blocking},
-  {"set_log_level", core_set_log_level},
+  {"log", ls__lua_log},
+  {"log_access", ls__lua_log_access},
+  {"log_flush", ls__lua_log_flush},
+  {"log_config", ls__lua_log_config},
   {"listen", ls__lua_listen},
   {"respond", ls__lua_respond},
   {"release", ls__lua_release},
@@ -365,6 +353,7 @@ static const luaL_Reg core_functions[] = {
   {"run_once", ls__lua_run_once},
   {"stop", ls__lua_stop},
   {"tcp_connect", ls__lua_tcp_connect},
+  {"resolve_sync", ls__lua_resolve_sync},
   {"response_parser", ls__lua_response_parser},
   {"gzip", ls__lua_gzip},
   {"gunzip", ls__lua_gunzip},
@@ -462,7 +451,6 @@ ls_runtime_t *ls_runtime_new(uv_loop_t *loop, const char *lua_dir) {
     free(rt);
     return NULL;
   }
-  rt->log_level = 2;
   loop->data = rt;
   uv_idle_init(loop, &rt->defer_idle);
   uv_check_init(loop, &rt->defer_check);

@@ -692,3 +692,43 @@ static const luaL_Reg tcp_methods[] = {
 void ls__tcp_open(lua_State *L) {
   ls__new_class(L, LS_TCP_MT, tcp_methods, tcp_gc);
 }
+
+
+/* resolve_sync(name): the addresses a host name has (numeric strings, in
+ * the resolver's order, duplicates dropped), or nil, err. It blocks: for
+ * startup only (the listening address), never from a request. */
+int ls__lua_resolve_sync(lua_State *L) {
+  ls_runtime_t *rt = ls__runtime(L);
+  const char *name = luaL_checkstring(L, 1);
+  struct addrinfo hints;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  uv_getaddrinfo_t req;
+  int err = uv_getaddrinfo(rt->loop, &req, NULL, name, NULL, &hints);
+  if (err)
+    return ls__push_error(L, err);
+  lua_newtable(L);
+  int n = 0;
+  for (struct addrinfo *ai = req.addrinfo; ai; ai = ai->ai_next) {
+    char host[INET6_ADDRSTRLEN];
+    if (ai->ai_family == AF_INET)
+      uv_ip4_name((struct sockaddr_in *)ai->ai_addr, host, sizeof(host));
+    else if (ai->ai_family == AF_INET6)
+      uv_ip6_name((struct sockaddr_in6 *)ai->ai_addr, host, sizeof(host));
+    else
+      continue;
+    int dup = 0;
+    for (int i = 1; i <= n && !dup; i++) {
+      lua_rawgeti(L, -1, i);
+      dup = strcmp(lua_tostring(L, -1), host) == 0;
+      lua_pop(L, 1);
+    }
+    if (!dup) {
+      lua_pushstring(L, host);
+      lua_rawseti(L, -2, ++n);
+    }
+  }
+  uv_freeaddrinfo(req.addrinfo);
+  return 1;
+}

@@ -254,7 +254,7 @@ describe("luaserve.future", function()
       assert.is_nil(v2)
       assert.matches("at once", err2)
       local out = table.concat(logged)
-      assert.matches("error: task failed: [^\n]*boom", out)
+      assert.matches("ERROR task failed: [^\n]*boom", out)
       assert.matches("stack traceback", out)
     end))
 
@@ -310,7 +310,7 @@ describe("luaserve.future", function()
       assert.equal(0, select("#", await(f)))
     end)
 
-    it("reports the first failure as nil, err and cancels the others", function()
+    it("raises the first failure at the await and cancels the others", function()
       local finished, cancelled = {}, {}
       local function slow(name)
         return spawn(function()
@@ -323,9 +323,12 @@ describe("luaserve.future", function()
       local a, b = slow("a"), slow("b")
       local failing = spawn(function() await(sleep(0.02)) return nil, "it broke" end)
       local d = timed(function()
-        local v, err = await(gather(a, failing, b))
-        assert.is_nil(v)
-        assert.equal("it broke", err)
+        local ok, err = pcall(await, gather(a, failing, b))
+        assert.is_false(ok)
+        assert.equal(luaserve.GatherError, getmetatable(err))
+        assert.equal(2, err.index)
+        assert.equal("it broke", err.error)
+        assert.equal("gather: future 2 failed: it broke", tostring(err))
       end)
       assert.is_true(d < 0.25, d)   -- did not wait for the slow ones
       assert.same({ nil, "cancelled" }, { await(a) })
@@ -334,12 +337,40 @@ describe("luaserve.future", function()
       assert.same({}, finished)
     end)
 
-    it("reports a task's error as a failure", quietly(function()
-      local v, err = await(gather(luaserve.resolved(1),
+    it("raises a task's error as a failure", quietly(function()
+      local ok, err = pcall(await, gather(luaserve.resolved(1),
         spawn(function() error("bad") end)))
-      assert.is_nil(v)
-      assert.matches("bad", err)
+      assert.is_false(ok)
+      assert.matches("^gather: future 2 failed: spec/future_spec.lua:%d+: bad$", tostring(err))
     end))
+
+    it("passes an HTTPError raised by a task as it is", quietly(function()
+      local ok, err = pcall(await, gather(spawn(function()
+        luaserve.raise(404, "no such item") end), sleep(0)))
+      assert.is_false(ok)
+      assert.equal(404, err.status)
+      assert.equal("no such item", err.detail)
+    end))
+
+    it("tells nil values from a failure: a, b = await(gather(fa, fb))", function()
+      local a, b = await(gather(luaserve.resolved(nil), luaserve.resolved(false)))
+      assert.is_nil(a)
+      assert.is_false(b)
+      -- a failure is never mistaken for values: it raises where awaited
+      local f = gather(luaserve.resolved(1), luaserve.resolved(nil, "gone"))
+      local ok, err = pcall(function() local x, y = await(f) return x, y end)
+      assert.is_false(ok)
+      assert.equal("gone", err.error)
+      -- and f:result() raises the same
+      assert.has_error(function() f:result() end)
+    end)
+
+    it("inside wait_for: the failure still raises", function()
+      local ok, err = pcall(await, luaserve.wait_for(gather(
+        luaserve.resolved(nil, "nope")), 1))
+      assert.is_false(ok)
+      assert.equal("nope", err.error)
+    end)
 
     it("raises on what is not a future", function()
       assert.has_error(function() gather(sleep(0), 5) end,

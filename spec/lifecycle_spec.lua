@@ -6,22 +6,11 @@ local luaserve = require "luaserve"
 local testing = require "luaserve.testing"
 local http = require "luaserve.http"
 local core = require "luaserve.core"
-local log = require "luaserve.log"
 
 local await, sleep, spawn = luaserve.await, luaserve.sleep, luaserve.spawn
 local hrtime = core.hrtime
 
-local function logged(fn)
-  local lines = {}
-  local prev = log.set_output({ write = function(_, ...)
-    lines[#lines + 1] = table.concat({ ... })
-  end })
-  local ok, err = pcall(fn)
-  log.flush()
-  log.set_output(prev)
-  if not ok then error(err, 0) end
-  return table.concat(lines)
-end
+local logged = testing.logged
 
 -- Run the loop until fn() is true (5 s at most).
 local function eventually(fn)

@@ -6,24 +6,12 @@ local luaserve = require "luaserve"
 local testing = require "luaserve.testing"
 local mw = require "luaserve.middleware"
 local core = require "luaserve.core"
-local log = require "luaserve.log"
 
 local await, sleep = luaserve.await, luaserve.sleep
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec"
 
--- Log lines go to `lines` while fn runs.
-local function logged(fn)
-  local lines = {}
-  local prev = log.set_output({ write = function(_, ...)
-    lines[#lines + 1] = table.concat({ ... })
-  end })
-  local ok, err = pcall(fn)
-  log.flush()
-  log.set_output(prev)
-  if not ok then error(err, 0) end
-  return table.concat(lines)
-end
+local logged = testing.logged
 
 
 describe("middleware", function()

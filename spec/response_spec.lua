@@ -222,7 +222,7 @@ describe("luaserve.response", function()
         assert.is_nil(res.headers["x-evil"])
         assert.is_nil(res.headers["set-cookie"])
         assert.equal(200, client:get("/table").status)
-        assert.matches("error: GET " .. path:gsub("%-", "%%-") .. " %(route ",
+        assert.matches("ERROR GET " .. path:gsub("%-", "%%-") .. " %(route ",
           table.concat(lines))
       end
       assert.matches("returned nil, upstream refused", table.concat(lines))

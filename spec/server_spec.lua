@@ -201,7 +201,7 @@ describe("luaserve.server", function()
 
     it("is logged with the method, path, route and a traceback", function()
       local out = capture_log(function() client:get("/boom?x=1") end)
-      assert.matches("error: GET /boom %(route /boom%)", out)
+      assert.matches("ERROR GET /boom %(route /boom%)", out)
       assert.matches("boom goes the handler", out)
       assert.matches("stack traceback", out)
       assert.matches("server_spec%.lua:%d+", out)   -- the handler's line

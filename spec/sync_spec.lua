@@ -26,11 +26,25 @@ end
 
 describe("luaserve.sync", function()
   describe("marking", function()
-    it("raises when called outside an app's load", function()
+    it("raises when called inside a request or task", testing.async(function()
       local ok, err = pcall(function() local s = luaserve.sync(function() end) return s end)
       assert.is_false(ok)
       assert.matches("sync%(%) called outside module load", err)
       assert.matches("sync_spec.lua:%d+:", err)
+    end))
+
+    it("outside any load and task (an app built in a spec) runs calls here", function()
+      local double = luaserve.sync(function(x) return x * 2, core.is_pool_state() end)
+      assert.same({ 42, false }, { await(double(21)) })
+      local app = luaserve.app()
+      app:get("/half/{n:int}", luaserve.sync(function(req)
+        return { half = req.params.n / 2 }
+      end))
+      app:get("/twice/{n:int}", function(req) return { twice = (await(double(req.params.n))) } end)
+      local c = testing.client(app)
+      assert.same({ half = 4 }, c:get("/half/8"):json())
+      assert.same({ twice = 16 }, c:get("/twice/8"):json())
+      c:close()
     end)
 
     it("raises on a value that is not a function", function()

@@ -263,7 +263,7 @@ class FuzzTest(harness.ServerTest):
                 self.assertLess(int(m.group(1)), 500, (n, data, got[:300]))
             self.assertTrue(self.srv.alive(), (n, data))
         self.assertEqual(harness.get(self.srv.port, "/inspect")[0], 200)
-        self.assertNotIn("luaserve: error", self.srv.log())
+        self.assertNotIn(" ERROR ", self.srv.log())
 
 
 if __name__ == "__main__":

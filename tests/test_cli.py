@@ -11,7 +11,7 @@ import harness
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 APPS = os.path.join(HERE, "apps")
-START_LINE = re.compile(r"^luaserve 0\.1 serving (\S+) on http://127\.0\.0\.1:(\d+) "
+START_LINE = re.compile(r"^\S+Z INFO  luaserve 0\.1 serving (\S+) on http://127\.0\.0\.1:(\d+) "
                         r"\(Ctrl\+C to quit\)$", re.M)
 
 
@@ -115,12 +115,62 @@ class OptionsTest(unittest.TestCase):
         self.assertEqual(status, 2)
         self.assertIn("LUASERVE_PORT", err)
 
-    def test_host_name_instead_of_address(self):
-        status, out, err = harness.run_cli(["apps/bench", "--host", "localhost",
+    def test_host_name_is_looked_up(self):
+        # --host localhost: the name's first address (127.0.0.1 or ::1)
+        port = harness.free_port()
+        with harness.Server("apps/bench", "--host", "localhost", "--port", str(port),
+                            port_flags=False, wait=False) as srv:
+            m = srv.wait_log(r"serving apps/bench on http://(127\.0\.0\.1|\[::1\]):%d " % port)
+            self.assertIsNotNone(m, srv.log())
+            family = socket.AF_INET6 if m.group(1) == "[::1]" else socket.AF_INET
+            with socket.socket(family) as s:
+                s.settimeout(5)
+                s.connect((m.group(1).strip("[]"), port))
+                s.sendall(b"GET /plaintext HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                self.assertTrue(s.recv(4096).startswith(b"HTTP/1.1 200 OK"))
+
+    def test_host_name_that_does_not_resolve(self):
+        status, out, err = harness.run_cli(["apps/bench", "--host", "no-such-host.invalid",
                                             "--port", "0"])
         self.assertEqual(status, 2)
-        self.assertIn("localhost", err)
+        self.assertIn("cannot resolve host 'no-such-host.invalid'", err)
         self.assertNotIn("stack traceback", err)
+
+    def test_ipv6_loopback(self):
+        port = harness.free_port()
+        with harness.Server("apps/bench", "--host", "::1", "--port", str(port),
+                            port_flags=False, wait=False) as srv:
+            m = srv.wait_log(r"serving apps/bench on http://\[::1\]:%d " % port)
+            self.assertIsNotNone(m, srv.log())
+            with socket.socket(socket.AF_INET6) as s:
+                s.settimeout(5)
+                s.connect(("::1", port))
+                s.sendall(b"GET /json HTTP/1.1\r\nHost: [::1]\r\nConnection: close\r\n\r\n")
+                data = b""
+                while not data.endswith(b"}"):
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.assertIn(b'{"message":"Hello, World!"}', data)
+            _, log = srv.stop()
+            self.assertRegex(log, r'INFO  ::1 - "GET /json" 200')
+
+    def test_durations_take_units(self):
+        # --timeout-keep-alive 300ms: an idle connection is closed well
+        # before the default 5 s.
+        with harness.Server("apps/bench", "--timeout-keep-alive", "300ms",
+                            "--timeout-graceful-shutdown", "2s") as srv:
+            with harness.Client(srv.port, timeout=10) as c:
+                c.request("GET", "/plaintext")
+                self.assertEqual(c.response().status, 200)
+                t0 = time.monotonic()
+                self.assertEqual(c.sock.recv(1), b"")   # closed by the server
+                self.assertLess(time.monotonic() - t0, 3)
+        status, out, err = harness.run_cli(["apps/bench", "--timeout-send", "5 parsecs"])
+        self.assertEqual(status, 2)
+        self.assertIn("--timeout-send 5 parsecs: expects seconds: a number >= 0, or with "
+                      "a unit (250ms, 5s, 2m, 1h)", err)
 
     def test_no_app(self):
         status, out, err = harness.run_cli([])
@@ -203,9 +253,9 @@ class StartLineAndLogTest(unittest.TestCase):
             self.assertIsNotNone(m, srv.log())
             log = srv.log()
             # client, "method target", status, bytes, duration
-            self.assertRegex(log, r'(?m)^127\.0\.0\.1 - "GET /json" 200 27 \d+\.\d+ms$')
-            self.assertRegex(log, r'(?m)^127\.0\.0\.1 - "POST /echo" 200 5 \d+\.\d+ms$')
-            self.assertRegex(log, r'(?m)^127\.0\.0\.1 - "GET /missing\?x=1" 404 \d+ \d+\.\d+ms$')
+            self.assertRegex(log, r'(?m)^\S+Z INFO  127\.0\.0\.1 - "GET /json" 200 27 \d+\.\d+ms$')
+            self.assertRegex(log, r'(?m)^\S+Z INFO  127\.0\.0\.1 - "POST /echo" 200 5 \d+\.\d+ms$')
+            self.assertRegex(log, r'(?m)^\S+Z INFO  127\.0\.0\.1 - "GET /missing\?x=1" 404 \d+ \d+\.\d+ms$')
             dur = re.search(r'"GET /sleep\?ms=100" 200 \d+ (\d+\.\d+)ms', log)
             self.assertGreaterEqual(float(dur.group(1)), 90)
 

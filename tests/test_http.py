@@ -351,7 +351,7 @@ class HandlerErrorTest(harness.ServerTest):
             r = c.response()
             self.assertEqual(r.status, 200)
             self.assertEqual(r.json()["id"], 7)
-        m = self.srv.wait_log(r"luaserve: error: GET /boom \(route /boom\): "
+        m = self.srv.wait_log(r"ERROR GET /boom \(route /boom\): "
                               r"[^\n]*app\.lua:\d+: attempt to index")
         self.assertIsNotNone(m, self.srv.log())
         log = self.srv.log()

@@ -247,7 +247,7 @@ class BadInputTest(unittest.TestCase):
         self.assertNotIn(b"HTTP", raw)
         self.served()
         time.sleep(0.2)
-        lines = re.findall(r"debug: tls: 127.0.0.1:%d: handshake failed" % port, self.srv.log())
+        lines = re.findall(r"DEBUG tls: 127.0.0.1:%d: handshake failed" % port, self.srv.log())
         self.assertEqual(len(lines), 1, self.srv.log())
 
     def test_truncated_client_hello_is_bounded_by_the_header_timeout(self):

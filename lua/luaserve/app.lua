@@ -195,6 +195,26 @@ local function compile(template)
 end
 
 
+-- Path parameters in another framework's syntax (Express's /users/:id,
+-- Flask's /users/<int:id>) would be matched literally: refuse them and
+-- show the luaserve form.
+local FLASK_TYPES = { int = "int", float = "number", path = "path", string = "str" }
+
+local function check_foreign_syntax(path, level)
+  local express = find(path, "/:[%a_]")
+  local flask = find(path, "<[%a_][%w_:]*>")
+  if not express and not flask then return end
+  local fixed = gsub(path, "/:([%a_][%w_]*)", "/{%1}")
+  fixed = gsub(fixed, "<([%a_][%w_]*):([%a_][%w_]*)>", function(typ, name)
+    local t = FLASK_TYPES[typ]
+    return "{" .. name .. (t and t ~= "str" and ":" .. t or "") .. "}"
+  end)
+  fixed = gsub(fixed, "<([%a_][%w_]*)>", "{%1}")
+  error(("route %s: path parameters are written {name} in luaserve " ..
+    "(typed: {name:int}); did you mean %s?"):format(path, fixed), level + 1)
+end
+
+
 --- app:route(method, path, handler, opts): add a route. method is a string
 -- or a list of strings. opts.max_body: this route's body limit in bytes;
 -- opts.timeout: seconds the handler may take (504 after); opts.deps: {name
@@ -210,6 +230,7 @@ function App:route(method, path, handler, opts)
   if type(path) ~= "string" or path:sub(1, 1) ~= "/" then
     error("route: the path must be a string starting with '/'", 2)
   end
+  check_foreign_syntax(path, 2)
   local methods = type(method) == "table" and method or { method }
   if methods[1] == nil then
     error("route " .. path .. ": no method given", 2)
@@ -299,6 +320,7 @@ function App:websocket(path, handler, opts)
   if type(handler) ~= "function" then
     error("websocket " .. tostring(path) .. ": the handler must be a function(ws, req)", 2)
   end
+  if type(path) == "string" then check_foreign_syntax(path, 2) end
   opts = opts or {}
   local route = self:route("GET", path, handler, opts)
   route.websocket = true

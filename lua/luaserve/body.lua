@@ -13,7 +13,7 @@ local errors = require "luaserve.errors"
 local future = require "luaserve.future"
 
 local body_read = core.body_read
-local new_future = future.new
+local new_future = future.new_internal   -- the body_read target: ours alone
 local await = future.await
 local rawget = rawget
 local rawset = rawset

@@ -12,9 +12,10 @@ local VERSION = core.version
 -- name, kind, default, help. Each has an environment variable
 -- LUASERVE_<NAME> (upper case, '-' as '_'); a flag wins over it.
 local OPTIONS = {
-  { "host", "string", "127.0.0.1", "address to listen on" },
+  { "host", "string", "127.0.0.1", "address to listen on: IPv4, IPv6 (::1) or a name, looked up at startup (localhost)" },
   { "port", "port", 8080, "port to listen on (0 picks a free one)" },
   { "log-level", "level", "info", "debug, info, warn or error" },
+  { "log-format", "logformat", "text", "text, or json: one JSON object per line" },
   { "no-access-log", "flag", false, "do not log each request" },
   { "limit-concurrency", "count", 0, "requests in flight before 503 (0: no limit)" },
   { "timeout-keep-alive", "seconds", 5, "close idle keep-alive connections after this" },
@@ -59,7 +60,8 @@ options (each also read from LUASERVE_<NAME>, e.g. LUASERVE_PORT=9000):
 local function usage()
   local lines = {}
   for _, o in ipairs(OPTIONS) do
-    local kind = o[2] == "certreqs" and "MODE" or o[2]:upper()
+    local kind = o[2] == "certreqs" and "MODE" or o[2] == "seconds" and "DURATION"
+      or o[2] == "logformat" and "FORMAT" or o[2]:upper()
     local flag = "--" .. o[1] .. (o[2] == "flag" and "" or " " .. kind)
     local def = (o[2] == "flag" or o[3] == "") and "" or
       (" (default %s)"):format(tostring(o[3]))
@@ -72,6 +74,20 @@ end
 local function fail(status, fmt, ...)
   io.stderr:write("luaserve: ", fmt:format(...), "\n")
   return nil, status
+end
+
+
+local UNITS = { ms = 0.001, s = 1, m = 60, h = 3600 }
+
+--- duration(v): seconds from a number (seconds) or a number with a unit
+-- (250ms, 5s, 2m, 1h, 1.5s); nil, message when it is not one.
+function M.duration(v)
+  local num, unit = tostring(v):match("^%s*(%d*%.?%d+)%s*(%a*)%s*$")
+  local n = tonumber(num)
+  if n == nil or (unit ~= "" and not UNITS[unit]) then
+    return nil, "expects seconds: a number >= 0, or with a unit (250ms, 5s, 2m, 1h)"
+  end
+  return n * (UNITS[unit] or 1)
 end
 
 
@@ -90,6 +106,11 @@ local function convert(o, v)
   elseif kind == "level" then
     if v == "debug" or v == "info" or v == "warn" or v == "error" then return v end
     return nil, "must be debug, info, warn or error"
+  elseif kind == "logformat" then
+    if v == "text" or v == "json" then return v end
+    return nil, "must be text or json"
+  elseif kind == "seconds" then
+    return M.duration(v)
   end
   local n = tonumber(v)
   if n == nil then
@@ -260,6 +281,9 @@ end
 local function serve(args)
   local opts, app_path = M.parse(args)
   if opts == nil then return app_path end
+  local log = require "luaserve.log"
+  log.set_level(opts["log-level"])
+  log.set_format(opts["log-format"])
   if opts.reload then
     local child_args = {}
     for _, a in ipairs(args) do
@@ -267,19 +291,22 @@ local function serve(args)
     end
     return require("luaserve.reload").supervise(app_path, child_args)
   end
-  local log = require "luaserve.log"
-  log.set_level(opts["log-level"])
   core.shared_configure(opts["shared-size"])
   local tls = tls_context(opts)
   if tls == false then return 2 end
   local app, err = M.load_app(app_path)
   if not app then
-    io.stderr:write("luaserve: cannot load app: ", err, "\n")
+    log.error("cannot load app: " .. err)
     return 2
   end
   local server = require "luaserve.server"
+  local host, herr = server.listen_address(opts.host)
+  if not host then
+    log.error(herr)
+    return 2
+  end
   local ok, srv, lerr = pcall(server.serve, app, {
-    host = opts.host,
+    host = host,
     port = opts.port,
     tls = tls,
     access_log = not opts["no-access-log"] and log.LEVELS[opts["log-level"]] <= log.LEVELS.info,
@@ -295,13 +322,12 @@ local function serve(args)
     backlog = opts.backlog,
     paused = true,   -- bound; accepting once the startup hooks are done
   })
-  if not ok then   -- an option value the core refuses (--host localhost)
-    io.stderr:write("luaserve: ", (tostring(srv):gsub("^[^\n]-:%d+: ", "")), "\n")
+  if not ok then   -- an option value the core refuses
+    log.error((tostring(srv):gsub("^[^\n]-:%d+: ", "")))
     return 2
   end
   if not srv then
-    io.stderr:write(("luaserve: cannot listen on %s port %d: %s\n")
-      :format(opts.host, opts.port, lerr))
+    log.error(("cannot listen on %s port %d: %s"):format(opts.host, opts.port, lerr))
     return 1
   end
   -- The pool, if the app marked any function sync: each thread loads the
@@ -312,7 +338,7 @@ local function serve(args)
     log_level = opts["log-level"] })
   if pooled == nil then
     srv:close()
-    io.stderr:write("luaserve: cannot start the sync pool: ", perr, "\n")
+    log.error("cannot start the sync pool: " .. tostring(perr))
     return 2
   end
   -- The app's startup hooks, before any connection is accepted.
@@ -321,11 +347,11 @@ local function serve(args)
   if sok then sok, serr = srv:start() end
   if not sok then
     srv:close()
-    io.stderr:write("luaserve: ", tostring(serr), "\n")
+    log.error(tostring(serr))
     return 2
   end
   local host, port = srv:address()
-  io.stderr:write(("luaserve %s serving %s on %s://%s:%d (Ctrl+C to quit)\n")
+  log.info(("luaserve %s serving %s on %s://%s:%d (Ctrl+C to quit)")
     :format(VERSION, app_path, tls and "https" or "http",
       host:find(":") and "[" .. host .. "]" or host, port))
   if pooled then

@@ -5,7 +5,7 @@
 local future = require "luaserve.future"
 
 local await = future.await
-local new_future = future.new
+local new_future = future.new_internal   -- the futures users get are tasks'
 local on_cancel = future.on_cancel
 local spawn = future.spawn
 local wait_for = future.wait_for

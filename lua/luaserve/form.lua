@@ -185,7 +185,7 @@ local function discard(req)
   for i = 1, #list do
     local u = list[i]
     if u._file then
-      u._file:close()
+      future.quiet(u._file:close())   -- after its last write; nobody waits
       u._file = nil
     end
     if not u._kept then fs_unlink(u.path) end

@@ -28,20 +28,24 @@ local error = error
 local type = type
 local tostring = tostring
 local pcall = pcall
+local byte = string.byte
 
 local M = {}
 
+-- Until the server sets its loggers (set_logger): the core's log.
 local function log_error(msg)
-  io.stderr:write("luaserve: error: ", msg, "\n")
+  core.log(4, tostring(msg))
+end
+
+local function warn_log(msg)
+  core.log(3, tostring(msg))
 end
 
 
 -- Log through the logger without ever raising: a broken log hook must not
 -- stop the scheduler (the line then goes to stderr).
 local function safe_log(msg)
-  if not pcall(log_error, msg) then
-    io.stderr:write("luaserve: error: ", tostring(msg), "\n")
-  end
+  if not pcall(log_error, msg) then core.log(4, tostring(msg)) end
 end
 
 -- What a framework yield carries, so user coroutines can pass it through.
@@ -60,25 +64,65 @@ Future.__index = Future
 Future.__name = "luaserve.Future"
 M.Future = Future
 
+-- A future used as if it were its result (`http.get(u).status`: a missing
+-- await) fails at that line instead of reading nil. Fields that start
+-- with "_" are the framework's own, absent until set.
+setmetatable(Future, { __index = function(_, k)
+  if type(k) == "string" and byte(k, 1) == 95 then return nil end
+  error(("attempt to read '%s' of a future: did you forget await?")
+    :format(tostring(k)), 2)
+end })
+
 
 function Future.__tostring(f)
   return (f._done and "luaserve.Future (done)" or "luaserve.Future (pending)")
 end
 
 
+-- _waiters: false while nobody has looked at the future (awaited it, or
+-- asked to be told: on_done, gather, wait_for); then the task or the list
+-- waiting on it; true once it was looked at and nobody waits any more.
+-- A future created by a request's code that is still unlooked-at when
+-- its request ends was never awaited: see note_created below.
+
+local note_created   -- forward: remembers where a future was made
+local sweep_created  -- forward
+local nmade = 0      -- futures noted in the running step
+local current = nil  -- the task running now, or nil
+
+
 --- A new pending future. `cancel(f)`, when given, stops the operation
 -- behind it when the future is cancelled.
 function M.new(cancel)
-  return setmetatable({ _cancel = cancel }, Future)
+  local f = setmetatable({ _cancel = cancel, _done = false, _waiters = false },
+    Future)
+  if current then note_created(f) end
+  return f
 end
-local new_future = M.new
+
+
+--- A new pending future the framework keeps to itself (never reported as
+-- unawaited, and cheaper: no call site is looked up).
+function M.new_internal(cancel)
+  return setmetatable({ _cancel = cancel, _done = false, _waiters = true },
+    Future)
+end
+local new_future = M.new_internal
+
+
+--- quiet(f): f may be dropped without being awaited (a WebSocket send in a
+-- broadcast): it is not reported. Returns f.
+function M.quiet(f)
+  if f._waiters == false then f._waiters = true end
+  return f
+end
 
 
 --- A future that is already resolved with the given values.
 function M.resolved(...)
   local n = select("#", ...)
-  return setmetatable({ _done = true, _rn = n, _r = n > 0 and { ... } or nil },
-    Future)
+  return setmetatable({ _done = true, _rn = n, _r = n > 0 and { ... } or nil,
+    _waiters = true }, Future)
 end
 
 
@@ -90,7 +134,6 @@ end
 local ready = {}           -- tasks to resume, with the future they waited on
 local ready_head, ready_tail = 1, 0
 local draining = false
-local current = nil        -- the task running now, or nil
 local last_stepped = nil   -- the task resumed last (who held the loop)
 local step                 -- forward: resumes a task
 
@@ -137,19 +180,16 @@ M.drain = drain
 --- Resolve f with the given values and wake what waits on it. Resolving a
 -- resolved future is an error in the caller, except after cancellation
 -- (then it is ignored: the result came too late).
-function Future:resolve(...)
-  if self._done then
-    if self._cancelled then return end
-    error("future resolved twice", 2)
-  end
+-- Resolved: record the values (r, n; n = -1: await raises r[1]) and wake
+-- the waiters.
+local function settle(self, r, n)
   self._done = true
-  local n = select("#", ...)
   self._rn = n
-  if n > 0 then self._r = { ... } end
+  if r then self._r = r end
   self._cancel = nil
   local w = self._waiters
-  if w == nil then return end
-  self._waiters = nil
+  if not w or w == true then return end
+  self._waiters = true
   if getmetatable(w) == Task then
     w._waiting = nil
     schedule(w, self)
@@ -170,6 +210,27 @@ function Future:resolve(...)
 end
 
 
+function Future:resolve(...)
+  if self._done then
+    if self._cancelled then return end
+    error("future resolved twice", 2)
+  end
+  local n = select("#", ...)
+  settle(self, n > 0 and { ... } or nil, n)
+end
+
+
+--- Resolve f so that await(f) raises err (where await is called) instead
+-- of returning values: gather's failure, which values could not carry.
+function Future:reject(err)
+  if self._done then
+    if self._cancelled then return end
+    error("future resolved twice", 2)
+  end
+  settle(self, { err }, -1)
+end
+
+
 --- Resolve with nil, err.
 function Future:fail(err)
   return self:resolve(nil, err)
@@ -181,50 +242,62 @@ function Future:done()
 end
 
 
+-- The values of a resolved future, as await gives them: a future that
+-- fails by raising (gather's) raises its error at the caller's level.
+local function values_of(f, level)
+  local r = f._r
+  if r then
+    local n = f._rn
+    if n < 0 then error(r[1], level + 1) end
+    return unpack(r, 1, n)
+  end
+end
+
+
 --- The values of a resolved future.
 function Future:result()
   if not self._done then error("future is still pending", 2) end
-  if self._r then return unpack(self._r, 1, self._rn) end
+  self._waiters = true
+  return values_of(self, 2)
+end
+
+
+-- Add a waiter to a pending future: a task (alone, it is the field's
+-- value), or a callback (always in a list).
+local function add_waiter(f, x)
+  local w = f._waiters
+  if not w or w == true then
+    f._waiters = type(x) == "function" and { x } or x
+  elseif getmetatable(w) == Task then
+    f._waiters = { w, x }
+  else
+    w[#w + 1] = x
+  end
 end
 
 
 --- Call fn(f) once f is resolved (at once if it is).
 function Future:on_done(fn)
-  if self._done then fn(self) return end
-  local w = self._waiters
-  if w == nil then
-    self._waiters = { fn }
-  elseif getmetatable(w) == Task then
-    self._waiters = { w, fn }
-  else
-    w[#w + 1] = fn
+  if self._done then
+    self._waiters = true
+    fn(self)
+    return
   end
-end
-
-
-local function add_waiter(f, task)
-  local w = f._waiters
-  if w == nil then
-    f._waiters = task
-  elseif getmetatable(w) == Task then
-    f._waiters = { w, task }
-  else
-    w[#w + 1] = task
-  end
+  add_waiter(self, fn)
 end
 
 
 local function remove_waiter(f, x)
   local w = f._waiters
   if w == x then
-    f._waiters = nil
+    f._waiters = true
     return true
   end
   if type(w) == "table" and getmetatable(w) ~= Task then
     for i = 1, #w do
       if w[i] == x then
         table.remove(w, i)
-        if #w == 0 then f._waiters = nil end
+        if #w == 0 then f._waiters = true end
         return true
       end
     end
@@ -300,6 +373,124 @@ end
 M.on_error = on_error
 
 
+-- ---------------------------------------------------------------------------
+-- Futures that are never awaited
+--
+-- `sleep(1)` without await does not wait; `http.post(u, b)` without await
+-- is never checked. A future made by a task's code (outside the framework)
+-- is noted with its call site; at the end of the task's step it is kept
+-- on its request's root task if nobody has looked at it yet, and when the
+-- request ends one still unlooked-at is reported once per call site.
+-- Cost: a debug.getinfo per future made by user code, a few table writes.
+
+local getinfo = debug.getinfo
+local sub = string.sub
+local made, made_root, made_src, made_line = {}, {}, {}, {}
+local reported, nreported = {}, 0
+local MAX_LOOSE = 64        -- per request: the rest are not followed
+local MAX_REPORTED = 1000   -- call sites remembered (then no new reports)
+local check_unawaited = true
+-- The framework's own Lua files (lua/luaserve/*): a future's call site
+-- is the first frame outside them.
+local FRAMEWORK = getinfo(1, "S").source:match("^(@.*)luaserve/future%.lua$")
+local NFRAMEWORK = FRAMEWORK and #FRAMEWORK or 0
+
+
+--- check_unawaited(on): report futures never awaited (default on).
+-- Returns the setting before.
+function M.check_unawaited(on)
+  local was = check_unawaited
+  check_unawaited = on and true or false
+  return was
+end
+
+
+-- function -> its file (short_src), or false for C and the framework's
+-- own functions; weak: closures made per request come and go.
+local file_of = setmetatable({}, { __mode = "k" })
+
+local function user_file(fn)
+  local file = file_of[fn]
+  if file == nil then
+    local info = getinfo(fn, "S")
+    file = info.what ~= "C" and (FRAMEWORK == nil or
+      sub(info.source, 1, NFRAMEWORK) ~= FRAMEWORK) and info.short_src
+    file_of[fn] = file
+  end
+  return file
+end
+
+
+function note_created(f)
+  if not check_unawaited then return end
+  -- Level 3: the caller of new() or sleep(); up past framework frames.
+  for level = 3, 12 do
+    local info = getinfo(level, "fl")
+    if info == nil then return end
+    local file = user_file(info.func)
+    if file then
+      local task = current
+      nmade = nmade + 1
+      made[nmade] = f
+      made_root[nmade] = task._root or task
+      made_src[nmade] = file
+      made_line[nmade] = info.currentline
+      return
+    end
+  end
+end
+
+
+-- After a step: the futures it made that nobody has looked at go to
+-- their request's list (until the request ends or they are looked at).
+function sweep_created()
+  for i = 1, nmade do
+    local f = made[i]
+    if f._waiters == false then
+      local root = made_root[i]
+      local loose = root._loose
+      if loose == nil then loose = { n = 0 } root._loose = loose end
+      local n = loose.n
+      if n < 3 * MAX_LOOSE then
+        loose[n + 1], loose[n + 2], loose[n + 3] = f, made_src[i], made_line[i]
+        loose.n = n + 3
+      end
+    end
+    made[i], made_root[i], made_src[i] = nil, nil, nil
+  end
+  nmade = 0
+end
+
+
+-- What a root task was doing, for the report: its request, if any.
+local function describe(task)
+  local req = task._a1
+  if type(req) == "table" and rawget(req, "method") and rawget(req, "path") then
+    return ("request %s %s, route %s"):format(req.method, req.path,
+      tostring(rawget(req, "route") or "-"))
+  end
+  return "a task"
+end
+
+
+-- The root task ended: report its futures never looked at.
+local function report_loose(task)
+  local loose = task._loose
+  task._loose = nil
+  for i = 1, loose.n, 3 do
+    local f, site = loose[i], loose[i + 1] .. ":" .. tostring(loose[i + 2])
+    if f._waiters == false and not reported[site] and nreported < MAX_REPORTED then
+      reported[site] = true
+      nreported = nreported + 1
+      warn_log(("a future created at %s was never awaited (%s; it %s): did " ..
+        "you forget await? (reported once per call site)"):format(site,
+        describe(task), f._done and "finished with nobody reading its result"
+          or "was still pending when its task ended"))
+    end
+  end
+end
+
+
 -- Resume task's coroutine with the values; what comes back decides where
 -- the coroutine goes.
 -- The coroutine is taken before the resume: a task may cancel itself
@@ -312,6 +503,7 @@ function step(task, ...)
   last_stepped = task
   local ok, tag = co_resume(co, ...)
   current = prev
+  if nmade > 0 then sweep_created() end
   if not ok then
     safe_log("task runner failed: " .. traceback(co, tostring(tag)))
   elseif tag == IDLE then
@@ -321,6 +513,8 @@ function step(task, ...)
     end
     task._co = nil
   elseif tag ~= AWAIT then
+    -- A yield that got past the guard on coroutine.yield (a library that
+    -- kept the original): nothing will resume this task.
     safe_log("a task yielded outside await (" .. tostring(tag) ..
       "): use luaserve.await, or wrap the coroutine with coroutine.wrap")
   end
@@ -367,6 +561,10 @@ M.start = start
 function finish(task, ok, ...)
   task._finished = true
   local root = task._root
+  if root == nil then
+    if nmade > 0 then sweep_created() end
+    if task._loose then report_loose(task) end
+  end
   if root and root._children then root._children[task] = nil end
   task:_cancel_children()
   local fut = task._fut
@@ -409,7 +607,7 @@ function Task:cancel()
   self._finished = true
   local f = self._waiting
   self._waiting = nil
-  if f and remove_waiter(f, self) and f._waiters == nil then f:cancel() end
+  if f and remove_waiter(f, self) and f._waiters == true then f:cancel() end
   self._co = nil
   self:_cancel_children()
   local cleanups = self._cleanups
@@ -422,6 +620,10 @@ function Task:cancel()
   end
   local root = self._root
   if root and root._children then root._children[self] = nil end
+  if root == nil then
+    if nmade > 0 then sweep_created() end
+    if self._loose then report_loose(self) end
+  end
   local fut = self._fut
   if fut and not fut._done then
     fut._cancel = nil
@@ -538,6 +740,14 @@ local function run_until(f)
 end
 
 
+-- What a task's await returns once it is resumed: f's values (passed to
+-- the resume), or f's error raised at the await (gather's failure).
+local function after_wait(f, ...)
+  if f._rn < 0 then error(f._r[1], 3) end
+  return ...
+end
+
+
 --- await(f): f's values once it is resolved. A task yields meanwhile;
 -- outside a task (pool threads, top-level scripts) the loop runs until then.
 local function await(f)
@@ -558,11 +768,16 @@ local function await(f)
     else
       add_waiter(f, task)
       task._waiting = f
-      return co_yield(AWAIT)
+      return after_wait(f, co_yield(AWAIT))
     end
   end
+  f._waiters = true
   local r = f._r
-  if r then return unpack(r, 1, f._rn) end
+  if r then
+    local n = f._rn
+    if n < 0 then error(r[1], 2) end
+    return unpack(r, 1, n)
+  end
 end
 M.await = await
 
@@ -585,8 +800,10 @@ function M.sleep(seconds)
   if type(seconds) ~= "number" or seconds ~= seconds then
     error("sleep: seconds must be a number", 2)
   end
-  local f = setmetatable({ _cancel = stop_timer }, Future)
+  local f = setmetatable({ _cancel = stop_timer, _done = false,
+    _waiters = false, _timer = false }, Future)
   f._timer = timer(seconds * 1000, f)
+  if current then note_created(f) end
   return f
 end
 
@@ -606,6 +823,13 @@ function M.spawn_detached(fn, ...)
 end
 
 
+-- Errors gather passes through as they are: raised tables (an HTTPError
+-- from a task, a GatherError from a gather inside).
+local function errors_pass(err)
+  return type(err) == "table"
+end
+
+
 local function as_future(v, fname, i)
   local mt = getmetatable(v)
   if mt == Future then return v end
@@ -614,9 +838,23 @@ local function as_future(v, fname, i)
 end
 
 
---- gather(f1, f2, ...): a future of the first value of each, in order.
--- The first failure (nil, err) resolves it with nil, err and cancels the
--- futures still pending.
+-- What await(gather(...)) raises when one of them fails: err is the
+-- failure (the second value of its nil, err), index its position.
+local GatherError = {}
+GatherError.__index = GatherError
+GatherError.__name = "luaserve.GatherError"
+GatherError.__tostring = function(e)
+  return ("gather: future %d failed: %s"):format(e.index, tostring(e.error))
+end
+M.GatherError = GatherError
+
+
+--- gather(f1, f2, ...): a future of the first value of each, in order:
+-- `local a, b = await(gather(fa, fb))` (a value may be nil). When one
+-- fails (resolves with nil, err), the futures still pending are cancelled
+-- and await raises a GatherError {index =, error = err} (an HTTPError
+-- raised by a task passes as it is): several values cannot also carry an
+-- error. `pcall(await, gather(...))` catches it.
 function M.gather(...)
   local n = select("#", ...)
   local fs = { ... }
@@ -631,9 +869,14 @@ function M.gather(...)
       if out._done then return end
       local r = f._r
       local v = r and r[1]
-      if v == nil and r and r[2] ~= nil then
+      local failed = f._rn < 0 or (v == nil and r and r[2] ~= nil)
+      if failed then
+        local err = f._rn < 0 and v or r[2]
+        if not errors_pass(err) then
+          err = setmetatable({ index = i, error = err }, GatherError)
+        end
         out._cancel = nil
-        out:resolve(nil, r[2])
+        out:reject(err)
         for j = 1, n do fs[j]:cancel() end
         return
       end
@@ -667,7 +910,13 @@ function M.wait_for(f, seconds)
   f:on_done(function(g)
     if out._done then return end
     out._cancel = nil
-    if g._r then out:resolve(unpack(g._r, 1, g._rn)) else out:resolve() end
+    if g._rn < 0 then
+      out:reject(g._r[1])
+    elseif g._r then
+      out:resolve(unpack(g._r, 1, g._rn))
+    else
+      out:resolve()
+    end
     t:cancel()   -- after: cancelling t resolves t, which must not time out
   end)
   return out
@@ -787,6 +1036,21 @@ function M.coroutine_wrap(fn)
 end
 
 
+-- coroutine.yield() straight from a task (not inside a coroutine of the
+-- task's own): nothing would ever resume it and its request would hang.
+-- It raises at that line instead, so the request answers 500 at once.
+local function guarded_yield(...)
+  local task = current
+  if task ~= nil and task._co == co_running() then
+    error("coroutine.yield() called in a task outside a coroutine of its " ..
+      "own: to wait, use luaserve.await(future); to yield from a " ..
+      "generator, run it with coroutine.wrap", 2)
+  end
+  return co_yield(...)
+end
+coroutine.yield = guarded_yield
+
+
 -- The entry point of every result from C: resolve target with the values
 -- (a future), then run what became ready.
 local function resolve_from_c(target, ...)
@@ -797,9 +1061,11 @@ M.resolve_from_c = resolve_from_c
 core.init(resolve_from_c)
 
 
---- Set the error logger (the server's, with its format).
-function M.set_logger(fn)
+--- Set the error logger and the warning logger (the server's, with its
+-- format).
+function M.set_logger(fn, warn)
   log_error = fn
+  if warn then warn_log = warn end
 end
 
 

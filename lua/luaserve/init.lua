@@ -23,6 +23,7 @@ M.sleep = future.sleep
 M.spawn = future.spawn
 M.spawn_detached = future.spawn_detached
 M.gather = future.gather
+M.GatherError = future.GatherError
 M.wait_for = future.wait_for
 M.Semaphore = future.Semaphore
 M.Future = future.new
@@ -63,6 +64,9 @@ M.fs = require "luaserve.fs"
 function M.cookie(name, value, opts)
   return M.cookies.serialize(name, value, opts, 2)
 end
+
+-- the log (luaserve.log.info(...), in handlers, tasks and sync functions)
+M.log = require "luaserve.log"
 
 --- raise(status, detail, headers): error(HTTPError(status, detail, headers)).
 function M.raise(status, detail, headers)

@@ -47,7 +47,7 @@ local dbpool = require "luaserve.dbpool"
 local future = require "luaserve.future"
 local json = require "luaserve.json"
 
-local new_future = future.new
+local new_future = future.new_internal   -- the futures users get are tasks'
 local resolved = future.resolved
 local await = future.await
 local spawn = future.spawn

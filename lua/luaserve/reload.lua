@@ -21,7 +21,7 @@ local SKIP = { [".git"] = true, node_modules = true, build = true }
 
 
 local function say(fmt, ...)
-  io.stderr:write("luaserve: reload: ", fmt:format(...), "\n")
+  core.log(2, "reload: " .. fmt:format(...))
 end
 
 

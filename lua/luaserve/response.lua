@@ -8,6 +8,9 @@
 
 local json = require "luaserve.json"
 local errors = require "luaserve.errors"
+local future = require "luaserve.future"
+
+local Future, Task = future.Future, future.Task
 
 local type = type
 local getmetatable = getmetatable
@@ -169,6 +172,10 @@ function M.normalize(a, b, c)
   if ta == "string" then return 200, a, TEXT, nil end
   if ta == "table" then
     local mt = getmetatable(a)
+    if mt == Future or mt == Task then
+      error("the handler returned a " .. (mt == Future and "future" or "task") ..
+        " instead of its result: did you forget await? (return await(f))", 0)
+    end
     if mt == Response then
       local stream = a.stream
       if stream ~= nil then

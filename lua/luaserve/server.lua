@@ -50,7 +50,7 @@ local respond = core.respond
 local respond_start = core.respond_start
 local write_chunk = core.write_chunk
 local respond_end = core.respond_end
-local new_future = future.new
+local new_future = future.new_internal
 local await = future.await
 local release = core.release
 local hrtime = core.hrtime
@@ -77,7 +77,7 @@ local INTERNAL_ERROR = '{"detail":"Internal Server Error"}'
 local MAX_UPLOAD = 100 * 1024 * 1024
 
 -- Errors of tasks (spawned, cancelled) go through the server's log.
-future.set_logger(log.error)
+future.set_logger(log.error, log.warn)
 
 
 -- The log line for a handler error: method, path, route and traceback.
@@ -396,11 +396,13 @@ local function send_stream(requests, req, status, ctype, headers, stream,
     end
     if requests[conn] ~= req then return nil, "closed" end
     local f = new_future()
-    local done, werr = write_chunk(conn, data, f)
-    if done == nil then return nil, werr end
+    local done = write_chunk(conn, data, f)
+    -- Whatever cut the connection (a reset, a send timeout): "closed".
+    if done == nil then return nil, "closed" end
     nbytes = nbytes + #data
     if done then return true end
-    return await(f)   -- the socket is full: wait until it drains
+    if await(f) then return true end   -- the socket was full: it drained
+    return nil, "closed"
   end
   local sok, serr = xpcall(stream, on_error, write, req)
   if requests[conn] ~= req then return nbytes end   -- aborted meanwhile
@@ -545,6 +547,23 @@ function M.watch_blocking(seconds)
 end
 
 
+-- The numeric address to listen on: host itself (IPv4 or IPv6), or the
+-- first address a name (localhost) has, looked up now (startup: the
+-- look-up blocks). nil, err when the name has none.
+local function listen_address(host)
+  if host:match("^[%d.]+$") or host:find(":", 1, true) then return host end
+  local list, err = core.resolve_sync(host)
+  if not list or not list[1] then
+    return nil, ("cannot resolve host '%s': %s"):format(host, tostring(err or "no address"))
+  end
+  if list[1] ~= host then
+    log.debug(("host %s is %s"):format(host, table.concat(list, ", ")))
+  end
+  return list[1]
+end
+M.listen_address = listen_address
+
+
 --- serve(app, opts): listen and serve app; returns the server (with
 -- :address(), :start() and :close()), or nil, err.
 -- opts: host, port, tls (a context from tls_context: the listener speaks
@@ -602,8 +621,10 @@ function M.serve(app, opts)
   if app.max_body > max_body then max_body = app.max_body end
   local max_upload = upload_max
   if (app.max_upload or 0) > max_upload then max_upload = app.max_upload end
+  local host, herr = listen_address(opts.host or "127.0.0.1")
+  if not host then return nil, herr end
   return core.listen({
-    host = opts.host or "127.0.0.1",
+    host = host,
     port = opts.port or 8080,
     dispatch = dispatch,
     abort = abort,

@@ -91,9 +91,16 @@ function M.sync(fn)
     error("sync: expected a function, got " .. type(fn), 2)
   end
   if loading == nil then
-    error("sync() called outside module load: mark functions sync at module " ..
-      "level of the app (or of a module it requires while it loads); a pool " ..
-      "thread could not find a function marked inside a request", 2)
+    if future.current() ~= nil or pool_state then
+      error("sync() called outside module load (in a request, a task or a " ..
+        "pool thread's call): mark functions sync at module level of the " ..
+        "app (or of a module it requires while it loads); a pool thread " ..
+        "could not find a function marked later", 2)
+    end
+    -- Outside any app load and any request: an app built in a spec (or a
+    -- script). No pool thread will ever load it, so it runs here, in this
+    -- state, when called (see testing.client).
+    return setmetatable({ fn = fn, key = where(fn), here = true }, Sync)
   end
   local w = where(fn)
   local n = (loading.count[w] or 0) + 1
@@ -189,9 +196,23 @@ local function pack(...)
 end
 
 
+-- Raise msg at the line of whoever called the sync function (the first
+-- Lua frame above call(): pcall(fn, ...) puts a C frame in between).
+local function caller_error(msg)
+  for level = 3, 8 do
+    local info = debug.getinfo(level, "Sl")
+    if info == nil then break end
+    if info.what ~= "C" then
+      error(("%s:%d: %s"):format(info.short_src, info.currentline, msg), 0)
+    end
+  end
+  error(msg, 0)
+end
+
+
 -- Queue a call of obj with the values; a future of its results.
 local function call(obj, ...)
-  if pool_state then   -- inside a pool thread: run it here
+  if pool_state or obj.here then   -- inside a pool thread: run it here
     local r = pack(xpcall(obj.fn, on_error, ...))
     if r[1] then return resolved(unpack(r, 2, r.n)) end
     local err = r[2]
@@ -204,7 +225,10 @@ local function call(obj, ...)
   local f = new_future(cancel_job)
   local job, err, misuse = pool_submit(CALL, obj.key, f, ...)
   if job == nil then
-    if misuse then error(err, 3) end
+    if misuse then   -- an argument that cannot cross: the caller's line
+      future.quiet(f)
+      caller_error(err)
+    end
     f:resolve(nil, err)   -- "pool full"
     return f
   end
@@ -223,6 +247,9 @@ end
 -- body, content type, headers, as response.normalize made them in the pool
 -- thread. A full pool raises HTTPError 503 with Retry-After.
 function M.run_request(obj, req)
+  if obj.here then   -- marked outside an app load: no pool has it
+    return select(2, M._run_request_here(obj, req))
+  end
   local plain = {
     method = req.method,
     target = req.target,
@@ -301,6 +328,14 @@ local function run_request_here(obj, plain)
   req.route = plain.route
   req.client = plain.client or {}
   req.tls = plain.tls or false
+  return M._run_request_here(obj, req)
+end
+
+
+-- The handler of a sync route, run in this state: true, status, body,
+-- content type, headers.
+function M._run_request_here(obj, req)
+  local response = require "luaserve.response"
   local ok, a, b, c = xpcall(obj.fn, on_error, req)
   if rawget(req, "_uploads") then   -- temp files of req:multipart(), unkept
     require("luaserve.form").discard(req)

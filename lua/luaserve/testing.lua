@@ -201,6 +201,22 @@ function M.run(fn, ...)
 end
 
 
+--- logged(fn): run fn with the log's lines collected instead of written;
+-- returns them as one string (fn's errors pass through, the log restored).
+function M.logged(fn)
+  local log = require "luaserve.log"
+  local lines = {}
+  local prev = log.set_output({ write = function(_, ...)
+    lines[#lines + 1] = table.concat({ ... })
+  end })
+  local ok, err = pcall(fn)
+  log.flush()
+  log.set_output(prev)
+  if not ok then error(err, 0) end
+  return table.concat(lines)
+end
+
+
 --- async(fn): a test body that runs as a task (it may await).
 function M.async(fn)
   return function(...) return M.run(fn, ...) end

@@ -30,6 +30,7 @@ local tcp = require "luaserve.tcp"
 local request_mod = require "luaserve.request"
 
 local new_future = future.new
+local quiet = future.quiet
 local resolved = future.resolved
 local await = future.await
 local spawn = future.spawn
@@ -127,7 +128,7 @@ function WebSocket:send(data, kind)
     if f and not f._done then f:resolve(...) end
   end))
   if ok == false then   -- much is queued: wait until the socket drains
-    f = new_future()
+    f = quiet(new_future())   -- a broadcast may send without awaiting
     return f
   end
   return resolved(ok, err)
@@ -144,7 +145,7 @@ end
 --- ws:close(code, reason): start the close handshake (default 1000); a
 -- future of the close code once the connection is closed.
 function WebSocket:close(code, reason)
-  local f = new_future()
+  local f = quiet(new_future())   -- awaiting the close is optional
   local r = self._ud:close(code or 1000, reason, target(function(c)
     if not f._done then f:resolve(c) end
   end))
