@@ -16,7 +16,7 @@ PACKAGES = gcc make pkg-config luajit2 libluajit2-5.1-dev libuv1-dev \
            node-llhttp lua-cjson lua-busted libssl-dev openssl \
            ca-certificates zlib1g-dev libwslay-dev libpq-dev libhiredis-dev
 TEST_PACKAGES = python3 curl nodejs nghttp2-client wrk python3-websockets \
-                node-ws postgresql redis-server
+                node-ws postgresql redis-server haproxy nginx prometheus
 BENCH_PACKAGES = wrk postgresql python3-asyncpg
 
 CC ?= cc
@@ -47,6 +47,8 @@ CORE_SRCS = core/body.c \
             core/http.c \
             core/log.c \
             core/main.c \
+            core/master.c \
+            core/metrics.c \
             core/pg.c \
             core/pgquery.c \
             core/pgresult.c \
@@ -58,6 +60,8 @@ CORE_SRCS = core/body.c \
             core/runtime.c \
             core/server.c \
             core/shared.c \
+            core/shm.c \
+            core/shmdict.c \
             core/shutdown.c \
             core/stream.c \
             core/tcp.c \

@@ -55,11 +55,17 @@ struct ls_runtime_s {
   int blocked_ref;         /* Lua blocked(seconds) hook, 0: none */
   struct ls_server_s *servers;     /* this runtime's listening servers */
   struct ls_shutdown_s *shutdown;  /* signal watchers (shutdown.c), or NULL */
+  uv_timer_t sleep_timer;  /* the one timer behind every sleep() (timer.c) */
+  int sleep_ref;           /* Lua fire(now_ms) that sleep_timer calls, or 0 */
   uv_idle_t defer_idle;    /* runs the deferred queue before the loop waits */
   uv_check_t defer_check;  /* and after the I/O callbacks of an iteration */
   ls_defer_t *defer_head, *defer_tail;
   ls_slot_t *slots;        /* request handles (server.c) */
   uint32_t nslots, slot_cap, slot_free;
+  /* This process's worker slot in shared memory (master.c), or a private
+   * one: gauges, heartbeat, loop lag. wslot_shared: entries are timed. */
+  struct ls_wslot_s *wslot;
+  int wslot_shared;
 };
 
 #define LS__READ_BUF (64 * 1024)
@@ -389,6 +395,8 @@ typedef struct ls_conn_s {
   ls_ws_t *ws;              /* in WebSocket mode: the protocol, or NULL */
   ls_buf_t written_refs;    /* int targets waiting for answers to be
                                written (background tasks), oldest first */
+  uint64_t idle_since;      /* loop ms: idle (no request, nothing to write)
+                               since; a drain spares a recent one a while */
   unsigned notify_abort : 1;   /* tell Lua the client went away */
   unsigned notify_closed : 1;  /* wake drain_ref with nil, "closed" */
   unsigned notify_process : 1; /* parse pipelined bytes */
@@ -425,6 +433,8 @@ struct ls_server_s {
   int backlog;
   int draining;             /* shutting down: finish in-flight, accept none */
   unsigned inflight;        /* connections with a request in Lua */
+  int accept_fd;            /* a socket shared with other workers, or -1 */
+  uv_poll_t *accept_poll;   /* watches it (one accept per wakeup), or NULL */
   ls_conn_t *conns;         /* every open connection */
   ls_server_t *next_server; /* every server of this runtime */
 };
@@ -531,6 +541,157 @@ void ls__pool_open(lua_State *L);
 /* ls__shared_release: rt no longer uses the dictionary (freed with the
  * last runtime that did). */
 void ls__shared_release(ls_runtime_t *rt);
+
+/* ---- shm.c: the shared-memory region (workers, metrics, dictionary) ---- */
+
+#include <pthread.h>
+
+#define LS_SHM_MAX_SLOTS 512
+#define LS_METRIC_BUCKETS 15   /* latency histogram bounds, +Inf included */
+
+/* One worker process's place in the region (in a single process: slot 0).
+ * Written by that worker's loop thread (pool gauges: under the pool's
+ * lock); read by the master and by any worker rendering metrics. */
+typedef struct ls_wslot_s {
+  int32_t pid;              /* the master's: 0 when free */
+  uint32_t gen;             /* the master's: which start of this slot */
+  uint64_t beat;            /* uv_hrtime of the worker's last heartbeat */
+  uint64_t entry_t0;        /* an entry from the loop into Lua runs since
+                               (uv_hrtime ns); 0: none */
+  uint64_t lag_ns[2];       /* the longest entry of this window, the last */
+  uint64_t lag_window;      /* when this window began (ns) */
+  int64_t conns;            /* gauges: open connections */
+  int64_t inflight;         /* requests in Lua */
+  int64_t pool_threads, pool_busy, pool_queued;
+  uint64_t requests;        /* requests dispatched by this process */
+  uint64_t max_requests;    /* retire after this many; 0: never */
+  char running[232];        /* "GET /x (route /x)" of the task resumed
+                               last, NUL-terminated */
+} ls_wslot_t;
+
+/* A metrics series' key: route NUL method NUL status. */
+typedef struct {
+  uint32_t len;             /* 0 until the key is whole */
+  char key[252];
+} ls_series_key_t;
+
+/* A series' counters in one slot (one writer: that worker's loop). */
+typedef struct {
+  uint64_t count;
+  uint64_t sum_ns;
+  uint64_t buckets[LS_METRIC_BUCKETS];   /* not cumulative */
+} ls_series_t;
+
+typedef struct {
+  uint64_t magic;
+  uint64_t size;
+  pthread_mutex_t meta_lock;   /* registering series */
+  uint32_t nslots, max_series;
+  uint32_t nseries;            /* series registered (meta_lock) */
+  uint32_t workers;            /* the master's: workers alive */
+  uint64_t restarts;           /* the master's: workers replaced, ever */
+  int64_t conns_total;         /* open connections of all workers (atomic) */
+  uint64_t slots_off, keys_off, counters_off, dict_off;
+} ls_shm_t;
+
+/* The region once made (inherited by forked workers), else NULL. */
+extern ls_shm_t *ls__shm_region;
+/* ls__shm_create: make the region (dict_bytes 0: the default). 0,
+ * UV_EEXIST when it exists, or an error. */
+int ls__shm_create(size_t dict_bytes, unsigned nslots, unsigned max_series);
+/* ls__shm: the region, made with the defaults on first use; NULL on
+ * failure. */
+ls_shm_t *ls__shm(void);
+/* ls__shm_slot: worker slot i. */
+ls_wslot_t *ls__shm_slot(ls_shm_t *h, unsigned i);
+/* ls__shm_dict: the dictionary's base. */
+void *ls__shm_dict(ls_shm_t *h);
+/* ls__shm_set_default_dict: the capacity a region made later gets; 1 if
+ * it is made already. */
+int ls__shm_set_default_dict(size_t bytes);
+/* ls__shm_mutex_init: a process-shared robust mutex. 0 or an error. */
+int ls__shm_mutex_init(pthread_mutex_t *m);
+/* ls__shm_lock: lock m; if its owner died holding it, repair(arg) runs
+ * (lock held) and m is made consistent. 0, 1 (repaired) or an error. */
+int ls__shm_lock(pthread_mutex_t *m, void (*repair)(void *), void *arg);
+
+/* ls__wslot_local: the slot of a process that shares none. */
+extern ls_wslot_t ls__wslot_local;
+/* ls__wslot_entry_done: an entry into Lua that began at t1 - dt is over:
+ * no entry runs, and the loop lag's window keeps its longest. */
+#define LS__LAG_WINDOW_NS 10000000000ull
+static inline void ls__wslot_entry_done(ls_wslot_t *ws, uint64_t t1,
+                                        uint64_t dt) {
+  ws->entry_t0 = 0;
+  if (t1 - ws->lag_window >= LS__LAG_WINDOW_NS) {
+    ws->lag_ns[1] = t1 - ws->lag_window < 2 * LS__LAG_WINDOW_NS
+                        ? ws->lag_ns[0] : 0;
+    ws->lag_ns[0] = 0;
+    ws->lag_window = t1;
+  }
+  if (dt > ws->lag_ns[0])
+    ws->lag_ns[0] = dt;
+}
+
+/* ---- master.c: the master's system calls, the worker's side ----------- */
+
+/* ls__worker_retire: --max-requests reached: ask for a replacement. */
+void ls__worker_retire(ls_runtime_t *rt);
+
+/* ---- shmdict.c: luaserve.shared's dictionary in the region ------------- */
+
+typedef struct ls_dict_s ls_dict_t;
+
+typedef struct {
+  int is_num;
+  double num;
+  const char *data;         /* copy.c's format, when not a number */
+  size_t len;
+} ls_dict_value_t;
+
+typedef struct {
+  uint64_t count, bytes, capacity, evicted, repairs;
+} ls_dict_stats_t;
+
+enum { LS_DICT_ADD = 1, LS_DICT_NO_EVICT = 2 };
+
+/* ls__dict_region_size: bytes a dictionary of this capacity needs. */
+size_t ls__dict_region_size(size_t capacity);
+/* ls__dict_init: a dictionary in size bytes at base. 0 or an error. */
+int ls__dict_init(void *base, size_t size, size_t capacity);
+/* ls__dict_lock / _unlock: every function below needs the lock held.
+ * lock: 0, 1 (a dead owner's lock: repaired), or an error. */
+int ls__dict_lock(ls_dict_t *d);
+void ls__dict_unlock(ls_dict_t *d);
+/* ls__dict_recover: without waiting, repair the lock if its owner died;
+ * 1 if it did. No lock held. */
+int ls__dict_recover(ls_dict_t *d);
+uint32_t ls__dict_hash(const char *k, size_t n);
+/* ls__dict_find: key's live entry (touched: most recently used) or NULL;
+ * an expired one is dropped. */
+void *ls__dict_find(ls_dict_t *d, const char *k, size_t n, uint32_t h,
+                    uint64_t now, int touch);
+/* ls__dict_entry: an entry's value (pointing into the region) and expiry. */
+void ls__dict_entry(void *e, ls_dict_value_t *v, uint64_t *expires);
+/* ls__dict_add_num: add to a number entry's value. */
+void ls__dict_add_num(void *e, double by);
+/* ls__dict_store: key = v. flags LS_DICT_ADD (UV_EEXIST if live),
+ * LS_DICT_NO_EVICT (only expired entries make room). 0, UV_EEXIST or
+ * LS_ESHAREDFULL. */
+int ls__dict_store(ls_dict_t *d, const char *k, size_t n, uint32_t h,
+                   const ls_dict_value_t *v, uint64_t expires, uint64_t now,
+                   int flags);
+void ls__dict_delete(ls_dict_t *d, const char *k, size_t n, uint32_t h);
+void ls__dict_flush(ls_dict_t *d);
+void ls__dict_sweep(ls_dict_t *d, uint64_t now);
+/* ls__dict_each: fn(arg, key, len) for each live key, most recently used
+ * first, until fn returns nonzero (then 1). */
+int ls__dict_each(ls_dict_t *d, uint64_t now,
+                  int (*fn)(void *arg, const char *k, size_t n), void *arg);
+void ls__dict_stats(ls_dict_t *d, ls_dict_stats_t *st);
+void ls__dict_set_capacity(ls_dict_t *d, uint64_t bytes);
+/* ls__dict_verify: NULL if the structure is sound, else what is wrong. */
+const char *ls__dict_verify(ls_dict_t *d, char *buf, size_t size);
 
 /* ---- pg.c, pgquery.c, pgresult.c: PostgreSQL on libpq (luaserve.pg) ---- */
 
@@ -655,6 +816,9 @@ void ls__timer_open(lua_State *L);         /* timer.c: metatables */
 
 int ls__lua_tcp_connect(lua_State *L);     /* tcp.c: connect(host, port, t, ms) */
 int ls__lua_resolve_sync(lua_State *L);    /* tcp.c: resolve_sync(name) */
+int ls__lua_now_ms(lua_State *L);          /* timer.c: now_ms() */
+int ls__lua_sleep_init(lua_State *L);      /* timer.c: sleep_init(fire) */
+int ls__lua_sleep_arm(lua_State *L);       /* timer.c: sleep_arm(at_ms|nil) */
 void ls__tcp_open(lua_State *L);           /* tcp.c: metatables */
 
 int ls__lua_response_parser(lua_State *L); /* client.c: response_parser() */
@@ -701,6 +865,32 @@ int ls__lua_shared_keys(lua_State *L);     /* shared.c: shared_keys(max) */
 int ls__lua_shared_flush_all(lua_State *L); /* shared.c: shared_flush_all() */
 int ls__lua_shared_stats(lua_State *L);    /* shared.c: shared_stats() */
 int ls__lua_shared_configure(lua_State *L); /* shared.c: shared_configure(bytes) */
+
+/* workers, shared memory, metrics */
+int ls__lua_shm_init(lua_State *L);        /* shm.c: shm_init{shared_size, slots, series} */
+int ls__lua_shared_safe_set(lua_State *L); /* shared.c: set, evicting nothing */
+int ls__lua_shared_safe_add(lua_State *L); /* shared.c: add, evicting nothing */
+int ls__lua_shared_verify(lua_State *L);   /* shared.c: check the structure */
+int ls__lua_master_open(lua_State *L);     /* master.c: master_open() */
+int ls__lua_master_close(lua_State *L);    /* master.c: master_close() */
+int ls__lua_master_wait(lua_State *L);     /* master.c: master_wait(s) */
+int ls__lua_master_fork(lua_State *L);     /* master.c: master_fork(slot, gen, max) */
+int ls__lua_master_figures(lua_State *L);  /* master.c: master_figures(n, restarts) */
+int ls__lua_kill(lua_State *L);            /* master.c: kill(pid, signal) */
+int ls__lua_slot_info(lua_State *L);       /* master.c: slot_info(i) */
+int ls__lua_slot_release(lua_State *L);    /* master.c: slot_release(i) */
+int ls__lua_shared_recover(lua_State *L);  /* master.c: shared_recover() */
+int ls__lua_listen_socket(lua_State *L);   /* master.c: listen_socket(host, port) */
+int ls__lua_worker_notify(lua_State *L);   /* master.c: worker_notify(kind, text) */
+int ls__lua_worker_beat(lua_State *L);     /* master.c: worker_beat() */
+int ls__lua_worker_running(lua_State *L);  /* master.c: worker_running(m, p, r) */
+int ls__lua_worker_attach(lua_State *L);   /* master.c: worker_attach() */
+int ls__lua_worker_slot(lua_State *L);     /* master.c: worker_slot() */
+int ls__lua_getpid(lua_State *L);          /* master.c: getpid() */
+int ls__lua_metrics_series(lua_State *L);  /* metrics.c: metrics_series(route, method, status) */
+int ls__lua_metrics_observe(lua_State *L); /* metrics.c: metrics_observe(i, seconds) */
+int ls__lua_metrics_snapshot(lua_State *L); /* metrics.c: metrics_snapshot() */
+int ls__lua_cpus(lua_State *L);            /* master.c: cpus() */
 
 int ls__lua_pg_connect(lua_State *L);     /* pg.c: pg_connect(conninfo, t, ms) */
 int ls__lua_pg_init(lua_State *L);        /* pgresult.c: pg_init(null, err_mt) */

@@ -124,6 +124,15 @@ static void list_unlink(ls_job_t **head, ls_job_t **tail, ls_job_t *j) {
 }
 
 
+/* The pool's gauges for the metrics, in this process's worker slot (lock
+ * held: the slot has one writer at a time). */
+static void publish(ls_pool_t *pool) {
+  ls_wslot_t *ws = pool->rt->wslot;
+  ws->pool_busy = pool->busy;
+  ws->pool_queued = pool->queued;
+}
+
+
 /* ---- the worker threads ------------------------------------------------- */
 
 /* In the worker's state, protected: decode the job, run it, encode what
@@ -286,6 +295,7 @@ static void worker_loop(worker_t *w) {
     __atomic_sub_fetch(&pool->queued, 1, __ATOMIC_RELAXED);
     job->state = JOB_RUNNING;
     pool->busy++;
+    publish(pool);
     uv_mutex_unlock(&pool->lock);
 
     worker_run(w, job);
@@ -294,6 +304,7 @@ static void worker_loop(worker_t *w) {
     job->state = JOB_DONE;
     pool->busy--;
     pool->completed++;
+    publish(pool);
     list_push(&pool->done_head, &pool->done_tail, job);
     /* The async handle outlives every worker (closed after the joins). */
     uv_async_send(&pool->async);
@@ -413,6 +424,7 @@ static void job_cancel(ls_job_t *job) {
   if (job->state == JOB_QUEUED) {
     list_unlink(&pool->queue_head, &pool->queue_tail, job);
     __atomic_sub_fetch(&pool->queued, 1, __ATOMIC_RELAXED);
+    publish(pool);
     uv_mutex_unlock(&pool->lock);
     job_free(job);
     job_gone(pool);
@@ -558,6 +570,7 @@ int ls__lua_pool_start(lua_State *L) {
   pool->async.data = pool;
   uv_unref((uv_handle_t *)&pool->async);   /* ref'd while jobs are out */
   rt->pool = pool;
+  rt->wslot->pool_threads = threads;
 
   unsigned created = 0;
   for (unsigned i = 0; i < threads; i++) {
@@ -648,6 +661,7 @@ int ls__lua_pool_submit(lua_State *L) {
   uv_mutex_lock(&pool->lock);
   list_push(&pool->queue_head, &pool->queue_tail, job);
   __atomic_add_fetch(&pool->queued, 1, __ATOMIC_RELAXED);
+  publish(pool);
   uv_cond_signal(&pool->work);
   uv_mutex_unlock(&pool->lock);
   return 1;

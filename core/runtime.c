@@ -74,12 +74,18 @@ int ls__pcall(lua_State *L, int nargs, int nresults, const char *what) {
 
 
 int ls__pcall_entry(ls_runtime_t *rt, int nargs, const char *what) {
-  if (rt->block_warn_ns == 0)
+  if (rt->block_warn_ns == 0 && !rt->wslot_shared)
     return pcall_rt(rt, nargs, 0, what);
   uint64_t t0 = uv_hrtime();
+  /* Workers publish the entry (the master's heartbeat check) and keep
+   * its length (the loop lag metric). */
+  if (rt->wslot_shared)
+    rt->wslot->entry_t0 = t0;
   int status = pcall_rt(rt, nargs, 0, what);
-  uint64_t dt = uv_hrtime() - t0;
-  if (dt >= rt->block_warn_ns && !rt->closing) {
+  uint64_t t1 = uv_hrtime(), dt = t1 - t0;
+  if (rt->wslot_shared)
+    ls__wslot_entry_done(rt->wslot, t1, dt);
+  if (rt->block_warn_ns && dt >= rt->block_warn_ns && !rt->closing) {
     lua_rawgeti(rt->L, LUA_REGISTRYINDEX, rt->blocked_ref);
     lua_pushnumber(rt->L, (double)dt / 1e9);
     pcall_rt(rt, 1, 0, "blocked");
@@ -354,6 +360,9 @@ static const luaL_Reg core_functions[] = {
   {"stop", ls__lua_stop},
   {"tcp_connect", ls__lua_tcp_connect},
   {"resolve_sync", ls__lua_resolve_sync},
+  {"now_ms", ls__lua_now_ms},
+  {"sleep_init", ls__lua_sleep_init},
+  {"sleep_arm", ls__lua_sleep_arm},
   {"response_parser", ls__lua_response_parser},
   {"gzip", ls__lua_gzip},
   {"gunzip", ls__lua_gunzip},
@@ -405,6 +414,31 @@ static const luaL_Reg core_functions[] = {
   {"fs_rename", ls__lua_fs_rename},
   {"fs_copyfile", ls__lua_fs_copyfile},
   {"fs_stat", ls__lua_fs_stat},
+  /* workers, shared memory, metrics (issue 9) */
+  {"shm_init", ls__lua_shm_init},
+  {"shared_safe_set", ls__lua_shared_safe_set},
+  {"shared_safe_add", ls__lua_shared_safe_add},
+  {"shared_verify", ls__lua_shared_verify},
+  {"master_open", ls__lua_master_open},
+  {"master_close", ls__lua_master_close},
+  {"master_wait", ls__lua_master_wait},
+  {"master_fork", ls__lua_master_fork},
+  {"master_figures", ls__lua_master_figures},
+  {"kill", ls__lua_kill},
+  {"slot_info", ls__lua_slot_info},
+  {"slot_release", ls__lua_slot_release},
+  {"shared_recover", ls__lua_shared_recover},
+  {"listen_socket", ls__lua_listen_socket},
+  {"worker_notify", ls__lua_worker_notify},
+  {"worker_beat", ls__lua_worker_beat},
+  {"worker_running", ls__lua_worker_running},
+  {"worker_attach", ls__lua_worker_attach},
+  {"worker_slot", ls__lua_worker_slot},
+  {"getpid", ls__lua_getpid},
+  {"metrics_series", ls__lua_metrics_series},
+  {"metrics_observe", ls__lua_metrics_observe},
+  {"metrics_snapshot", ls__lua_metrics_snapshot},
+  {"cpus", ls__lua_cpus},
   {NULL, NULL},
 };
 
@@ -451,7 +485,10 @@ ls_runtime_t *ls_runtime_new(uv_loop_t *loop, const char *lua_dir) {
     free(rt);
     return NULL;
   }
+  rt->wslot = &ls__wslot_local;
   loop->data = rt;
+  uv_timer_init(loop, &rt->sleep_timer);
+  rt->sleep_timer.data = rt;
   uv_idle_init(loop, &rt->defer_idle);
   uv_check_init(loop, &rt->defer_check);
   rt->defer_idle.data = rt->defer_check.data = rt;
@@ -507,6 +544,7 @@ void ls_runtime_free(ls_runtime_t *rt) {
    * callbacks free the C side without entering Lua (rt->closing). */
   lua_close(rt->L);
   rt->L = NULL;
+  uv_close((uv_handle_t *)&rt->sleep_timer, NULL);
   uv_close((uv_handle_t *)&rt->defer_idle, NULL);
   uv_close((uv_handle_t *)&rt->defer_check, NULL);
   uv_run(rt->loop, UV_RUN_DEFAULT);

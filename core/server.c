@@ -3,9 +3,14 @@
  * lingering closes, and what Lua hears of a connection (a request to
  * dispatch; a client that went away). Everything here runs on the loop
  * thread of its runtime. */
+#define _GNU_SOURCE   /* accept4 */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -146,6 +151,9 @@ void ls__conn_close(ls_conn_t *c) {
   int was_busy = c->state == LS_CONN_BUSY ||
                  (c->state == LS_CONN_WS && !(c->ws && ls__ws_clean(c->ws)));
   c->state = LS_CONN_CLOSING;
+  c->rt->wslot->conns--;
+  if (c->rt->wslot_shared)
+    __atomic_sub_fetch(&ls__shm_region->conns_total, 1, __ATOMIC_RELAXED);
   if (c->prev) c->prev->next = c->next; else s->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   c->prev = c->next = NULL;
@@ -319,6 +327,10 @@ static void conn_dispatch(ls_conn_t *c) {
   c->is_head = c->parser.method == HTTP_HEAD;
   c->handle = ls__slot_next(c->rt, c->slot);
   s->inflight++;
+  ls_wslot_t *ws = c->rt->wslot;
+  ws->inflight++;
+  if (++ws->requests == ws->max_requests)   /* --max-requests */
+    ls__worker_retire(c->rt);
   ls__stream_deadline(&c->stream, 0);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->dispatch_ref);
   lua_pushnumber(L, c->handle);
@@ -329,6 +341,7 @@ static void conn_dispatch(ls_conn_t *c) {
     c->lua_holds = 0;
     ls__slot_next(c->rt, c->slot);
     s->inflight--;
+    ws->inflight--;
     c->state = LS_CONN_READING;
     ls__body_done(c);
     ls__http_error_response(c, 500, "Internal Server Error");
@@ -347,9 +360,11 @@ static void conn_dispatch(ls_conn_t *c) {
  * off by the idle one), and read while the client reads its answers. */
 static void conn_await_next(ls_conn_t *c) {
   int drained = ls__stream_queued(&c->stream) == 0;
-  if (c->state == LS_CONN_IDLE)
+  if (c->state == LS_CONN_IDLE) {
     ls__stream_deadline(&c->stream, drained ? c->server->lim.keepalive_timeout
                                             : 0);
+    c->idle_since = uv_now(c->rt->loop);
+  }
   if (drained && c->pending.len < LS_MAX_PENDING)
     ls__stream_read_start(&c->stream);
 }
@@ -362,6 +377,7 @@ void ls__conn_request_done(ls_conn_t *c) {
   c->lua_holds = 0;
   ls__slot_next(c->rt, c->slot);   /* the request's handle goes stale */
   c->server->inflight--;
+  c->rt->wslot->inflight--;
   int unread = c->body_stream ? ls__body_done(c) : 0;
   if (c->state == LS_CONN_CLOSING) {
     conn_maybe_free(c);
@@ -526,8 +542,10 @@ static void conn_on_read(ls_stream_t *st, const char *data, size_t len) {
     ls__body_pump(c);   /* a streamed body: full buffer, waiting reader */
   else if (ls__stream_queued(st) > 0)
     ls__stream_read_stop(st);   /* the client does not read its answers */
-  else if (c->state == LS_CONN_IDLE)
+  else if (c->state == LS_CONN_IDLE) {
     ls__stream_deadline(st, c->server->lim.keepalive_timeout);
+    c->idle_since = uv_now(c->rt->loop);
+  }
 }
 
 
@@ -541,15 +559,16 @@ static const ls_stream_ops_t conn_ops = {
 };
 
 
-static void server_on_connection(uv_stream_t *listener, int status) {
-  ls_server_t *s = listener->data;
-  if (status < 0) {
-    ls__log("warn", "accept: %s", uv_strerror(status));
+/* A new connection: accepted from the listener (listener_fd < 0), or
+ * already accepted as conn_fd (workers: see server_on_accept_ready). */
+static void server_new_conn(ls_server_t *s, uv_stream_t *listener,
+                            int conn_fd) {
+  ls_conn_t *c = calloc(1, sizeof(*c));
+  if (c == NULL) {
+    if (conn_fd >= 0)
+      close(conn_fd);
     return;
   }
-  ls_conn_t *c = calloc(1, sizeof(*c));
-  if (c == NULL)
-    return;
   c->rt = s->rt;
   c->server = s;
   ls__stream_init(s->rt, &c->stream, &conn_ops);
@@ -558,11 +577,19 @@ static void server_on_connection(uv_stream_t *listener, int status) {
   c->next = s->conns;
   if (s->conns) s->conns->prev = c;
   s->conns = c;
+  s->rt->wslot->conns++;
+  if (s->rt->wslot_shared)
+    __atomic_add_fetch(&ls__shm_region->conns_total, 1, __ATOMIC_RELAXED);
+  c->idle_since = uv_now(s->rt->loop);
   llhttp_init(&c->parser, HTTP_REQUEST, &ls__http_settings);
   c->parser.data = c;
   c->slot = ls__slot_new(s->rt, c);
-  if (c->slot == UINT32_MAX ||
-      uv_accept(listener, (uv_stream_t *)&c->stream.tcp) != 0) {
+  int err = c->slot == UINT32_MAX ? UV_ENOMEM
+            : conn_fd >= 0 ? uv_tcp_open(&c->stream.tcp, conn_fd)
+                           : uv_accept(listener, (uv_stream_t *)&c->stream.tcp);
+  if (err) {
+    if (conn_fd >= 0)   /* not the handle's: uv_tcp_open failed or never ran */
+      close(conn_fd);
     ls__conn_close(c);
     return;
   }
@@ -584,6 +611,73 @@ static void server_on_connection(uv_stream_t *listener, int status) {
    * timeout, not the keep-alive one: a client that connects and sends
    * nothing is a slow sender. */
   ls__stream_deadline(&c->stream, s->lim.header_timeout);
+}
+
+
+static void server_on_connection(uv_stream_t *listener, int status) {
+  if (status < 0) {
+    ls__log("warn", "accept: %s", uv_strerror(status));
+    return;
+  }
+  server_new_conn(listener->data, listener, -1);
+}
+
+
+/* Workers share one listening socket. libuv accepts until the queue is
+ * empty, so a burst of connections (a benchmark's, a balancer's pool)
+ * could all go to the worker that woke first. Here each worker takes one
+ * connection per wakeup (nginx's multi_accept off), and one that holds
+ * more than its share of all workers' connections first yields the core
+ * for a moment (libuv's UV_TCP_SINGLE_ACCEPT trick, nginx's
+ * ngx_accept_disabled), so the others take theirs. It never refuses: a
+ * peer whose loop is blocked cannot stall it. */
+#define LS_ACCEPT_SLACK 2
+static void server_on_accept_ready(uv_poll_t *p, int status, int events) {
+  ls_server_t *s = p->data;
+  ls_shm_t *h = ls__shm_region;
+  if (status < 0)
+    return;
+  if (h && h->workers > 1) {
+    int64_t total = __atomic_load_n(&h->conns_total, __ATOMIC_RELAXED);
+    if (s->rt->wslot->conns > total / h->workers + LS_ACCEPT_SLACK) {
+      struct timespec t = {0, 1};   /* the timer slack: about 50 us */
+      nanosleep(&t, NULL);
+    }
+  }
+  int fd = accept4(s->accept_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (fd < 0) {
+    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ECONNABORTED &&
+        errno != EINTR)
+      ls__log("warn", "accept: %s", strerror(errno));
+    return;
+  }
+  server_new_conn(s, NULL, fd);
+}
+
+
+/* Accept from a shared socket (workers): listen, then poll it. */
+static int server_accept_shared(ls_server_t *s) {
+  if (listen(s->accept_fd, s->backlog) != 0)
+    return -errno;
+  s->accept_poll = malloc(sizeof(uv_poll_t));
+  if (s->accept_poll == NULL)
+    return UV_ENOMEM;
+  int err = uv_poll_init_socket(s->rt->loop, s->accept_poll, s->accept_fd);
+  if (err) {
+    free(s->accept_poll);
+    s->accept_poll = NULL;
+    return err;
+  }
+  s->accept_poll->data = s;
+  return uv_poll_start(s->accept_poll, UV_READABLE, server_on_accept_ready);
+}
+
+
+static void close_accept_poll(ls_server_t *s) {
+  if (s->accept_poll) {
+    uv_close((uv_handle_t *)s->accept_poll, (uv_close_cb)free);
+    s->accept_poll = NULL;
+  }
 }
 
 
@@ -649,6 +743,7 @@ static void server_on_close(uv_handle_t *h) {
 
 
 void ls__server_stop_listening(ls_server_t *s) {
+  close_accept_poll(s);
   if (s->listening && !uv_is_closing((uv_handle_t *)&s->listener))
     uv_close((uv_handle_t *)&s->listener, server_on_close);
 }
@@ -707,9 +802,24 @@ int ls__lua_listen(lua_State *L) {
   s->backlog = (int)opt_uint(L, "backlog", 1024);
   lua_getfield(L, 1, "paused");
   int paused = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  err = uv_tcp_bind(&s->listener, (struct sockaddr *)&addr, 0);
-  if (err == 0 && paused) {
+  lua_getfield(L, 1, "fd");   /* a socket the master bound (workers) */
+  int fd = lua_isnumber(L, -1) ? (int)lua_tointeger(L, -1) : -1;
+  lua_pop(L, 2);
+  s->accept_fd = fd;
+  if (fd >= 0) {
+    err = uv_tcp_open(&s->listener, fd);
+    if (err == 0 && !paused) {
+      err = server_accept_shared(s);
+      s->accepting = err == 0;
+    }
+    if (err)
+      close_accept_poll(s);
+  } else {
+    err = uv_tcp_bind(&s->listener, (struct sockaddr *)&addr, 0);
+  }
+  if (fd >= 0) {
+    /* opened above */
+  } else if (err == 0 && paused) {
     /* Bound (the port is ours) but not listening: no connection is
      * accepted until server:start(). libuv keeps a failed bind's error
      * for uv_listen; an unbound socket has port 0. */
@@ -774,10 +884,14 @@ static int server_start(lua_State *L) {
   if (s == NULL || !s->listening)
     return ls__push_error(L, UV_EBADF);
   if (!s->accepting) {
-    int err = uv_listen((uv_stream_t *)&s->listener, s->backlog,
-                        server_on_connection);
-    if (err)
+    int err = s->accept_fd >= 0
+                  ? server_accept_shared(s)
+                  : uv_listen((uv_stream_t *)&s->listener, s->backlog,
+                              server_on_connection);
+    if (err) {
+      close_accept_poll(s);
       return ls__push_error(L, err);
+    }
     s->accepting = 1;
   }
   lua_pushboolean(L, 1);
@@ -816,6 +930,7 @@ void ls__server_close_all(ls_runtime_t *rt) {
   while (rt->servers) {
     ls_server_t *s = rt->servers;
     rt->servers = s->next_server;
+    close_accept_poll(s);
     if (s->listening && !uv_is_closing((uv_handle_t *)&s->listener))
       uv_close((uv_handle_t *)&s->listener, NULL);
     s->listening = 0;

@@ -8,6 +8,10 @@
 
 #include "internal.h"
 
+/* How long a connection that was idle only a moment ago may still send
+ * one last request once draining begins. */
+#define LS_DRAIN_IDLE_MS 500
+
 /* The signal watchers and the drain timer of one runtime. */
 typedef struct ls_shutdown_s {
   uv_signal_t sig_int;
@@ -17,6 +21,7 @@ typedef struct ls_shutdown_s {
   uint64_t drain_ms;
   int started;            /* a signal came: draining */
   int open_handles;       /* 3 until every close callback ran */
+  int quiet;              /* a worker: the master logs the shutdown */
 } ls_shutdown_t;
 
 
@@ -49,8 +54,10 @@ static void on_signal(uv_signal_t *h, int signum) {
     return;
   }
   sd->started = 1;
-  ls__log("info", "%s: shutting down, finishing requests in flight",
-          signum == SIGINT ? "SIGINT" : "SIGTERM");
+  ls__log_at(sd->rt, sd->quiet ? 1 : 2, sd->quiet ? "debug" : "info",
+             "%s: shutting down, finishing requests in flight",
+             signum == SIGINT ? "SIGINT" : "SIGTERM");
+  uint64_t now = uv_now(sd->rt->loop);
   for (ls_server_t *s = sd->rt->servers; s; s = s->next_server) {
     s->draining = 1;
     ls__server_stop_listening(s);
@@ -63,10 +70,19 @@ static void on_signal(uv_signal_t *h, int signum) {
       }
       if (c->state != LS_CONN_IDLE || c->pending.len > 0)
         continue;   /* a request in flight: its answer closes it */
-      if (ls__stream_queued(&c->stream) > 0)
+      if (ls__stream_queued(&c->stream) > 0) {
         c->close_after_write = 1;   /* an answer still being written */
-      else
+        continue;
+      }
+      /* A connection idle only a moment ago may have a request on its
+       * way (a busy keep-alive client sends the next one at once):
+       * closing now would reset it. It gets LS_DRAIN_IDLE_MS to arrive,
+       * and its answer says Connection: close; one idle longer closes. */
+      uint64_t idle = now - c->idle_since;
+      if (idle >= LS_DRAIN_IDLE_MS)
         ls__conn_close(c);
+      else
+        ls__stream_deadline(&c->stream, LS_DRAIN_IDLE_MS - idle);
     }
   }
   uv_timer_start(&sd->drain, on_drain_timeout, sd->drain_ms, 0);
@@ -74,9 +90,10 @@ static void on_signal(uv_signal_t *h, int signum) {
 }
 
 
-/* shutdown_on_signals(drain_ms): SIGINT/SIGTERM stop accepting, wait up to
- * drain_ms for requests in flight, then stop the loop (run() returns).
- * The watchers do not keep the loop alive. */
+/* shutdown_on_signals(drain_ms[, worker]): SIGINT/SIGTERM stop accepting,
+ * wait up to drain_ms for requests in flight, then stop the loop (run()
+ * returns). A worker (worker true) hears SIGTERM only, from its master,
+ * and logs it at debug level. The watchers do not keep the loop alive. */
 int ls__lua_shutdown_on_signals(lua_State *L) {
   ls_runtime_t *rt = ls__runtime(L);
   uint64_t ms = (uint64_t)luaL_checknumber(L, 1);
@@ -92,7 +109,9 @@ int ls__lua_shutdown_on_signals(lua_State *L) {
   uv_timer_init(rt->loop, &sd->drain);
   sd->sig_int.data = sd->sig_term.data = sd->drain.data = sd;
   sd->open_handles = 3;
-  uv_signal_start(&sd->sig_int, on_signal, SIGINT);
+  sd->quiet = lua_toboolean(L, 2);
+  if (!sd->quiet)
+    uv_signal_start(&sd->sig_int, on_signal, SIGINT);
   uv_signal_start(&sd->sig_term, on_signal, SIGTERM);
   uv_unref((uv_handle_t *)&sd->sig_int);
   uv_unref((uv_handle_t *)&sd->sig_term);

@@ -180,6 +180,53 @@ describe("luaserve.future", function()
       assert.is_true(d >= 0.08 and d < 2, d)
     end)
 
+    it("wakes sleepers in deadline order, equal ones in start order, cancelled never", function()
+      -- 300 sleeps of 0..30 ms started in one loop iteration (one ms, so
+      -- a deadline is the start time + the duration), every 7th cancelled
+      local woke, fs = {}, {}
+      math.randomseed(7)
+      local ms = {}
+      for i = 1, 300 do
+        ms[i] = math.random(0, 30)
+        local f = sleep(ms[i] / 1000)
+        fs[i] = f
+        f:on_done(function(g)
+          if select("#", g:result()) == 0 then woke[#woke + 1] = i end
+        end)
+      end
+      for i = 7, 300, 7 do fs[i]:cancel() end
+      await(sleep(0.1))
+      local want = {}
+      for i = 1, 300 do if i % 7 ~= 0 then want[#want + 1] = i end end
+      table.sort(want, function(a, b)
+        if ms[a] ~= ms[b] then return ms[a] < ms[b] end
+        return a < b
+      end)
+      -- the loop clock may tick between starts: allow a sleep started a
+      -- millisecond later to share a deadline with a shorter one; the
+      -- order must still never put a longer sleep before a shorter one
+      -- started earlier
+      assert.equal(#want, #woke)
+      for k = 2, #woke do
+        local a, b = woke[k - 1], woke[k]
+        assert.is_true(ms[a] <= ms[b] + 1, ("%d (%d ms) woke before %d (%d ms)")
+          :format(a, ms[a], b, ms[b]))
+        if ms[a] == ms[b] then assert.is_true(a < b) end
+      end
+      for i = 7, 300, 7 do
+        assert.same({ nil, "cancelled" }, { fs[i]:result() })
+      end
+    end)
+
+    it("keeps the loop up only while something sleeps", function()
+      local f = sleep(30)   -- cancelled: must not hold the loop for 30 s
+      f:cancel()
+      local d = timed(function() await(sleep(0.01)) end)
+      assert.is_true(d < 1, d)
+      -- (tests/test_usability.py: a script whose cancelled sleep would
+      -- hold the loop exits at once)
+    end)
+
     it("counts from the call, even after the loop's clock went stale", function()
       local spin_until = hrtime() + 0.2   -- CPU work, no loop turn
       while hrtime() < spin_until do end

@@ -193,12 +193,31 @@ describe("luaserve.shared", function()
       core.shared_configure(64 * 1024 * 1024)
     end)
 
-    it("answers nil, \"shared dictionary full\" when a value does not fit", function()
+    it("evicts the least recently used entries when full", function()
+      core.shared_configure(16 * 1024)
+      local chunk = ("x"):rep(1024)
+      for i = 1, 5 do assert.is_true(shared.set("old" .. i, chunk)) end
+      for i = 1, 100 do
+        assert.is_true(shared.set("k" .. i, chunk))
+        assert.equal(chunk, shared.get("old1"))   -- read: recently used
+      end
+      local st = shared.stats()
+      assert.is_true(st.count >= 10 and st.count < 16, "kept " .. st.count)
+      assert.is_true(st.bytes <= 16 * 1024)
+      assert.is_true(st.evicted >= 100 + 5 - 16, "evicted " .. st.evicted)
+      assert.equal(chunk, shared.get("old1"))   -- used all along: kept
+      assert.is_nil(shared.get("old2"))         -- the least recently used went
+      assert.is_nil(shared.get("k1"))
+      assert.equal(chunk, shared.get("k100"))
+      assert.is_true(shared.verify())
+    end)
+
+    it("safe_set and safe_add never evict: nil, \"shared dictionary full\"", function()
       core.shared_configure(16 * 1024)
       local chunk = ("x"):rep(1024)
       local stored, ok, err = 0, true, nil
       for i = 1, 100 do
-        ok, err = shared.set("k" .. i, chunk)
+        ok, err = shared.safe_set("k" .. i, chunk)
         if not ok then break end
         stored = stored + 1
       end
@@ -206,18 +225,65 @@ describe("luaserve.shared", function()
       assert.equal("shared dictionary full", err)
       assert.is_true(stored >= 10 and stored < 16, "stored " .. stored)
       assert.equal(stored, shared.stats().count)   -- nothing was evicted
-      local v, ierr = shared.incr("counter", 1, 0)
-      assert.is_true(v == 1 or ierr == "shared dictionary full")
-      shared.delete("k1")
-      assert.is_true(shared.set("again", chunk))     -- room again
+      ok, err = shared.safe_add("another", chunk)
+      assert.is_nil(ok)
+      assert.equal("shared dictionary full", err)
+      ok, err = shared.safe_set("k1", chunk .. chunk)   -- the old value stays
+      assert.is_nil(ok)
+      assert.equal(chunk, shared.get("k1"))
+      shared.delete("k2")
+      assert.is_true(shared.safe_set("again", chunk))     -- room again
+      assert.is_true(shared.verify())
+    end)
+
+    it("refuses a value bigger than the whole dictionary, evicting nothing", function()
+      core.shared_configure(16 * 1024)
+      shared.set("small", 1)
+      local ok, err = shared.set("huge", ("x"):rep(20 * 1024))
+      assert.is_nil(ok)
+      assert.equal("shared dictionary full", err)
+      assert.equal(1, shared.get("small"))
+    end)
+
+    it("keeps its structure through many sets and deletes of every size", function()
+      core.shared_configure(64 * 1024)
+      math.randomseed(9)
+      local want = {}
+      for i = 1, 5000 do
+        local k = "k" .. math.random(1, 300)
+        local r = math.random()
+        if r < 0.2 then
+          shared.delete(k)
+          want[k] = nil
+        elseif r < 0.3 then
+          local before = shared.get(k)   -- nil also when it was evicted
+          local v, err = shared.incr(k, 1, 0)
+          if type(before) == "string" then
+            assert.equal("not a number", err)
+          else
+            want[k] = (before or 0) + 1
+            assert.equal(want[k], v)
+          end
+        else
+          local v = ("v"):rep(math.random(0, 3000))
+          assert.is_true(shared.safe_set(k, v) or shared.set(k, v))
+          want[k] = v
+        end
+        if i % 500 == 0 then assert.is_true(shared.verify()) end
+      end
+      assert.is_true(shared.verify())
+      -- what is there is what was written last (evicted keys are absent)
+      for _, k in ipairs(shared.keys()) do assert.equal(want[k], shared.get(k)) end
     end)
 
     it("makes room by dropping expired entries", testing.async(function()
       core.shared_configure(8 * 1024)
+      local evicted_before = shared.stats().evicted
       local chunk = ("x"):rep(1024)
       for i = 1, 5 do assert.is_true(shared.set("tmp" .. i, chunk, 0.03)) end
       await(sleep(0.06))
-      for i = 1, 5 do assert.is_true(shared.set("new" .. i, chunk)) end
+      for i = 1, 5 do assert.is_true(shared.safe_set("new" .. i, chunk)) end
+      assert.equal(0, shared.stats().evicted - evicted_before)
     end))
   end)
 

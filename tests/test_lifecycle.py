@@ -83,8 +83,14 @@ class LifecycleTest(unittest.TestCase):
         c1.close(), c2.close()
         self.assertEqual((r1.status, r2.status), (504, 504))
         self.assertLess(took, 0.9, "the deadline waited for the job")
-        time.sleep(1.5)   # the running job ends meanwhile
-        after = json.loads(self.get("/counts").body)
+        # The running job (1 s of CPU) ends meanwhile: on a busy machine
+        # that takes longer than 1 s of wall time.
+        deadline = time.time() + 15
+        while True:
+            after = json.loads(self.get("/counts").body)
+            if after["pool"]["busy"] == 0 or time.time() > deadline:
+                break
+            time.sleep(0.1)
         self.assertEqual(after["started"] - base["started"], 1, after)
         self.assertEqual(after["finished"] - base["finished"], 1, after)
         self.assertEqual(after["pool"]["queued"], 0)

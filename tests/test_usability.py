@@ -107,6 +107,28 @@ class StreamResetTest(unittest.TestCase):
             self.assertEqual(harness.get(srv.port, "/handler")[0], 200)   # still serving
 
 
+class SleepTest(unittest.TestCase):
+    def test_a_cancelled_sleep_does_not_hold_the_loop(self):
+        # Nothing left but a future nobody resolves: await says so at once
+        # (a cancelled 60 s sleep must not keep the loop waiting).
+        script = ('local luaserve = require "luaserve"\n'
+                  'local f = luaserve.sleep(60)\n'
+                  'luaserve.await(luaserve.sleep(0.01))\n'
+                  'f:cancel()\n'
+                  'local ok, err = pcall(luaserve.await, luaserve.Future())\n'
+                  'print(err:match("a deadlock") and "done" or err)\n')
+        with tempfile.NamedTemporaryFile("w", suffix=".lua") as f:
+            f.write(script)
+            f.flush()
+            t0 = time.monotonic()
+            p = subprocess.run([harness.LUASERVE, "lua", f.name], cwd=harness.ROOT,
+                               capture_output=True, timeout=30)
+            took = time.monotonic() - t0
+        self.assertEqual(p.stdout, b"done\n", p.stderr)
+        self.assertEqual(p.returncode, 0)
+        self.assertLess(took, 20)   # not the 60 s of the cancelled sleep
+
+
 class LuaDirTest(unittest.TestCase):
     def test_the_binary_finds_its_lua_files_without_the_variable(self):
         # Under SAN=1 the binary is build/san/luaserve: lua/ is two folders up.

@@ -450,4 +450,18 @@ app:get("/", function(req)
   return { app = "luaserve demo", routes = routes }
 end)
 
+
+-- ---- Workers and balancers (--workers, proxy headers) ---------------------
+-- Which process answered, and who the client is: behind a trusted proxy
+-- (--forwarded-allow-ips) the address and scheme come from its
+-- X-Forwarded-For / X-Forwarded-Proto / Forwarded headers. /counter
+-- (above) counts across every worker: luaserve.shared lives in memory the
+-- master shares with all of them.
+app:get("/whoami", function(req)
+  local core = require "luaserve.core"
+  return { client = req.client.host, port = req.client.port, scheme = req.scheme,
+           pid = core.getpid(), worker = core.worker_slot(),
+           root_path = req.root_path or "" }
+end)
+
 return app

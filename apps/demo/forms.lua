@@ -5,7 +5,8 @@
 --
 -- app.lua: require("forms")(app). Sessions are signed with
 -- $LUASERVE_SECRET (at least 16 bytes); without it, with a random secret
--- made at startup (sessions then end with the process).
+-- made at startup and shared by the workers (sessions then end with the
+-- server).
 
 local luaserve = require "luaserve"
 local crypto = require "luaserve.crypto"
@@ -62,7 +63,10 @@ return function(app)
     if secret ~= "" then
       log.warn("LUASERVE_SECRET is shorter than 16 bytes: using a random secret")
     end
-    secret = crypto.token()
+    -- One random secret for every worker (--workers): the first to load
+    -- puts it in the shared dictionary, the others read it there.
+    luaserve.shared.add("demo:session-secret", crypto.token())
+    secret = luaserve.shared.get("demo:session-secret") or crypto.token()
   end
 
   app:get("/login", function(req)

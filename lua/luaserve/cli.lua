@@ -39,6 +39,16 @@ local OPTIONS = {
   { "pool-nice", "count", 5, "how much lower the pool threads' priority is than the loop's (0-19)" },
   { "shared-size", "bytes", 64 * 1024 * 1024, "capacity of luaserve.shared in bytes" },
   { "reload", "flag", false, "development: restart the server when a .lua file of the app changes" },
+  -- processes, metrics, proxies (luaserve.master, luaserve.metrics, luaserve.proxy)
+  { "workers", "count", 1, "worker processes under a master (0: one per core; 1: this process serves)" },
+  { "timeout-worker-healthcheck", "seconds", 30, "kill and replace a worker whose loop is blocked this long (0: never)" },
+  { "max-requests", "count", 0, "replace a worker gracefully after this many requests (0: never; starts a master)" },
+  { "max-requests-jitter", "count", 0, "add 0 to N to each worker's --max-requests, so they do not restart together" },
+  { "pid", "file", "", "write the server's process id (the master's) to this file" },
+  { "metrics-path", "string", "", "serve Prometheus metrics at this path, e.g. /metrics (off: \"\")" },
+  { "no-proxy-headers", "flag", false, "ignore X-Forwarded-For, X-Forwarded-Proto and Forwarded" },
+  { "forwarded-allow-ips", "string", "127.0.0.1", "proxies whose forwarding headers are trusted: addresses and CIDRs, comma-separated, or *" },
+  { "root-path", "string", "", "the path prefix the app is mounted under behind a proxy, e.g. /api" },
 }
 M.OPTIONS = OPTIONS
 
@@ -278,34 +288,38 @@ local function tls_context(opts)
 end
 
 
-local function serve(args)
-  local opts, app_path = M.parse(args)
-  if opts == nil then return app_path end
+-- Serve in this process: the single process server, or one worker of a
+-- master (worker = { fd = the master's socket }). Returns the exit status.
+local function serve_one(opts, app_path, tls, worker)
   local log = require "luaserve.log"
-  log.set_level(opts["log-level"])
-  log.set_format(opts["log-format"])
-  if opts.reload then
-    local child_args = {}
-    for _, a in ipairs(args) do
-      if a ~= "--reload" then child_args[#child_args + 1] = a end
-    end
-    return require("luaserve.reload").supervise(app_path, child_args)
+  -- What stops the start: a worker tells its master (which logs it once
+  -- and decides), a single process logs it.
+  local function cannot(status, msg)
+    if worker then core.worker_notify("failed", msg) else log.error(msg) end
+    return status
   end
-  core.shared_configure(opts["shared-size"])
-  local tls = tls_context(opts)
-  if tls == false then return 2 end
+  local metrics_path = opts["metrics-path"] ~= "" and opts["metrics-path"] or nil
+  if not worker and metrics_path then core.worker_attach() end
   local app, err = M.load_app(app_path)
-  if not app then
-    log.error("cannot load app: " .. err)
-    return 2
-  end
+  if not app then return cannot(2, "cannot load app: " .. err) end
   local server = require "luaserve.server"
-  local host, herr = server.listen_address(opts.host)
-  if not host then
-    log.error(herr)
-    return 2
+  if metrics_path then
+    local mok, merr = pcall(require("luaserve.metrics").mount, app, metrics_path)
+    if not mok then return cannot(2, tostring(merr)) end
+  end
+  if worker and opts["timeout-worker-healthcheck"] > 0 then
+    server.publish_running(true)
+  end
+  local host, herr = "127.0.0.1", nil
+  if not worker then
+    host, herr = server.listen_address(opts.host)
+    if not host then return cannot(2, herr) end
   end
   local ok, srv, lerr = pcall(server.serve, app, {
+    fd = worker and worker.fd,
+    metrics = metrics_path ~= nil,
+    proxy = not opts["no-proxy-headers"] and opts["forwarded-allow-ips"] or nil,
+    root_path = opts["root-path"] ~= "" and opts["root-path"] or nil,
     host = host,
     port = opts.port,
     tls = tls,
@@ -323,12 +337,11 @@ local function serve(args)
     paused = true,   -- bound; accepting once the startup hooks are done
   })
   if not ok then   -- an option value the core refuses
-    log.error((tostring(srv):gsub("^[^\n]-:%d+: ", "")))
-    return 2
+    return cannot(2, (tostring(srv):gsub("^[^\n]-:%d+: ", "")))
   end
   if not srv then
-    log.error(("cannot listen on %s port %d: %s"):format(opts.host, opts.port, lerr))
-    return 1
+    return cannot(1, ("cannot listen on %s port %d: %s"):format(opts.host,
+      opts.port, lerr))
   end
   -- The pool, if the app marked any function sync: each thread loads the
   -- app. Once listening works (a port in use loads nothing more); no
@@ -338,8 +351,7 @@ local function serve(args)
     log_level = opts["log-level"] })
   if pooled == nil then
     srv:close()
-    log.error("cannot start the sync pool: " .. tostring(perr))
-    return 2
+    return cannot(2, "cannot start the sync pool: " .. tostring(perr))
   end
   -- The app's startup hooks, before any connection is accepted.
   local grace = opts["timeout-graceful-shutdown"]
@@ -347,18 +359,24 @@ local function serve(args)
   if sok then sok, serr = srv:start() end
   if not sok then
     srv:close()
-    log.error(tostring(serr))
-    return 2
+    return cannot(2, tostring(serr))
   end
-  local host, port = srv:address()
-  log.info(("luaserve %s serving %s on %s://%s:%d (Ctrl+C to quit)")
-    :format(VERSION, app_path, tls and "https" or "http",
-      host:find(":") and "[" .. host .. "]" or host, port))
+  if worker then
+    core.shutdown_on_signals(grace * 1000, true)
+    local hc = opts["timeout-worker-healthcheck"]
+    if hc > 0 then server.heartbeat(math.min(1, hc / 4)) end
+    core.worker_notify("ready")
+  else
+    local shost, port = srv:address()
+    log.info(("luaserve %s serving %s on %s://%s:%d (Ctrl+C to quit)")
+      :format(VERSION, app_path, tls and "https" or "http",
+        shost:find(":") and "[" .. shost .. "]" or shost, port))
+    core.shutdown_on_signals(grace * 1000)
+  end
   if pooled then
     local st = core.pool_stats()
     log.info(("sync pool: %d threads, queue %d"):format(st.threads, st.queue_max))
   end
-  core.shutdown_on_signals(grace * 1000)
   server.watch_blocking(opts["warn-blocking"])
   core.run()
   -- Drained: background tasks finish, then the shutdown hooks run, each
@@ -371,8 +389,126 @@ local function serve(args)
   end
   server.shutdown(app, grace)
   log.flush()
-  log.info("stopped")
+  if not worker then log.info("stopped") end
   return 0
+end
+
+
+-- The pid file: written at start, removed at exit (by the process that
+-- wrote it).
+local function write_pid(path)
+  if path == "" then return true end
+  local f, err = io.open(path, "w")
+  if not f then return nil, err end
+  f:write(core.getpid(), "\n")
+  f:close()
+  return true
+end
+
+
+-- --workers N: the master binds the socket, maps the shared memory and
+-- forks; each worker comes back here and serves.
+local function serve_master(opts, app_path, tls, n)
+  local log = require "luaserve.log"
+  local addr, herr = require("luaserve.server").listen_address(opts.host)
+  if not addr then
+    log.error(herr)
+    return 2
+  end
+  local fd, port = core.listen_socket(addr, opts.port)
+  if not fd then
+    log.error(("cannot listen on %s port %d: %s"):format(opts.host, opts.port, port))
+    return 1
+  end
+  local nslots = math.min(512, 2 * math.max(n, 32))
+  local ok, err = core.shm_init({ shared_size = opts["shared-size"], slots = nslots,
+    series = opts["metrics-path"] ~= "" and 2048 or 0 })
+  if not ok then
+    log.error("cannot map the shared memory: " .. tostring(err))
+    return 1
+  end
+  local pid_ok, pid_err = write_pid(opts.pid)
+  if not pid_ok then
+    log.error(("--pid %s: %s"):format(opts.pid, tostring(pid_err)))
+    return 2
+  end
+  local host = opts.host:find(":") and "[" .. opts.host .. "]" or opts.host
+  local role, status = require("luaserve.master").run({
+    workers = n,
+    healthcheck = opts["timeout-worker-healthcheck"],
+    grace = opts["timeout-graceful-shutdown"],
+    max_requests = opts["max-requests"],
+    jitter = opts["max-requests-jitter"],
+    nslots = nslots,
+    banner = function(count)
+      log.info(("luaserve %s serving %s on %s://%s:%d with %d workers " ..
+        "(master %d; Ctrl+C to quit)"):format(VERSION, app_path,
+        tls and "https" or "http", host, port, count, core.getpid()))
+    end,
+  })
+  if role == "worker" then
+    return serve_one(opts, app_path, tls, { fd = fd, slot = status })
+  end
+  if opts.pid ~= "" then os.remove(opts.pid) end
+  return status
+end
+
+
+local function serve(args)
+  local opts, app_path = M.parse(args)
+  if opts == nil then return app_path end
+  local log = require "luaserve.log"
+  log.set_level(opts["log-level"])
+  log.set_format(opts["log-format"])
+  if opts.reload then
+    local child_args = {}
+    for _, a in ipairs(args) do
+      if a ~= "--reload" then child_args[#child_args + 1] = a end
+    end
+    return require("luaserve.reload").supervise(app_path, child_args)
+  end
+  local bad = M.check_options(opts)
+  if bad then
+    log.error(bad)
+    return 2
+  end
+  local tls = tls_context(opts)
+  if tls == false then return 2 end
+  local n = opts.workers == 0 and core.cpus() or opts.workers
+  if n > 1 or opts["max-requests"] > 0 then
+    return serve_master(opts, app_path, tls, n)
+  end
+  core.shared_configure(opts["shared-size"])
+  core.shm_init({ shared_size = opts["shared-size"], slots = 1,
+    series = opts["metrics-path"] ~= "" and 2048 or 0 })
+  local pid_ok, pid_err = write_pid(opts.pid)
+  if not pid_ok then
+    log.error(("--pid %s: %s"):format(opts.pid, tostring(pid_err)))
+    return 2
+  end
+  local status = serve_one(opts, app_path, tls, nil)
+  if opts.pid ~= "" then os.remove(opts.pid) end
+  return status
+end
+
+
+--- check_options(opts): nil, or what is wrong with the options of the
+-- process model, metrics and proxies.
+function M.check_options(opts)
+  local mp = opts["metrics-path"]
+  if mp ~= "" and mp:sub(1, 1) ~= "/" then
+    return ("--metrics-path %s: must start with /"):format(mp)
+  end
+  local rp = opts["root-path"]
+  if rp ~= "" and (rp:sub(1, 1) ~= "/" or rp == "/") then
+    return ("--root-path %s: must start with / and name a prefix, e.g. /api"):format(rp)
+  end
+  if opts.workers > 128 then
+    return ("--workers %d: at most 128"):format(opts.workers)
+  end
+  local ok, err = require("luaserve.proxy").parse_allow(opts["forwarded-allow-ips"])
+  if not ok then return "--forwarded-allow-ips " .. err end
+  return nil
 end
 
 

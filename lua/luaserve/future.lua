@@ -135,6 +135,7 @@ local ready = {}           -- tasks to resume, with the future they waited on
 local ready_head, ready_tail = 1, 0
 local draining = false
 local last_stepped = nil   -- the task resumed last (who held the loop)
+local step_hook = nil      -- workers: fn(task) before each resume
 local step                 -- forward: resumes a task
 
 
@@ -501,6 +502,7 @@ function step(task, ...)
   local co = task._co
   current = task
   last_stepped = task
+  if step_hook then step_hook(task) end
   local ok, tag = co_resume(co, ...)
   current = prev
   if nmade > 0 then sweep_created() end
@@ -700,6 +702,13 @@ function M.deadline()
 end
 
 
+--- set_step_hook(fn): fn(task) before each task is resumed (a worker
+-- publishes what runs, for its master's heartbeat check); nil: none.
+function M.set_step_hook(fn)
+  step_hook = fn
+end
+
+
 --- The task resumed last: after an entry from the loop that blocked it,
 -- the likely culprit (see server.watch_blocking).
 function M.last_task()
@@ -785,13 +794,104 @@ M.await = await
 -- ---------------------------------------------------------------------------
 -- The toolkit
 
-local function stop_timer(f)
-  local t = f._timer
-  if t then f._timer = nil t:stop() end
+-- The sleeping futures: a binary min-heap of (deadline, sequence) in
+-- parallel arrays; f._timer is f's index in it (false once out). One core
+-- timer is armed for the earliest deadline (core.sleep_arm): a sleep costs
+-- a table and a few array writes, no handle or allocation in C. Equal
+-- deadlines fire in the order the sleeps started.
+
+local heap_at, heap_seq, heap_f = {}, {}, {}
+local nheap, seq = 0, 0
+local armed_at = nil       -- what the core's timer is armed for, or nil
+local now_ms = core.now_ms
+local sleep_arm = core.sleep_arm
+local floor = math.floor
+
+
+local function heap_set(i, at, sq, f)
+  heap_at[i], heap_seq[i], heap_f[i] = at, sq, f
+  f._timer = i
 end
 
 
-local timer = core.timer
+local function sift_up(i, at, sq, f)
+  while i > 1 do
+    local p = floor(i / 2)
+    local pat = heap_at[p]
+    if pat < at or (pat == at and heap_seq[p] < sq) then break end
+    heap_set(i, pat, heap_seq[p], heap_f[p])
+    i = p
+  end
+  heap_set(i, at, sq, f)
+end
+
+
+local function sift_down(i, at, sq, f)
+  local n = nheap
+  while true do
+    local c = 2 * i
+    if c > n then break end
+    local cat, csq = heap_at[c], heap_seq[c]
+    if c < n then
+      local rat, rsq = heap_at[c + 1], heap_seq[c + 1]
+      if rat < cat or (rat == cat and rsq < csq) then c, cat, csq = c + 1, rat, rsq end
+    end
+    if at < cat or (at == cat and sq < csq) then break end
+    heap_set(i, cat, csq, heap_f[c])
+    i = c
+  end
+  heap_set(i, at, sq, f)
+end
+
+
+-- Take the entry at i out of the heap.
+local function heap_remove(i)
+  local n = nheap
+  heap_f[i]._timer = false
+  if i == n then
+    heap_at[n], heap_seq[n], heap_f[n] = nil, nil, nil
+    nheap = n - 1
+    return
+  end
+  local at, sq, f = heap_at[n], heap_seq[n], heap_f[n]
+  heap_at[n], heap_seq[n], heap_f[n] = nil, nil, nil
+  nheap = n - 1
+  if i > 1 and (at < heap_at[floor(i / 2)] or
+      (at == heap_at[floor(i / 2)] and sq < heap_seq[floor(i / 2)])) then
+    sift_up(i, at, sq, f)
+  else
+    sift_down(i, at, sq, f)
+  end
+end
+
+
+-- A sleep cancelled: out of the heap (the core's timer stays armed unless
+-- nothing sleeps any more; firing early just arms it again).
+local function stop_timer(f)
+  local i = f._timer
+  if i then
+    heap_remove(i)
+    if nheap == 0 and armed_at then armed_at = nil sleep_arm(nil) end
+  end
+end
+
+
+-- The core's timer fired at loop time now: resolve what is due, arm for
+-- what is left, run what became ready.
+local function fire_sleeps(now)
+  armed_at = nil
+  while nheap > 0 and heap_at[1] <= now do
+    local f = heap_f[1]
+    heap_remove(1)
+    if not f._done then settle(f, nil, 0) end
+  end
+  if nheap > 0 then
+    armed_at = heap_at[1]
+    sleep_arm(armed_at)
+  end
+  drain()
+end
+core.sleep_init(fire_sleeps)
 
 
 --- sleep(seconds): a future resolved after that long (millisecond
@@ -800,9 +900,18 @@ function M.sleep(seconds)
   if type(seconds) ~= "number" or seconds ~= seconds then
     error("sleep: seconds must be a number", 2)
   end
+  local ms = seconds * 1000
+  ms = ms > 0 and floor(ms + 0.5) or 0
   local f = setmetatable({ _cancel = stop_timer, _done = false,
     _waiters = false, _timer = false }, Future)
-  f._timer = timer(seconds * 1000, f)
+  local at = now_ms() + ms
+  seq = seq + 1
+  nheap = nheap + 1
+  sift_up(nheap, at, seq, f)
+  if armed_at == nil or at < armed_at then
+    armed_at = at
+    sleep_arm(at)
+  end
   if current then note_created(f) end
   return f
 end

@@ -76,6 +76,10 @@ local INTERNAL_ERROR = '{"detail":"Internal Server Error"}'
 -- A streamed (multipart) body's default limit (--max-upload).
 local MAX_UPLOAD = 100 * 1024 * 1024
 
+-- Workers (luaserve.master): publish what runs, for the master's log when
+-- it kills a worker whose loop is blocked. nil: not a worker.
+local note_running = nil
+
 -- Errors of tasks (spawned, cancelled) go through the server's log.
 future.set_logger(log.error, log.warn)
 
@@ -88,6 +92,9 @@ local function log_handler_error(req, err, what)
   log.error(("%s %s (route %s)%s: %s"):format(req.method, req.path,
     req.route or "-", what or "", err))
 end
+
+
+local strip_root   -- forward (defined with the workers' helpers)
 
 
 -- ---------------------------------------------------------------------------
@@ -465,6 +472,7 @@ end
 local function make_handler(app, opts)
   local requests = opts.requests
   local access_log = opts.access_log ~= false
+  local metrics = opts.metrics and require("luaserve.metrics").observe
   local ctx = {
     app = app,
     max_body = opts.max_body or 1024 * 1024,
@@ -490,6 +498,7 @@ local function make_handler(app, opts)
       req._nomatch = { params, detail, extra }
       if near then req.route = near.path end   -- a 422: its parameter did not convert
     end
+    if note_running then note_running(req.method, req.path, req.route or "-") end
     if route and route.opts.deps then   -- cleanups run even if the client leaves
       on_cancel(function() run_cleanups(req) end)
     end
@@ -519,7 +528,11 @@ local function make_handler(app, opts)
     elseif want_written then
       after_written(req, bg)
     end
-    if access_log then log.access(req, status, nbytes, hrtime() - req._t0) end
+    if access_log or metrics then
+      local seconds = hrtime() - req._t0
+      if access_log then log.access(req, status, nbytes, seconds) end
+      if metrics then metrics(req, status, seconds) end
+    end
   end
 end
 
@@ -564,6 +577,63 @@ end
 M.listen_address = listen_address
 
 
+-- ---------------------------------------------------------------------------
+-- Workers, proxies (luaserve.master, luaserve.proxy)
+
+--- strip_root(req, root): --root-path: a path under the prefix is routed
+-- without it (req.root_path keeps the prefix); one outside it (a proxy
+-- that strips the prefix itself) is routed as it is.
+function strip_root(req, root)
+  local path = req.path
+  if path:sub(1, #root) == root then
+    local rest = path:sub(#root + 1)
+    if rest == "" or rest:byte(1) == 47 then
+      req.path = rest == "" and "/" or rest
+    end
+  end
+  req.root_path = root
+end
+
+
+--- publish_running(on): in a worker, keep what the loop runs in shared
+-- memory: the request of each task resumed, its route once matched.
+function M.publish_running(on)
+  if not on then
+    note_running = nil
+    future.set_step_hook(nil)
+    return
+  end
+  local note = core.worker_running
+  note_running = note
+  local published = nil
+  future.set_step_hook(function(task)
+    local root = task._root or task
+    if root == published then return end
+    published = root
+    local req = root._a1
+    if type(req) == "table" and req.method then
+      -- a new request's route is not matched yet: the handler notes it
+      if req.route ~= false then note(req.method, req.path, req.route or "-") end
+    else
+      note(nil)
+    end
+  end)
+end
+
+
+--- heartbeat(seconds): a worker tells its master it is alive that often
+-- (a blocked loop cannot).
+function M.heartbeat(seconds)
+  core.worker_beat()
+  spawn_detached(function()
+    while true do
+      await(sleep(seconds))
+      core.worker_beat()
+    end
+  end)
+end
+
+
 --- serve(app, opts): listen and serve app; returns the server (with
 -- :address(), :start() and :close()), or nil, err.
 -- opts: host, port, tls (a context from tls_context: the listener speaks
@@ -581,6 +651,7 @@ function M.serve(app, opts)
   local handle = make_handler(app, {
     requests = requests,
     access_log = opts.access_log,
+    metrics = opts.metrics,
     max_body = opts.max_body,
     max_upload = opts.max_upload,
     timeout_request = opts.timeout_request,
@@ -588,8 +659,10 @@ function M.serve(app, opts)
   local body_max = opts.max_body or 1024 * 1024
   local upload_max = opts.max_upload or MAX_UPLOAD
 
-  local timed = opts.access_log ~= false
+  local timed = opts.access_log ~= false or opts.metrics
   local scheme = opts.tls and "https" or "http"
+  local proxy = opts.proxy and require("luaserve.proxy").new(opts.proxy)
+  local root = opts.root_path
   local function dispatch(conn, method, target, headers, body)
     local req
     if body then
@@ -599,11 +672,19 @@ function M.serve(app, opts)
       req._max_body, req._max_upload = body_max, upload_max
     end
     if timed then req._t0 = hrtime() end
+    -- Behind a balancer: only a request that carries forwarding headers
+    -- pays for them.
+    if proxy and (rawget(headers, "x-forwarded-for") or rawget(headers,
+        "x-forwarded-proto") or rawget(headers, "forwarded")) then
+      proxy(req)
+    end
+    if root then strip_root(req, root) end
     requests[conn] = req
     start(handle, false, req)
     drain()
   end
 
+  local metrics = opts.metrics and require("luaserve.metrics").observe
   local function abort(conn)
     local req = requests[conn]
     if req == nil then return end
@@ -613,6 +694,7 @@ function M.serve(app, opts)
     if opts.access_log ~= false then
       log.access(req, 499, 0, hrtime() - req._t0)
     end
+    if metrics then metrics(req, 499, hrtime() - req._t0) end
     release(conn)
     drain()
   end
@@ -624,6 +706,7 @@ function M.serve(app, opts)
   local host, herr = listen_address(opts.host or "127.0.0.1")
   if not host then return nil, herr end
   return core.listen({
+    fd = opts.fd,
     host = host,
     port = opts.port or 8080,
     dispatch = dispatch,

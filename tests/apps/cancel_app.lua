@@ -35,7 +35,7 @@ end)
 app:get("/state", function()
   local left, results = 0, {}
   for i, f in ipairs(sleeps) do
-    if f._cancelled and f._timer ~= nil then left = left + 1 end
+    if f._cancelled and f._timer then left = left + 1 end   -- still in the sleep heap
     local err = f:done() and select(2, f:result())
     results[i] = f:done() and (err or "slept") or "pending"
   end
