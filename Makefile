@@ -10,14 +10,32 @@ LLHTTP_DIR ?= /usr/share/llhttp
 LLHTTP_INC ?= /usr/share/include/llhttp
 PORT ?= 8080
 
+# npm packages (issue 12), fetched with curl into the build tree and
+# checked against the registry's sha512 `integrity` (npm is not needed).
+# swagger-ui-dist: the files /docs serves (installed by `make install`
+# beside the Lua folder); @seriousme/openapi-schema-validator: the
+# OpenAPI 3.1 JSON Schema that tests/test_openapi.py validates against.
+NPM_REGISTRY ?= https://registry.npmjs.org
+SWAGGER_UI_VERSION = 5.35.0
+SWAGGER_UI_SHA512 = U06rpMtW9V3XPGOBeamTUSr0Z09jMX4IJuANpE/EZbAhw0G8CgwrzU4YmXkn/h0wCDNsXdGarTNNHC3sU8yVUQ==
+SWAGGER_UI = build/swagger-ui
+SWAGGER_UI_FILES = swagger-ui.css swagger-ui-bundle.js swagger-ui-standalone-preset.js \
+                   oauth2-redirect.html oauth2-redirect.js favicon-16x16.png \
+                   favicon-32x32.png LICENSE NOTICE
+OAS_VALIDATOR_VERSION = 2.11.0
+OAS_VALIDATOR_SHA512 = DL8TjmjkUS76OaK/TinoRtf6PrirsWfMZiv62ifP9eq3UOpoLqSGZKpCErxMzz0i1pjECSPYY+qZ1SRYEgiEvg==
+OAS_SCHEMA = build/openapi/schema-3.1.json
+
 # Debian packages: build and run (PACKAGES), the tests' real clients
 # (TEST_PACKAGES), the benchmarks (BENCH_PACKAGES).
 PACKAGES = gcc make pkg-config luajit2 libluajit2-5.1-dev libuv1-dev \
            node-llhttp lua-cjson lua-busted libssl-dev openssl \
-           ca-certificates zlib1g-dev libwslay-dev libpq-dev libhiredis-dev
+           ca-certificates zlib1g-dev libwslay-dev libpq-dev libhiredis-dev \
+           media-types curl
 TEST_PACKAGES = python3 curl nodejs nghttp2-client wrk python3-websockets \
-                node-ws postgresql redis-server haproxy nginx prometheus
-BENCH_PACKAGES = wrk postgresql python3-asyncpg
+                node-ws postgresql redis-server haproxy nginx prometheus \
+                chromium python3-jsonschema
+BENCH_PACKAGES = wrk postgresql python3-asyncpg nginx
 
 CC ?= cc
 CFLAGS ?= -O2 -g
@@ -63,6 +81,7 @@ CORE_SRCS = core/body.c \
             core/shm.c \
             core/shmdict.c \
             core/shutdown.c \
+            core/static.c \
             core/stream.c \
             core/tcp.c \
             core/timer.c \
@@ -82,7 +101,7 @@ TEST_BIN = $(CURDIR)/luaserve
 endif
 
 .PHONY: all build deps test-deps bench-deps run test test-spec bench install \
-        install-bin uninstall clean
+        install-bin uninstall clean docs-check
 
 # Packages first, then the build in a make of its own: the build's rules
 # name files that packages install (llhttp's sources), and make decides how
@@ -90,7 +109,7 @@ endif
 all: deps
 	@$(MAKE) --no-print-directory build
 
-build: luaserve
+build: luaserve $(SWAGGER_UI)/swagger-ui-bundle.js
 
 # Install what a fresh machine lacks (apt-get, through sudo when not root).
 deps:
@@ -136,12 +155,42 @@ $(BUILD)/luadir.stamp: FORCE
 
 FORCE:
 
+# ---- npm packages (issue 12): see the variables at the top.
+
+# npm_fetch URL SHA512 DEST: download a tarball, check it, unpack to DEST.
+define npm_fetch
+	@mkdir -p build/npm
+	@echo "fetching $(1)"
+	@curl -fsSL --retry 3 -o build/npm/fetch.tgz "$(1)"
+	@got=$$(openssl dgst -sha512 -binary build/npm/fetch.tgz | base64 -w0); \
+	  if [ "$$got" != "$(2)" ]; then echo "sha512 mismatch for $(1)"; rm -f build/npm/fetch.tgz; exit 1; fi
+	@rm -rf $(3).tmp && mkdir -p $(3).tmp && tar xzf build/npm/fetch.tgz -C $(3).tmp
+	@rm -f build/npm/fetch.tgz
+endef
+
+$(SWAGGER_UI)/swagger-ui-bundle.js:
+	$(call npm_fetch,$(NPM_REGISTRY)/swagger-ui-dist/-/swagger-ui-dist-$(SWAGGER_UI_VERSION).tgz,$(SWAGGER_UI_SHA512),$(SWAGGER_UI))
+	@mkdir -p $(SWAGGER_UI)
+	@cd $(SWAGGER_UI).tmp/package && cp $(SWAGGER_UI_FILES) $(CURDIR)/$(SWAGGER_UI)/
+	@rm -rf $(SWAGGER_UI).tmp
+
+$(OAS_SCHEMA):
+	$(call npm_fetch,$(NPM_REGISTRY)/@seriousme/openapi-schema-validator/-/openapi-schema-validator-$(OAS_VALIDATOR_VERSION).tgz,$(OAS_VALIDATOR_SHA512),build/openapi)
+	@mkdir -p $(dir $(OAS_SCHEMA))
+	@cp build/openapi.tmp/package/schemas/v3.1/schema.json $(OAS_SCHEMA)
+	@rm -rf build/openapi.tmp
+
+# A person's look at /docs: the demo served, headless chromium, a
+# screenshot in build/docs.png (tests/docs_check.py).
+docs-check: test-deps all
+	LUASERVE="$(TEST_BIN)" LUASERVE_LUA_DIR="$(CURDIR)/lua" /usr/bin/python3 tests/docs_check.py build/docs.png
+
 run: all
 	./luaserve apps/demo --port $(PORT)
 
 # Everything: the busted specs through the real core, then the real binary
 # over loopback sockets. SAN=1 runs both on the sanitizer build.
-test: test-deps all
+test: test-deps all $(OAS_SCHEMA)
 	@LUASERVE="$(TEST_BIN)" LUASERVE_LUA_DIR="$(CURDIR)/lua" tests/run
 
 test-spec: all
@@ -154,6 +203,8 @@ install: install-bin
 	install -d $(DESTDIR)$(LUADIR)/luaserve $(DESTDIR)$(LUADIR)/luaserve/middleware
 	install -m 644 lua/luaserve/*.lua $(DESTDIR)$(LUADIR)/luaserve/
 	install -m 644 lua/luaserve/middleware/*.lua $(DESTDIR)$(LUADIR)/luaserve/middleware/
+	install -d $(DESTDIR)$(LUADIR)/../swagger-ui
+	install -m 644 $(addprefix $(SWAGGER_UI)/,$(SWAGGER_UI_FILES)) $(DESTDIR)$(LUADIR)/../swagger-ui/
 
 # The binary alone (luarocks installs the modules itself, from the rockspec).
 install-bin: all
@@ -163,6 +214,7 @@ install-bin: all
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/luaserve
 	rm -rf $(DESTDIR)$(LUADIR)/luaserve
+	rm -rf $(DESTDIR)$(LUADIR)/../swagger-ui
 
 clean:
 	rm -rf build luaserve

@@ -340,6 +340,7 @@ typedef struct {
 } ls_limits_t;
 
 typedef struct ls_server_s ls_server_t;
+typedef struct ls_send_s ls_send_t;   /* static.c: a file being sent */
 
 /* One header of the request being parsed: offsets into conn->req. */
 typedef struct {
@@ -397,6 +398,7 @@ typedef struct ls_conn_s {
                                written (background tasks), oldest first */
   uint64_t idle_since;      /* loop ms: idle (no request, nothing to write)
                                since; a drain spares a recent one a while */
+  ls_send_t *send;          /* a file body being sent (static.c), or NULL */
   unsigned notify_abort : 1;   /* tell Lua the client went away */
   unsigned notify_closed : 1;  /* wake drain_ref with nil, "closed" */
   unsigned notify_process : 1; /* parse pipelined bytes */
@@ -508,6 +510,14 @@ void ls__http_error_response(ls_conn_t *c, int status, const char *detail);
 const char *ls__http_reason(int status);
 /* ls__http_continue: write 100 Continue (a streamed body's first read). */
 void ls__http_continue(ls_conn_t *c);
+
+/* ---- static.c: files off the loop ---------------------------------------- */
+
+/* ls__send_on_drain: the connection's queue drained: the file goes on. */
+void ls__send_on_drain(ls_conn_t *c);
+/* ls__send_detach: the connection closes: the send ends without it (the
+ * work in flight finishes alone; Lua hears of it through the abort). */
+void ls__send_detach(ls_conn_t *c);
 
 /* ---- copy.c: values between Lua states, by copy ------------------------- */
 
@@ -796,6 +806,9 @@ int ls__lua_write_chunk(lua_State *L);     /* respond.c: one chunk */
 int ls__lua_respond_end(lua_State *L);     /* respond.c: last chunk */
 int ls__lua_peer(lua_State *L);            /* respond.c: peer(handle) */
 int ls__lua_tls_info(lua_State *L);        /* respond.c: tls_info(handle) */
+int ls__lua_file_open(lua_State *L);       /* static.c: file_open(root, path, t) */
+int ls__lua_respond_file(lua_State *L);    /* static.c: respond_file(handle, ...) */
+void ls__static_open(lua_State *L);        /* static.c: metatables */
 int ls__lua_tls_server_context(lua_State *L); /* tls.c: server context */
 int ls__lua_tls_client_context(lua_State *L); /* tls.c: client context */
 void ls__tls_open(lua_State *L);           /* tls.c: metatables */

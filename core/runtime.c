@@ -439,6 +439,8 @@ static const luaL_Reg core_functions[] = {
   {"metrics_observe", ls__lua_metrics_observe},
   {"metrics_snapshot", ls__lua_metrics_snapshot},
   {"cpus", ls__lua_cpus},
+  {"file_open", ls__lua_file_open},
+  {"respond_file", ls__lua_respond_file},
   {NULL, NULL},
 };
 
@@ -463,6 +465,7 @@ static int core_open(lua_State *L) {
   ls__pg_open(L);
   ls__redis_open(L);
   ls__crypto_open(L);
+  ls__static_open(L);
   return 1;
 }
 

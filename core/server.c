@@ -157,6 +157,8 @@ void ls__conn_close(ls_conn_t *c) {
   if (c->prev) c->prev->next = c->next; else s->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   c->prev = c->next = NULL;
+  if (c->send)
+    ls__send_detach(c);   /* a file mid-send: it stops */
   ls__stream_close(&c->stream);
   if (!c->rt->closing) {
     if (c->drain_ref > 0)
@@ -287,6 +289,8 @@ static void conn_on_drain(ls_stream_t *st, int status) {
     ls__conn_close(c);
     return;
   }
+  if (c->send)   /* a file body waits for what was queued before it */
+    ls__send_on_drain(c);
   if (c->drain_ref > 0) {
     int ref = c->drain_ref;
     c->drain_ref = 0;

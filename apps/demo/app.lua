@@ -6,8 +6,25 @@ local luaserve = require "luaserve"
 local await, sleep, gather, wait_for = luaserve.await, luaserve.sleep,
   luaserve.gather, luaserve.wait_for
 local hrtime = require("luaserve.core").hrtime
+local schema = require "luaserve.schema"
+-- This file's folder (FileResponse paths are from the working folder).
+local DEMO_DIR = debug.getinfo(1, "S").source:sub(2):match("^(.*)/[^/]*$") or "."
 
-local app = luaserve.app()
+local app = luaserve.app{
+  title = "luaserve demo",
+  version = luaserve.VERSION,
+  description = "Every feature of luaserve as a route: concurrency, the thread pool, " ..
+    "the HTTP client, the request lifecycle, WebSockets and SSE, databases, declared " ..
+    "inputs. `make run` serves it; apps/demo/README.md has a curl line per route.",
+}
+
+-- Schemas the routes below share (luaserve.schema; see /docs).
+local Ms = function(default, max)
+  return schema.integer{ min = 0, max = max, default = default,
+    description = "milliseconds" }
+end
+local Detail = schema.object{ name = "Detail", fields = {
+  detail = schema.any{ description = "what went wrong" } } }
 
 
 -- ---- The app's lifecycle (see the README's sections on each) -------------
@@ -47,7 +64,9 @@ end
 
 
 -- An async handler: awaiting yields to the loop, which serves others.
-app:get("/async", function(req)
+app:get("/async", { summary = "An async handler", tags = { "concurrency" },
+  description = "`await(sleep(0))` yields to the loop and comes straight back." },
+function(req)
   await(sleep(0))
   return { style = "async" }
 end)
@@ -55,16 +74,19 @@ end)
 
 -- Many of these in parallel finish together: a sleeping request costs the
 -- loop nothing.
-app:get("/slow", function(req)
-  local ms = tonumber(req.query.ms) or 100
-  if ms < 0 or ms > 60000 then luaserve.raise(422, "ms must be from 0 to 60000") end
+app:get("/slow", { summary = "Sleep without blocking", tags = { "concurrency" },
+  description = "Many of these in parallel finish together: a sleeping request costs the loop nothing.",
+  query = { ms = Ms(100, 60000) } },
+function(req)
+  local ms = req.valid.query.ms
   await(sleep(ms / 1000))
   return { slept_ms = ms }
 end)
 
 
 -- Three 100 ms waits one after another: about 300 ms.
-app:get("/sequential", function(req)
+app:get("/sequential", { summary = "Three waits one after another", tags = { "concurrency" } },
+function(req)
   local t0 = hrtime()
   for _ = 1, 3 do await(sleep(0.1)) end
   return { waits = 3, elapsed_ms = ms_since(t0) }
@@ -72,7 +94,9 @@ end)
 
 
 -- The same three waits gathered: about 100 ms, the longest, not the sum.
-app:get("/concurrent", function(req)
+app:get("/concurrent", { summary = "Three waits gathered", tags = { "concurrency" },
+  description = "About 100 ms: the longest wait, not the sum." },
+function(req)
   local t0 = hrtime()
   await(gather(sleep(0.1), sleep(0.1), sleep(0.1)))
   return { waits = 3, elapsed_ms = ms_since(t0) }
@@ -80,7 +104,9 @@ end)
 
 
 -- wait_for bounds a wait: a 2 s wait given 0.2 s answers 504.
-app:get("/timeout", function(req)
+app:get("/timeout", { summary = "wait_for bounds a wait", tags = { "concurrency" },
+  response = { [200] = schema.object{ fields = { done = schema.boolean() } }, [504] = Detail } },
+function(req)
   local ok, err = await(wait_for(sleep(2), 0.2))
   if err == "timeout" then
     return 504, { detail = "the slow operation took longer than 0.2 s" }
@@ -90,18 +116,34 @@ end)
 
 
 -- A typed path parameter: /users/abc answers 422 naming the parameter.
-app:get("/users/{id:int}", function(req)
+local User = schema.object{ name = "User", fields = {
+  id = schema.integer{ min = 1 }, name = schema.string() } }
+app:get("/users/{id:int}", { summary = "A user by id", tags = { "inputs" },
+  description = "A typed path parameter refined by a schema: `abc` or `0` answer 422 naming it.",
+  path = { id = schema.integer{ min = 1, description = "the user's id" } },
+  response = User },
+function(req)
   return { id = req.params.id, name = "user " .. req.params.id }
 end)
 
 
--- JSON in, 201 out. Invalid JSON answers 400 with the reason.
+-- A declared JSON body: name required, price > 0, tags unique strings.
+-- Anything else answers 422 listing every problem; a body that is not
+-- JSON, 422 json_invalid; another Content-Type, 415.
+local Item = schema.object{ name = "Item", fields = {
+  name = schema.string{ min_length = 1, max_length = 100, description = "what it is" },
+  price = schema.number{ exclusive_min = 0, description = "in euros, more than 0" },
+  tags = schema.array{ items = schema.string{ min_length = 1 }, unique = true, default = {},
+    description = "labels, each once" },
+}, additional = false }
+local StoredItem = schema.object{ name = "StoredItem", fields = {
+  id = schema.integer(), name = schema.string(), price = schema.number(),
+  tags = schema.array{ items = schema.string() } } }
 local items, next_id = {}, 1
-app:post("/items", function(req)
-  local item = req:json()
-  if type(item) ~= "table" or type(item.name) ~= "string" then
-    luaserve.raise(422, "expected a JSON object with a string 'name'")
-  end
+app:post("/items", { summary = "Add an item", tags = { "inputs" }, body = Item,
+  response = { [201] = StoredItem } },
+function(req)
+  local item = req.valid.body
   item.id = next_id
   next_id = next_id + 1
   items[item.id] = item
@@ -109,7 +151,9 @@ app:post("/items", function(req)
 end)
 
 
-app:get("/items/{id:int}", function(req)
+app:get("/items/{id:int}", { summary = "An item by id", tags = { "inputs" },
+  response = { [200] = StoredItem, [404] = Detail } },
+function(req)
   local item = items[req.params.id]
   if not item then luaserve.raise(404, "no item " .. req.params.id) end
   return item
@@ -118,7 +162,8 @@ end)
 
 -- An error in a handler: a clean 500 for the client, the traceback with
 -- the route in the server's log, and the server keeps serving.
-app:get("/boom", function(req)
+app:get("/boom", { summary = "A bug: a clean 500", tags = { "errors" } },
+function(req)
   local t = nil
   return t.missing   -- attempt to index a nil value
 end)
@@ -145,7 +190,8 @@ end
 
 
 -- One upstream call: while it waits, the loop serves other requests.
-app:get("/external", function(req)
+app:get("/external", { summary = "One upstream call", tags = { "http client" } },
+function(req)
   local url = upstream_url(req)
   local t0 = hrtime()
   local res, err = await(http.get(url))
@@ -159,7 +205,9 @@ end)
 
 -- Three upstream calls gathered take the longest wait, not the sum of the
 -- waits; the same three one after another take the sum.
-app:get("/fanout", function(req)
+app:get("/fanout", { summary = "Three upstream calls, gathered then one by one",
+  tags = { "http client" } },
+function(req)
   local url = upstream_url(req)
   local t0 = hrtime()
   local a, err = await(gather(http.get(url), http.get(url), http.get(url)))
@@ -182,7 +230,9 @@ local UPSTREAM_LIMIT = 2
 local upstream_slots = luaserve.Semaphore(UPSTREAM_LIMIT)
 local in_flight, most_in_flight = 0, 0
 
-app:get("/throttled", function(req)
+app:get("/throttled", { summary = "A Semaphore bounds calls in flight",
+  tags = { "http client" } },
+function(req)
   local url = upstream_url(req)
   local t0 = hrtime()
   local calls = {}
@@ -206,7 +256,9 @@ end)
 
 -- wait_for bounds an upstream call: a 2 s upstream given 0.2 s answers 504,
 -- and the call is aborted (its connection closed, not pooled).
-app:get("/upstream-timeout", function(req)
+app:get("/upstream-timeout", { summary = "wait_for around an upstream call",
+  tags = { "http client" } },
+function(req)
   local res, err = await(wait_for(http.get(own_url(req, "/slow?ms=2000")), 0.2))
   if err == "timeout" then
     return 504, { detail = "the upstream took longer than 0.2 s" }
@@ -226,12 +278,8 @@ local bit = require "bit"
 local bxor, band, rshift, lshift = bit.bxor, bit.band, bit.rshift, bit.lshift
 
 
-local function ms_param(req, default, max)
-  local ms = tonumber(req.query.ms) or default
-  if ms < 0 or ms > max then
-    luaserve.raise(422, ("ms must be from 0 to %d"):format(max))
-  end
-  return ms
+local function ms_param(req)
+  return req.valid.query.ms
 end
 
 
@@ -276,30 +324,36 @@ local render_qr_on_pool = sync(render_qr)   -- marked at module level
 
 
 -- A sync handler: the whole request runs on a pool thread.
-app:get("/sync", sync(function(req)
+app:get("/sync", { summary = "A sync handler: the request on a pool thread", tags = { "pool" } },
+sync(function(req)
   return { style = "sync", pool_thread = is_pool_state() }
 end))
 
 
 -- CPU work on the pool: two of these run at once on two cores, and the
 -- loop keeps answering everything else meanwhile.
-app:get("/cpu", sync(function(req)
-  local n = tonumber(req.query.n) or 25
-  if n < 0 or n > 40 or n % 1 ~= 0 then luaserve.raise(422, "n must be a whole number from 0 to 40") end
+app:get("/cpu", { summary = "fib(n) on the pool", tags = { "pool" },
+  query = { n = schema.integer{ min = 0, max = 40, default = 25 } } },
+sync(function(req)
+  local n = req.valid.query.n
   return { n = n, fib = fib(n) }
 end))
 
 
 -- The seeds' exercise: a 200 ms CPU job, correctly marked sync.
-app:get("/qr", sync(function(req)
-  return render_qr(req.query.text or "luaserve")
+app:get("/qr", { summary = "A 200 ms CPU job, marked sync", tags = { "pool" },
+  query = { text = schema.string{ max_length = 200, default = "luaserve" } } },
+sync(function(req)
+  return render_qr(req.valid.query.text)
 end))
 
 
 -- DON'T: a blocking call in an async handler freezes the loop, so every
 -- other request waits until it is over (try /async meanwhile).
-app:get("/blocking-async", function(req)
-  local ms = ms_param(req, 500, 10000)
+app:get("/blocking-async", { summary = "DON'T: a blocking call on the loop", tags = { "pool" },
+  query = { ms = Ms(500, 10000) } },
+function(req)
+  local ms = ms_param(req)
   block_for(ms)
   return { blocked_ms = ms, where = "the event loop: everyone waited" }
 end)
@@ -307,24 +361,30 @@ end)
 
 -- DO: the same blocking call in a sync handler holds one pool thread; the
 -- loop serves other requests meanwhile.
-app:get("/blocking-sync", sync(function(req)
-  local ms = ms_param(req, 500, 10000)
+app:get("/blocking-sync", { summary = "DO: the same call on a pool thread", tags = { "pool" },
+  query = { ms = Ms(500, 10000) } },
+sync(function(req)
+  local ms = ms_param(req)
   block_for(ms)
   return { blocked_ms = ms, where = "a pool thread: the loop stayed free" }
 end))
 
 
 -- An async handler that offloads one step: await a sync function's future.
-app:get("/offload", function(req)
+app:get("/offload", { summary = "Await one step on the pool", tags = { "pool" },
+  query = { text = schema.string{ max_length = 200, default = "luaserve" } } },
+function(req)
   local t0 = hrtime()
-  local qr, err = await(render_qr_on_pool(req.query.text or "luaserve"))
+  local qr, err = await(render_qr_on_pool(req.valid.query.text))
   if not qr then luaserve.raise(503, err) end
   return { text = qr.text, rows = qr.rows, elapsed_ms = ms_since(t0) }
 end)
 
 
 -- One counter for every state and thread: luaserve.shared.
-app:get("/counter", function(req)
+app:get("/counter", { summary = "One counter for every state: luaserve.shared", tags = { "pool" },
+  response = schema.object{ fields = { count = schema.integer() } } },
+function(req)
   return { count = shared.incr("demo:counter", 1, 0) }
 end)
 
@@ -333,17 +393,21 @@ end)
 
 -- A route deadline: above 1 s the client gets 504 and the handler's wait is
 -- cancelled (its sleep stopped, as an upstream call would be).
-app:get("/deadline", function(req)
-  local ms = ms_param(req, 500, 60000)
+app:get("/deadline", { summary = "A route deadline: 504 after 1 s", tags = { "lifecycle" },
+  query = { ms = Ms(500, 60000) }, timeout = 1 },
+function(req)
+  local ms = ms_param(req)
   await(sleep(ms / 1000))
   return { slept_ms = ms, time_left_s = luaserve.time_left() }
-end, { timeout = 1 })
+end)
 
 -- A background task: the answer goes out at once; the "welcome email" is
 -- logged after the response was written.
-app:post("/signup", function(req)
-  local body = req.body ~= "" and req:json() or {}
-  local name = type(body) == "table" and body.name or "friend"
+app:post("/signup", { summary = "202 now, a background task after", tags = { "lifecycle" },
+  body = schema.object{ fields = { name = schema.string{ min_length = 1, default = "friend" } },
+    default = {} } },
+function(req)
+  local name = req.valid.body.name or "friend"
   req:after_response(function(who)
     await(sleep(0.2))   -- sending it takes a while
     log.info("demo: welcome email sent to " .. who)
@@ -355,7 +419,9 @@ end)
 local function find_book(id)
   error(setmetatable({ what = "book " .. id }, NotFound))
 end
-app:get("/books/{id:int}", function(req)
+app:get("/books/{id:int}", { summary = "A domain error mapped to 404", tags = { "errors" },
+  response = { [404] = Detail } },
+function(req)
   return find_book(req.params.id)
 end)
 
@@ -366,10 +432,12 @@ local function get_clock(req)
     log.debug(("demo: clock dependency held %.1f ms"):format((hrtime() - opened) * 1000))
   end
 end
-app:get("/state", function(req)
+app:get("/state", { summary = "Startup state, request id, a dependency", tags = { "lifecycle" },
+  deps = { clock = get_clock } },
+function(req)
   return { started_at = req.app.state.started_at, request_id = req.request_id,
     clock_ms = math.floor((hrtime() - req.deps.clock.opened) * 1000) }
-end, { deps = { clock = get_clock } })
+end)
 
 
 -- ---- Long-lived connections: WebSockets, Server-Sent Events, streams -----
@@ -409,22 +477,29 @@ end)
 
 -- Server-Sent Events: a counter every second, with ids; a client that
 -- reconnects with Last-Event-ID goes on from there.
-app:get("/events", function(req)
-  local last = tonumber(req.headers["last-event-id"]) or 0
-  local count = tonumber(req.query.count)
+app:get("/events", { summary = "Server-Sent Events: a counter", tags = { "streams" },
+  query = { count = schema.integer{ min = 0, optional = true },
+    every = schema.number{ exclusive_min = 0, max = 60, default = 1 } },
+  headers = { last_event_id = schema.integer{ min = 0, optional = true,
+    description = "resume after this event" } } },
+function(req)
+  local last = req.valid.headers.last_event_id or 0
+  local count = req.valid.query.count
   return luaserve.sse(function(send)
     local i = last
     while not count or i < last + count do
       i = i + 1
       if not send{ id = i, event = "tick", data = { n = i, at = os.time() } } then return end
-      await(sleep(tonumber(req.query.every) or 1))
+      await(sleep(req.valid.query.every))
     end
   end)
 end)
 
 -- A proxy that streams: the upstream's body goes through piece by piece,
 -- never whole in memory (http.get with stream = true, res:chunks()).
-app:get("/proxy-stream", function(req)
+app:get("/proxy-stream", { summary = "Stream an upstream body through", tags = { "streams" },
+  query = { url = schema.string{ format = "uri", optional = true } } },
+function(req)
   local url = req.query.url or own_url(req, "/events?count=3&every=0.2")
   local res, err = await(http.get(url, { stream = true }))
   if not res then return 502, { detail = "upstream failed: " .. err } end
@@ -444,7 +519,25 @@ require("notes")(app)
 require("forms")(app)
 
 
-app:get("/", function(req)
+-- ---- Declared inputs, /docs, static files (issue 12) ---------------------
+-- POST /items and GET /users/{id} above declare their inputs; /docs is
+-- Swagger UI on /openapi.json (luaserve.docs). Static files: the page in
+-- public/ (it calls /concurrent and joins the chat), and a file a handler
+-- picks with FileResponse.
+
+app:static("/static", "public", { max_age = 60 })
+
+app:get("/download/readme", { summary = "A file a handler picks: FileResponse",
+  tags = { "static" }, description = "The demo's README, sent as an attachment." },
+function(req)
+  return luaserve.FileResponse(DEMO_DIR .. "/README.md", { filename = "demo-README.md",
+    content_type = "text/markdown; charset=utf-8" })
+end)
+
+-- ---- end of issue 12's block ----------------------------------------------
+
+
+app:get("/", { summary = "Every route of the demo", tags = { "demo" } }, function(req)
   local routes = {}
   for _, r in ipairs(app.routes) do routes[#routes + 1] = r.method .. " " .. r.path end
   return { app = "luaserve demo", routes = routes }
@@ -457,7 +550,14 @@ end)
 -- X-Forwarded-For / X-Forwarded-Proto / Forwarded headers. /counter
 -- (above) counts across every worker: luaserve.shared lives in memory the
 -- master shares with all of them.
-app:get("/whoami", function(req)
+app:get("/whoami", { summary = "Which worker answered, and the client it saw",
+  description = "Behind a trusted proxy the client address and scheme come " ..
+    "from X-Forwarded-For / X-Forwarded-Proto / Forwarded.",
+  tags = { "workers" },
+  response = schema.object{ fields = { client = schema.string(), port = schema.integer(),
+    scheme = schema.string{ enum = { "http", "https" } }, pid = schema.integer(),
+    worker = schema.integer{ optional = true }, root_path = schema.string() } } },
+function(req)
   local core = require "luaserve.core"
   return { client = req.client.host, port = req.client.port, scheme = req.scheme,
            pid = core.getpid(), worker = core.worker_slot(),

@@ -69,13 +69,14 @@ return function(app)
     secret = luaserve.shared.get("demo:session-secret") or crypto.token()
   end
 
-  app:get("/login", function(req)
+  app:get("/login", { summary = "The login form (HTML)", tags = { "forms" } }, function(req)
     return page("Log in", LOGIN_FORM)
   end)
 
   -- The form's fields (req:form(): urlencoded here; multipart works the
   -- same); a good password sets the signed session cookie and redirects.
-  app:post("/login", function(req)
+  app:post("/login", { summary = "Check the form, set a signed session cookie",
+    tags = { "forms" } }, function(req)
     local form = req:form()
     local want = USERS[form.user or ""]
     local got = crypto.sha256(form.password or "", "hex")
@@ -91,7 +92,7 @@ return function(app)
   end)
 
   -- Who the session cookie says: checked signature and age.
-  app:get("/me", function(req)
+  app:get("/me", { summary = "Who the session cookie says", tags = { "forms" } }, function(req)
     local user, why = req:signed_cookie(SESSION, secret, SESSION_AGE)
     if not user then
       return 401, { detail = "not logged in (" .. why .. "): POST /login first" }
@@ -99,19 +100,20 @@ return function(app)
     return { user = user }
   end)
 
-  app:post("/logout", function(req)
+  app:post("/logout", { summary = "Delete the session cookie", tags = { "forms" } }, function(req)
     return luaserve.Response{ body = { logged_out = true } }
       :delete_cookie(SESSION, { path = "/" })
   end)
 
-  app:get("/upload", function(req)
+  app:get("/upload", { summary = "The upload form (HTML)", tags = { "forms" } }, function(req)
     return page("Upload a file", UPLOAD_FORM)
   end)
 
   -- The file streams into a temp file (bounded memory, whatever its size);
   -- a sync function digests it from disk; the temp file is removed when
   -- the request ends.
-  app:post("/upload", function(req)
+  app:post("/upload", { summary = "Stream a file to disk, answer its size and SHA-256",
+    tags = { "forms" }, max_upload = 1024 * 1024 * 1024 }, function(req)
     local form = req:multipart()
     local file = form.files.file
     if not file then
@@ -122,5 +124,5 @@ return function(app)
     if not size then return 500, { detail = "could not read the upload: " .. digest } end
     return { filename = file.filename, size = size, sha256 = digest,
       content_type = file.content_type }
-  end, { max_upload = 1024 * 1024 * 1024 })
+  end)
 end

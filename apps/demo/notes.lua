@@ -10,6 +10,7 @@
 local luaserve = require "luaserve"
 local pg = require "luaserve.pg"
 local redis = require "luaserve.redis"
+local S = require "luaserve.schema"   -- declared inputs (issue 12)
 
 local await, raise = luaserve.await, luaserve.raise
 
@@ -73,29 +74,43 @@ return function(app)
     return tostring(RATE_LIMIT - out[1])
   end
 
-  app:get("/notes", function(req)
+  local Note = S.object{ name = "Note", fields = {
+    id = S.integer(), text = S.string(),
+    created = S.string{ description = "PostgreSQL's timestamptz, as text" } } }
+  local Problem = S.object{ name = "Problem", fields = { detail = S.any() } }
+  local tags = { "databases" }
+
+  app:get("/notes", { summary = "The latest 50 notes", tags = tags,
+    response = { [200] = S.object{ fields = { notes = S.array{ items = Note } } },
+      [503] = Problem } },
+  function(req)
     local rows = query("select id, text, created from notes order by id desc limit 50")
     return { notes = luaserve.json.array(rows) }
   end)
 
-  app:post("/notes", function(req)
-    local body = req:json()
-    if type(body) ~= "table" or type(body.text) ~= "string" or body.text == "" then
-      raise(422, "expected a JSON object with a non-empty string 'text'")
-    end
+  app:post("/notes", { summary = "Add a note (rate limited in Redis)", tags = tags,
+    body = S.object{ name = "NewNote", fields = {
+      text = S.string{ min_length = 1, max_length = 10000 } } },
+    response = { [201] = Note, [429] = Problem, [503] = Problem } },
+  function(req)
+    local body = req.valid.body
     local left = rate_limit(req)
     local rows = query("insert into notes (text) values ($1) returning id, text, created",
       body.text)
     return 201, rows[1], { ["X-RateLimit-Remaining"] = left }
   end)
 
-  app:get("/notes/{id:int}", function(req)
+  app:get("/notes/{id:int}", { summary = "A note by id", tags = tags,
+    response = { [200] = Note, [404] = Problem, [503] = Problem } },
+  function(req)
     local rows = query("select id, text, created from notes where id = $1", req.params.id)
     if not rows[1] then raise(404, "no such note") end
     return rows[1]
   end)
 
-  app:delete("/notes/{id:int}", function(req)
+  app:delete("/notes/{id:int}", { summary = "Delete a note", tags = tags,
+    response = { [204] = { description = "Deleted" }, [404] = Problem } },
+  function(req)
     local rows = query("delete from notes where id = $1", req.params.id)
     if rows.affected == 0 then raise(404, "no such note") end
     return nil
@@ -104,11 +119,13 @@ return function(app)
   -- A slow query (pg_sleep). Leave early (Ctrl-C curl) and the server's
   -- backend stops at once: the query is cancelled (PQcancel, off the
   -- loop). ?timeout=S bounds it: 504 after S seconds, cancelled the same.
-  app:get("/db/slow", function(req)
-    local s = tonumber(req.query.s) or 5
-    if s < 0 or s > 60 then raise(422, "s must be from 0 to 60") end
+  app:get("/db/slow", { summary = "A slow query, cancelled on the server when the client leaves",
+    tags = tags, query = { s = S.number{ min = 0, max = 60, default = 5 },
+      timeout = S.number{ exclusive_min = 0, optional = true } } },
+  function(req)
+    local s = req.valid.query.s
     local rows, err = await(database():query{ "select pg_sleep($1) /* demo slow */", s,
-      timeout = tonumber(req.query.timeout) })
+      timeout = req.valid.query.timeout })
     if err == "timeout" then
       return 504, { detail = "the query took longer than the timeout: cancelled on the server" }
     end

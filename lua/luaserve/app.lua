@@ -13,6 +13,7 @@
 -- the request) answers 422; a path with routes for other methods, 405.
 
 local errors = require "luaserve.errors"
+local inputs = require "luaserve.inputs"
 
 local setmetatable = setmetatable
 local type = type
@@ -45,11 +46,21 @@ function App.__tostring(app)
 end
 
 
---- app(): a new app with no routes.
-function M.new()
+--- app(opts): a new app with no routes. opts (all optional): title,
+-- version, description (the OpenAPI document's info), docs (false: no
+-- /openapi.json, /docs).
+function M.new(opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("luaserve.app: expected a table of options {title=, version=, ...}", 2)
+  end
+  opts = opts or {}
   return setmetatable({
+    title = opts.title or "luaserve app",
+    version = opts.version or "0.1.0",
+    description = opts.description,
+    docs = opts.docs ~= false,
     routes = {},      -- every route, in order
-    static = {},      -- path -> { METHOD = route }
+    exact = {},       -- static path -> { METHOD = route }
     dynamic = {},     -- { pattern=, names=, types=, methods = { METHOD = route } }
     by_template = {}, -- template -> the dynamic entry
     max_body = 0,     -- the largest per-route max_body (the core's limit)
@@ -156,7 +167,16 @@ local type_errors = {
 
 -- "/users/{id:int}/x" -> Lua pattern, names, types. Errors are raised at
 -- the level of route()'s caller.
-local function compile(template)
+local compile
+-- The parameter names and types of a template (none for a static path).
+local function compile_names(template)
+  if not find(template, "[{}]") then return {}, {} end
+  local _, names, types = compile(template)
+  return names, types
+end
+
+
+function compile(template)
   local names, types, seen = {}, {}, {}
   local pat = { "^" }
   local pos = 1
@@ -215,14 +235,29 @@ local function check_foreign_syntax(path, level)
 end
 
 
---- app:route(method, path, handler, opts): add a route. method is a string
--- or a list of strings. opts.max_body: this route's body limit in bytes;
--- opts.timeout: seconds the handler may take (504 after); opts.deps: {name
--- = fn(req)} dependencies resolved before the handler into req.deps (fn
--- may await and may return a cleanup function as its second value, run
--- after the response); opts.max_upload: this route's limit of a streamed
--- multipart/form-data body in bytes (413 beyond).
+-- Is v something a route can call (a function or a table with __call)?
+local function callable(v)
+  if type(v) == "function" then return true end
+  local mt = type(v) == "table" and getmetatable(v)
+  return mt and mt.__call ~= nil or false
+end
+
+
+--- app:route(method, path, handler, opts) or app:route(method, path, opts,
+-- handler): add a route. method is a string or a list of strings.
+-- opts.max_body: this route's body limit in bytes; opts.max_upload: this
+-- route's limit of a streamed multipart/form-data body in bytes (413
+-- beyond); opts.timeout: seconds the handler may take (504 after);
+-- opts.deps: {name = fn(req)} dependencies resolved before the handler
+-- into req.deps (fn may await and may return a cleanup function as its
+-- second value, run after the response). Declared inputs and outputs
+-- (luaserve.inputs): opts.path, opts.query, opts.headers, opts.body,
+-- opts.response; for the OpenAPI document: summary, description, tags,
+-- deprecated, operation_id, include_in_schema (false: left out).
 function App:route(method, path, handler, opts)
+  if type(handler) == "table" and not callable(handler) and callable(opts) then
+    handler, opts = opts, handler   -- the options before the handler
+  end
   if type(handler) ~= "function" and not (type(handler) == "table" and
       getmetatable(handler) and getmetatable(handler).__call) then
     error("route " .. tostring(path) .. ": the handler must be a function", 2)
@@ -269,8 +304,8 @@ function App:route(method, path, handler, opts)
     end
     local methods_of
     if not find(path, "[{}]") then
-      methods_of = self.static[path]
-      if not methods_of then methods_of = {} self.static[path] = methods_of end
+      methods_of = self.exact[path]
+      if not methods_of then methods_of = {} self.exact[path] = methods_of end
     else
       local entry = self.by_template[path]
       if not entry then
@@ -292,6 +327,7 @@ function App:route(method, path, handler, opts)
         end
       end
       methods_of = entry.methods
+      route.param_names, route.param_types = entry.names, entry.types
     end
     if methods_of[m] then
       error(("route %s %s is defined twice"):format(m, path), 2)
@@ -299,6 +335,9 @@ function App:route(method, path, handler, opts)
     methods_of[m] = route
     self.routes[#self.routes + 1] = { method = m, path = path, route = route }
   end
+  local ok, err = pcall(inputs.declare, route, type(method) == "table" and
+    table.concat(method, ",") or tostring(method), compile_names(path))
+  if not ok then error(err, 2) end
   return route
 end
 
@@ -307,6 +346,16 @@ for _, m in ipairs(METHODS) do
   App[m:lower()] = function(self, path, handler, opts)
     return self:route(m, path, handler, opts)
   end
+end
+
+
+--- app:static(prefix, dir, opts): serve the files under dir at prefix
+-- (luaserve.static: sendfile off the loop, ETag, ranges, 304). A
+-- relative dir is taken from the folder of the file that calls it.
+-- opts: index ("index.html"; false: none), cache_control, max_age.
+function App:static(prefix, dir, opts)
+  local caller = debug.getinfo(2, "S").source
+  return require("luaserve.static").mount(self, prefix, dir, opts, caller)
 end
 
 
@@ -360,7 +409,7 @@ end
 -- does not match, or whose parameters do not convert, lets the next try.
 function App:match(method, path)
   local allowed, unconverted, unconverted_route
-  local methods = self.static[path]
+  local methods = self.exact[path]
   if methods ~= nil then
     local route = pick(methods, method)
     if route then return route, nil end
@@ -426,6 +475,12 @@ end
 
 function Group:websocket(path, handler, opts)
   return self.app:websocket(self.prefix .. path, handler, opts)
+end
+
+
+function Group:static(prefix, dir, opts)
+  local caller = debug.getinfo(2, "S").source
+  return require("luaserve.static").mount(self.app, self.prefix .. prefix, dir, opts, caller)
 end
 
 

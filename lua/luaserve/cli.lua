@@ -49,6 +49,9 @@ local OPTIONS = {
   { "no-proxy-headers", "flag", false, "ignore X-Forwarded-For, X-Forwarded-Proto and Forwarded" },
   { "forwarded-allow-ips", "string", "127.0.0.1", "proxies whose forwarding headers are trusted: addresses and CIDRs, comma-separated, or *" },
   { "root-path", "string", "", "the path prefix the app is mounted under behind a proxy, e.g. /api" },
+  -- issue 12: declared inputs, OpenAPI and docs
+  { "no-docs", "flag", false, "do not serve /openapi.json and /docs" },
+  { "validate-responses", "flag", false, "development: a handler's answer that does not match its declared response schema is a logged 500" },
 }
 M.OPTIONS = OPTIONS
 
@@ -335,6 +338,8 @@ local function serve_one(opts, app_path, tls, worker)
     limit_concurrency = opts["limit-concurrency"],
     backlog = opts.backlog,
     paused = true,   -- bound; accepting once the startup hooks are done
+    docs = not opts["no-docs"],
+    validate_responses = opts["validate-responses"],
   })
   if not ok then   -- an option value the core refuses
     return cannot(2, (tostring(srv):gsub("^[^\n]-:%d+: ", "")))

@@ -51,6 +51,7 @@ M.pool = { stats = require("luaserve.core").pool_stats }
 M.HTTPError = errors.new
 M.Response = response.new
 M.sse = require("luaserve.sse").response
+M.FileResponse = require("luaserve.static").FileResponse
 M.null = json.null
 M.json = json
 

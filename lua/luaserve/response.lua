@@ -28,6 +28,11 @@ Response.__index = Response
 Response.__name = "luaserve.Response"
 M.Response = Response
 
+--- The metatable of a file body (luaserve.static): a Response's stream
+-- that the server sends with sendfile: { file =, offset =, length = }.
+local FileBody = { __name = "luaserve.FileBody" }
+M.FileBody = FileBody
+
 
 --- Response{status = 200, body = string|table, headers = {}, content_type = }
 -- or Response{stream = function(write) ... end, ...}: a streamed body.
@@ -179,7 +184,7 @@ function M.normalize(a, b, c)
     if mt == Response then
       local stream = a.stream
       if stream ~= nil then
-        if type(stream) ~= "function" then
+        if type(stream) ~= "function" and getmetatable(stream) ~= FileBody then
           error("Response: stream must be a function(write)", 0)
         end
         local headers = a.headers

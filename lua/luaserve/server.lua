@@ -26,6 +26,7 @@ local json = require "luaserve.json"
 local log = require "luaserve.log"
 local sync = require "luaserve.sync"
 local websocket = require "luaserve.websocket"
+local inputs = require "luaserve.inputs"
 
 local start = future.start
 local drain = future.drain
@@ -50,6 +51,8 @@ local respond = core.respond
 local respond_start = core.respond_start
 local write_chunk = core.write_chunk
 local respond_end = core.respond_end
+local respond_file = core.respond_file
+local FileBody = response.FileBody
 local new_future = future.new_internal
 local await = future.await
 local release = core.release
@@ -167,6 +170,11 @@ end
 -- stream, background, websocket. Raises what it raises. A WebSocket
 -- route's answer is the checked handshake's 101; its session follows it.
 local function call_handler(req, route)
+  local validate = route.validate   -- declared inputs (luaserve.inputs)
+  if validate then
+    local problems = validate(req)
+    if problems then error(new_http_error(422, problems), 0) end
+  end
   local deps = route.opts.deps
   if deps then resolve_deps(req, deps) end
   local handler = route.handler
@@ -176,6 +184,9 @@ local function call_handler(req, route)
     return 101, "", nil, headers, nil, nil, session
   end
   if is_sync(handler) then return run_sync(handler, req) end   -- on the pool
+  if route.responses and inputs.validate_responses then
+    return normalize(inputs.check_response(req, route, handler(req)))
+  end
   return normalize(handler(req))
 end
 
@@ -425,6 +436,31 @@ local function send_stream(requests, req, status, ctype, headers, stream,
 end
 
 
+-- A file body (luaserve.static): the head, then the file sent by the
+-- core (sendfile off the loop; chunks over TLS). The request stays
+-- abortable until the last byte; nothing pipelined is answered before.
+-- Returns the body bytes sent.
+local function send_file(requests, req, status, ctype, headers, body)
+  local conn = req._conn
+  local f = new_future()
+  local ok, r = pcall(respond_file, conn, status, ctype, headers, body.file,
+    body.offset, body.length, f)
+  if not ok then   -- a bad header table: nothing was sent yet
+    log_handler_error(req, r)
+    requests[conn] = nil
+    respond(conn, 500, INTERNAL_ERROR, JSON)
+    return 0
+  end
+  if r ~= false then   -- done now (HEAD, empty), or the client is gone
+    if requests[conn] == req then requests[conn] = nil end
+    return (r and req.method ~= "HEAD") and body.length or 0
+  end
+  local done = await(f)   -- the client leaving cancels this task instead
+  if requests[conn] == req then requests[conn] = nil end
+  return done and body.length or 0
+end
+
+
 -- A WebSocket session after its handshake was answered 101: the route's
 -- handler(ws, req) in the request's task; the connection closes with 1000
 -- when it returns, 1011 (and a log line naming the route) when it raises.
@@ -513,6 +549,8 @@ local function make_handler(app, opts)
     if ws and status == 101 then
       run_session(requests, req, ws, headers)
       nbytes = 0
+    elseif stream and getmetatable(stream) == FileBody then
+      nbytes = send_file(requests, req, status, ctype, headers, stream)
     elseif stream then
       nbytes, written = send_stream(requests, req, status, ctype, headers,
         stream, want_written)
@@ -644,9 +682,14 @@ end
 -- server:start(): the app's startup hooks run in between), max_upload (a
 -- multipart body's limit, 100 MB; routes may set their own),
 -- stream_multipart (default true: multipart/form-data bodies reach the
--- handler as a stream; false: read whole under max_body like any other).
+-- handler as a stream; false: read whole under max_body like any other),
+-- docs (false: no /openapi.json and /docs), validate_responses (check
+-- answers against their declared schemas: a mismatch is a logged 500).
 function M.serve(app, opts)
   opts = opts or {}
+  -- issue 12: /openapi.json and /docs (after the app's routes: its own win)
+  if opts.docs ~= false then require("luaserve.docs").mount(app) end
+  if opts.validate_responses ~= nil then inputs.validate_responses = opts.validate_responses end
   local requests = {}   -- conn -> the request being handled
   local handle = make_handler(app, {
     requests = requests,

@@ -260,6 +260,7 @@ function M.run_request(obj, req)
     client = req.client,
     scheme = req.scheme,
     tls = req.scheme == "https" and req.tls or nil,
+    valid = rawget(req, "valid"),   -- declared inputs, checked on the loop
   }
   local f = new_future(cancel_job)
   local job, err = pool_submit(REQUEST, obj.key, f, plain)
@@ -321,13 +322,13 @@ local EMPTY = {}
 -- normalize its answer. Returns true, status, body, content type, headers.
 local function run_request_here(obj, plain)
   local request = require "luaserve.request"
-  local response = require "luaserve.response"
   local req = request.new(nil, plain.method, plain.target, plain.headers or {},
     plain.body or "", plain.scheme)
   req.params = plain.params or EMPTY
   req.route = plain.route
   req.client = plain.client or {}
   req.tls = plain.tls or false
+  req.valid = plain.valid
   return M._run_request_here(obj, req)
 end
 

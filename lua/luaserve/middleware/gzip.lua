@@ -85,7 +85,9 @@ return function(opts)
     if status < 200 or status == 204 or status == 304 then return res end
     local ctype = res.content_type or res:header("Content-Type")
     if not compressible(ctype) then return res end
-    if res.stream and not streams then return res end
+    if res.stream and (not streams or type(res.stream) ~= "function") then
+      return res   -- a file body (sendfile) is sent as it is
+    end
     if not res.stream and #res.body < minimum then return res end
     add_vary(res)   -- the answer depends on Accept-Encoding from here on
     if res:header("Content-Encoding") then return res end

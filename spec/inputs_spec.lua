@@ -1,0 +1,190 @@
+-- luaserve.inputs: routes that declare what they take, through the real
+-- core: req.valid, defaults, the 422 list with every problem (path, query,
+-- headers, body, in that order), 415, typed path parameters in the same
+-- shape, sync routes, --validate-responses, and declarations that are
+-- wrong at registration.
+
+local luaserve = require "luaserve"
+local schema = require "luaserve.schema"
+local inputs = require "luaserve.inputs"
+local testing = require "luaserve.testing"
+local json = require "luaserve.json"
+
+local Item = schema.object{ name = "InputsItem", fields = {
+  name = schema.string{ min_length = 1 },
+  price = schema.number{ exclusive_min = 0 },
+  tags = schema.array{ items = schema.string(), unique = true, default = {} },
+}, additional = false }
+
+local app = luaserve.app()
+app:post("/items/{id:int}", {
+  path = { id = schema.integer{ min = 1 } },
+  query = { limit = schema.integer{ min = 1, max = 100, default = 10 },
+    flag = schema.boolean{ optional = true }, ids = schema.array{ items = schema.integer(), optional = true } },
+  headers = { x_token = schema.string{ min_length = 3 } },
+  body = Item,
+}, function(req)
+  return 201, { valid = req.valid, id_param = req.params.id }
+end)
+app:get("/plain/{id:int}", function(req) return { id = req.params.id } end)
+app:get("/uuid/{key}", { path = { key = schema.string{ format = "uuid" } } },
+  function(req) return { key = req.valid.path.key } end)
+app:post("/optional", { body = schema.object{ fields = { n = schema.integer{ default = 1 } }, optional = true } },
+  function(req) return { body = req.valid.body or "none" } end)
+app:get("/answer/{n:int}", { response = { [200] = schema.object{ fields = { n = schema.integer{ max = 5 } } } } },
+  function(req) return { n = req.params.n } end)
+-- handler first, options after: the older order still works
+app:get("/old", function(req) return req.valid.query end, { query = { q = schema.string{ default = "x" } } })
+
+local client
+setup(function() client = testing.client(app) end)
+teardown(function() client:close() end)
+
+local function post(target, body, headers)
+  local h = { ["X-Token"] = "abcd", ["Content-Type"] = "application/json" }
+  for k, v in pairs(headers or {}) do h[k] = v end
+  return client:post(target, { body = body, headers = h })
+end
+
+
+describe("declared inputs", function()
+  it("give the handler converted values with defaults", function()
+    local res = post("/items/3?flag=yes&ids=1&ids=2", '{"name":"pen","price":2.5}')
+    assert.equal(201, res.status)
+    local v = res:json()
+    assert.same({ path = { id = 3 }, query = { limit = 10, flag = true, ids = { 1, 2 } },
+      headers = { x_token = "abcd" }, body = { name = "pen", price = 2.5, tags = {} } }, v.valid)
+    assert.equal(3, v.id_param)
+    assert.matches('"tags":%[%]', res.body)   -- an empty list stays a list
+  end)
+
+  it("answer 422 listing every problem in FastAPI's shape", function()
+    local res = post("/items/0?limit=abc&flag=maybe", '{"name":"","price":-1,"tags":["a","a"],"x":1}',
+      { ["X-Token"] = "ab" })
+    assert.equal(422, res.status)
+    assert.matches("^application/json", res.headers["content-type"])
+    local got = {}
+    for i, e in ipairs(res:json().detail) do
+      got[i] = { e.type, table.concat(e.loc, "."), e.input }
+    end
+    assert.same({
+      { "greater_than_equal", "path.id", 0 },
+      { "bool_parsing", "query.flag", "maybe" },
+      { "int_parsing", "query.limit", "abc" },
+      { "string_too_short", "header.x-token", "ab" },
+      { "string_too_short", "body.name", "" },
+      { "greater_than", "body.price", -1 },
+      { "unique_items", "body.tags.1", "a" },
+      { "extra_forbidden", "body.x", 1 },
+    }, got)
+    local first = res:json().detail[1]
+    assert.same({ type = "greater_than_equal", loc = { "path", "id" },
+      msg = "Input should be greater than or equal to 1", input = 0, ctx = { ge = 1 } }, first)
+  end)
+
+  it("a missing body, header or query value is 'missing' with a null input", function()
+    local res = client:post("/items/1")
+    assert.equal(422, res.status)
+    assert.same({
+      { type = "missing", loc = { "header", "x-token" }, msg = "Field required", input = json.null },
+      { type = "missing", loc = { "body" }, msg = "Field required", input = json.null },
+    }, res:json().detail)
+  end)
+
+  it("bad JSON is json_invalid; another Content-Type is 415", function()
+    local res = post("/items/1", '{"name":')
+    assert.equal(422, res.status)
+    local e = res:json().detail[1]
+    assert.equal("json_invalid", e.type)
+    assert.same({ "body" }, e.loc)
+    assert.equal("JSON decode error", e.msg)
+    assert.is_string(e.ctx.error)
+    res = post("/items/1", "name=pen", { ["Content-Type"] = "application/x-www-form-urlencoded" })
+    assert.equal(415, res.status)
+    assert.equal("Content-Type must be application/json, got application/x-www-form-urlencoded",
+      res:json().detail)
+    -- application/*+json and a charset are JSON too
+    assert.equal(201, post("/items/1", '{"name":"a","price":1}',
+      { ["Content-Type"] = "application/merge-patch+json; charset=utf-8" }).status)
+  end)
+
+  it("a body that is not an object is named as such", function()
+    local res = post("/items/1", '[1,2]')
+    assert.same({ type = "model_type", loc = { "body" }, input = { 1, 2 },
+      msg = "Input should be a valid dictionary or object to extract fields from (InputsItem)" },
+      res:json().detail[1])
+  end)
+
+  it("typed path parameters without a schema answer in the same shape", function()
+    local res = client:get("/plain/abc")
+    assert.equal(422, res.status)
+    assert.same({ { type = "int_parsing", loc = { "path", "id" },
+      msg = "Input should be a valid integer, unable to parse string as an integer", input = "abc" } },
+      res:json().detail)
+    res = client:get("/uuid/not-a-uuid")
+    assert.same({ type = "uuid_parsing", loc = { "path", "key" }, msg = "Input should be a valid UUID",
+      input = "not-a-uuid" }, res:json().detail[1])
+    assert.equal(200, client:get("/uuid/123e4567-e89b-12d3-a456-426614174000").status)
+  end)
+
+  it("an optional body may be left out", function()
+    assert.same({ body = "none" }, client:post("/optional"):json())
+    assert.same({ body = { n = 1 } }, client:post("/optional", { json = {} }):json())
+  end)
+
+  it("the options may come after the handler", function()
+    assert.same({ q = "x" }, client:get("/old"):json())
+  end)
+
+  it("--validate-responses: an answer that does not match its schema is a logged 500", function()
+    assert.equal(200, client:get("/answer/9").status)   -- off: not checked
+    inputs.validate_responses = true
+    local lines = {}
+    local log = require "luaserve.log"
+    local real = log.error
+    log.error = function(msg) lines[#lines + 1] = msg end
+    local ok, res = pcall(client.get, client, "/answer/9")
+    local good = client:get("/answer/3")
+    log.error = real
+    inputs.validate_responses = false
+    assert.is_true(ok)
+    assert.equal(500, res.status)
+    assert.equal(200, good.status)
+    assert.matches("does not match its declared schema for status 200", lines[1])
+    assert.matches("response%.n: Input should be less than or equal to 5", lines[1])
+  end)
+end)
+
+
+describe("declarations", function()
+  it("are checked when the route is added", function()
+    local a = luaserve.app()
+    assert.has_error(function() a:get("/x", { body = "Item" }, function() end) end,
+      "route GET /x: body must be a schema")
+    assert.has_error(function() a:get("/x/{id}", { path = { nope = schema.integer() } }, function() end) end,
+      "route GET /x/{id}: path.nope is not a parameter of the path")
+    assert.has_error(function() a:get("/y", { query = { o = schema.object{ fields = {} } } }, function() end) end,
+      "route GET /y: query.o: objects cannot come from a query")
+    assert.has_error(function() a:get("/z", { response = { ok = schema.integer() } }, function() end) end)
+  end)
+
+  it("cost nothing on routes that declare none", function()
+    local a = luaserve.app()
+    local r = a:get("/free", function() end)
+    assert.is_nil(r.validate)
+  end)
+end)
+
+
+describe("sync routes", function()
+  it("get req.valid, checked on the loop", function()
+    local c = testing.client("spec/fixtures/inputs_sync_app.lua")
+    local res = c:get("/sync/sum?a=2&b=3")
+    assert.equal(200, res.status)
+    assert.same({ sum = 5, pool = true }, res:json())
+    res = c:get("/sync/sum?a=x")
+    assert.equal(422, res.status)
+    assert.equal("int_parsing", res:json().detail[1].type)
+    c:close()
+  end)
+end)

@@ -1,0 +1,12 @@
+-- tests/apps/static_app.lua: static files for tests/test_static.py. The
+-- folder is $LUASERVE_TEST_STATIC (the test makes it).
+local luaserve = require "luaserve"
+local app = luaserve.app()
+local dir = assert(os.getenv("LUASERVE_TEST_STATIC"), "LUASERVE_TEST_STATIC")
+app:static("/static", dir, { cache_control = "public, max-age=60" })
+app:static("/plain", dir, { index = false })
+app:get("/pick/{name}", function(req)
+  return luaserve.FileResponse(dir .. "/" .. req.params.name, { filename = "picked.bin" })
+end)
+app:get("/hello", function() return "hello" end)
+return app

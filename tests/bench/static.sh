@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# tests/bench/static.sh [DURATION]: static files, luaserve's app:static
+# beside nginx's `location /static/` (Debian's nginx, sendfile on, one
+# worker, access log off), a 1 KB and a 1 MB file. Same run, order
+# alternating, server on CPU 0 and wrk on CPU 1 (-t1 -c64 for 1 KB, -c16
+# for 1 MB), ROUNDS rounds (default 3), medians of requests per second and
+# of server CPU per request (user + system time of the process and its
+# threads, from /proc/PID/stat). Bar (issue 12): at least 0.8x nginx's
+# requests per second on 1 KB, 0.9x on 1 MB. Servers listen on 127.0.0.1
+# and are stopped by pid.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT="$PWD"
+DUR="${1:-${BENCH_DURATION:-10}}"
+ROUNDS="${ROUNDS:-3}"
+TICK=$(getconf CLK_TCK)
+NGINX="${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}"
+work="$(mktemp -d -t luaserve-static.XXXXXX)"
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/www/static" "$work/nginx"
+head -c 1024 /dev/urandom > "$work/www/static/1k.bin"
+head -c 1048576 /dev/urandom > "$work/www/static/1m.bin"
+
+# start_server NAME PORT: starts it, prints its pid
+start_server() {
+  local name="$1" port="$2"
+  if [ "$name" = nginx ]; then
+    cat > "$work/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+master_process off;
+error_log $work/nginx/error.log warn;
+pid $work/nginx/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  types { application/octet-stream bin; }
+  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx;
+  fastcgi_temp_path $work/nginx; uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
+  server {
+    listen 127.0.0.1:$port;
+    location /static/ { root $work/www; etag on; }
+  }
+}
+CONF
+    taskset -c 0 "$NGINX" -c "$work/nginx/nginx.conf" -p "$work/nginx" \
+      >/dev/null 2>>"$work/nginx/error.log" &
+  else
+    LUASERVE_BENCH_STATIC="$work/www/static" taskset -c 0 ./luaserve tests/bench/static_app.lua \
+      --port "$port" --no-access-log >/dev/null 2>>"$work/luaserve.log" &
+  fi
+  echo $!
+}
+
+# run NAME FILE CONNS: one measured run; prints "NAME-FILE rps us_per_req"
+run() {
+  local name="$1" file="$2" conns="$3"
+  local port=$(( 20000 + RANDOM % 10000 ))
+  local pid; pid=$(start_server "$name" "$port")
+  for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/static/1k.bin" && break; sleep 0.1; done
+  local url="http://127.0.0.1:$port/static/$file"
+  timeout 30 taskset -c 1 wrk -t1 -c"$conns" -d2s "$url" >/dev/null 2>&1
+  local t0; t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  local out; out=$(timeout $((DUR + 20)) taskset -c 1 wrk -t1 -c"$conns" -d"${DUR}s" "$url" 2>&1)
+  local t1; t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  kill "$pid"; wait "$pid" 2>/dev/null
+  local n; n=$(echo "$out" | sed -n 's/^ *\([0-9]*\) requests in.*/\1/p')
+  local errs; errs=$(echo "$out" | grep -c "Non-2xx\|Socket errors")
+  [ "$errs" = 0 ] || echo "($name $file: $(echo "$out" | grep "Non-2xx\|Socket errors"))" >&2
+  awk -v name="$name-$file" -v n="$n" -v dt="$((t1 - t0))" -v tick="$TICK" -v d="$DUR" \
+    'BEGIN { printf "%s %.0f %.3f\n", name, n / d, dt / tick * 1e6 / n }'
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+tmp="$work/results"
+for r in $(seq "$ROUNDS"); do
+  if [ $((r % 2)) = 1 ]; then order="luaserve nginx"; else order="nginx luaserve"; fi
+  for s in $order; do run "$s" 1k.bin 64 >> "$tmp"; done
+  for s in $order; do run "$s" 1m.bin 16 >> "$tmp"; done
+done
+printf "%-16s %10s %10s %10s\n" variant rps us/req rps_vs_nginx
+for f in 1k.bin 1m.bin; do
+  nrps=$(awk -v v="nginx-$f" '$1 == v { print $2 }' "$tmp" | median)
+  for s in luaserve nginx; do
+    rps=$(awk -v v="$s-$f" '$1 == v { print $2 }' "$tmp" | median)
+    us=$(awk -v v="$s-$f" '$1 == v { print $3 }' "$tmp" | median)
+    printf "%-16s %10s %10s %10.3f\n" "$s-$f" "$rps" "$us" "$(awk -v a="$rps" -v b="$nrps" 'BEGIN { print a / b }')"
+  done
+done

@@ -1,0 +1,6 @@
+-- tests/bench/static_app.lua: the app of tests/bench/static.sh: the folder
+-- $LUASERVE_BENCH_STATIC served at /static (app:static).
+local luaserve = require "luaserve"
+local app = luaserve.app()
+app:static("/static", assert(os.getenv("LUASERVE_BENCH_STATIC"), "LUASERVE_BENCH_STATIC"))
+return app
