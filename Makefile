@@ -58,10 +58,13 @@ BUILD = build/release
 SANFLAGS =
 endif
 
-CORE_SRCS = core/buf.c \
+CORE_SRCS = core/body.c \
+            core/buf.c \
             core/client.c \
             core/compress.c \
             core/copy.c \
+            core/crypto.c \
+            core/fs.c \
             core/http.c \
             core/log.c \
             core/main.c \
