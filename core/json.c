@@ -233,25 +233,50 @@ static void put_string(json_enc_t *e, const char *s, size_t n) {
 }
 
 
-/* An unsigned integer's digits, two at a time, written backwards. */
+/* An unsigned integer's digits, two at a time from the end, in place. */
 static void put_uint(json_enc_t *e, uint64_t u, int negative) {
-  char tmp[24];
-  char *p = tmp + sizeof(tmp);
-  while (u >= 100) {
+  size_t digits = 1;
+  for (uint64_t t = u;; t /= 10000, digits += 4) {
+    if (t < 10)
+      break;
+    if (t < 100) {
+      digits += 1;
+      break;
+    }
+    if (t < 1000) {
+      digits += 2;
+      break;
+    }
+    if (t < 10000) {
+      digits += 3;
+      break;
+    }
+  }
+  reserve(e, digits + 1);
+  char *out = e->b->data + e->b->len;
+  if (negative)
+    *out++ = '-';
+  e->b->len = (size_t)(out - e->b->data) + digits;
+  char *p = out + digits;
+  while (u > UINT32_MAX) {
     unsigned d = (unsigned)(u % 100) * 2;
     u /= 100;
     *--p = json_digits2[d + 1];
     *--p = json_digits2[d];
   }
-  if (u >= 10) {
-    *--p = json_digits2[u * 2 + 1];
-    *--p = json_digits2[u * 2];
-  } else {
-    *--p = (char)('0' + u);
+  uint32_t v = (uint32_t)u;   /* the rest in 32-bit arithmetic: cheaper */
+  while (v >= 100) {
+    unsigned d = (v % 100) * 2;
+    v /= 100;
+    *--p = json_digits2[d + 1];
+    *--p = json_digits2[d];
   }
-  if (negative)
-    *--p = '-';
-  put(e, p, (size_t)(tmp + sizeof(tmp) - p));
+  if (v >= 10) {
+    *--p = json_digits2[v * 2 + 1];
+    *--p = json_digits2[v * 2];
+  } else {
+    *--p = (char)('0' + v);
+  }
 }
 
 
@@ -311,11 +336,43 @@ static lua_Number array_length(json_enc_t *e, int idx,
 }
 
 
-/* The table at idx, an object or an array as array_length decides; an
- * empty one is {} unless its metatable is json.array_mt (upvalue 1). */
-static void encode_table(json_enc_t *e, int idx, const json_path_t *path) {
+/* The object at idx; its first key and value are on the stack. */
+static void encode_object(json_enc_t *e, int idx, const json_path_t *path) {
   lua_State *L = e->L;
   json_path_t frame = {path, 0, 0};
+  put_char(e, '{');
+  do {
+    int kt = lua_type(L, -2);
+    if (frame.key)
+      put_char(e, ',');
+    frame.key = lua_gettop(L) - 1;
+    if (kt == LUA_TSTRING) {
+      size_t len;
+      const char *k = lua_tolstring(L, -2, &len);
+      put_string(e, k, len);
+    } else if (kt == LUA_TNUMBER) {
+      /* never lua_tolstring here: it would turn the key into a string
+       * under lua_next */
+      put_char(e, '"');
+      put_number(e, lua_tonumber(L, -2), path);
+      put_char(e, '"');
+    } else {
+      enc_error(e, path, lua_typename(L, kt),
+                "table key must be a number or string");
+    }
+    put_char(e, ':');
+    encode_value(e, frame.key + 1, &frame);
+    lua_pop(L, 1);
+  } while (lua_next(L, idx));
+  put_char(e, '}');
+}
+
+
+/* The table at idx: an object or an array as array_length decides (a
+ * string first key decides at once); an empty one is {} unless its
+ * metatable is json.array_mt (upvalue 1). */
+static void encode_table(json_enc_t *e, int idx, const json_path_t *path) {
+  lua_State *L = e->L;
   if (++e->depth > JSON_MAX_DEPTH) {
     buf_done(e->b);
     luaL_error(L, "Cannot serialise, excessive nesting (%d)", e->depth);
@@ -324,55 +381,37 @@ static void encode_table(json_enc_t *e, int idx, const json_path_t *path) {
     buf_done(e->b);
     luaL_error(L, "json.encode: Lua stack overflow");
   }
-  lua_Number n = array_length(e, idx, path);
-  if (n > 0) {
-    size_t len = (size_t)n;
-    put_char(e, '[');
-    for (size_t i = 1; i <= len; i++) {
-      if (i > 1)
-        put_char(e, ',');
-      frame.index = i;
-      lua_rawgeti(L, idx, (int)i);
-      encode_value(e, lua_gettop(L), &frame);
-      lua_pop(L, 1);
-    }
-    put_char(e, ']');
-  } else if (n == 0) {
+  lua_pushnil(L);
+  if (!lua_next(L, idx)) {
     int marked = lua_getmetatable(L, idx);
     if (marked) {
       marked = lua_rawequal(L, -1, lua_upvalueindex(1));
       lua_pop(L, 1);
     }
     put(e, marked ? "[]" : "{}", 2);
+  } else if (lua_type(L, -2) == LUA_TSTRING) {
+    encode_object(e, idx, path);
   } else {
-    int first = 1;
-    put_char(e, '{');
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-      int kt = lua_type(L, -2);
-      if (!first)
-        put_char(e, ',');
-      first = 0;
-      frame.key = lua_gettop(L) - 1;
-      if (kt == LUA_TSTRING) {
-        size_t len;
-        const char *k = lua_tolstring(L, -2, &len);
-        put_string(e, k, len);
-      } else if (kt == LUA_TNUMBER) {
-        /* never lua_tolstring here: it would turn the key into a string
-         * under lua_next */
-        put_char(e, '"');
-        put_number(e, lua_tonumber(L, -2), path);
-        put_char(e, '"');
-      } else {
-        enc_error(e, path, lua_typename(L, kt),
-                  "table key must be a number or string");
+    lua_pop(L, 2);
+    lua_Number n = array_length(e, idx, path);
+    if (n < 0) {
+      lua_pushnil(L);
+      lua_next(L, idx);
+      encode_object(e, idx, path);
+    } else {
+      json_path_t frame = {path, 0, 0};
+      size_t len = (size_t)n;
+      put_char(e, '[');
+      for (size_t i = 1; i <= len; i++) {
+        if (i > 1)
+          put_char(e, ',');
+        frame.index = i;
+        lua_rawgeti(L, idx, (int)i);
+        encode_value(e, lua_gettop(L), &frame);
+        lua_pop(L, 1);
       }
-      put_char(e, ':');
-      encode_value(e, lua_gettop(L), &frame);
-      lua_pop(L, 1);
+      put_char(e, ']');
     }
-    put_char(e, '}');
   }
   e->depth--;
 }
