@@ -536,3 +536,38 @@ describe("luaserve.json", function()
     end)
   end)
 end)
+
+
+describe("luaserve.json in sync functions", function()
+  local client
+  setup(function()
+    client = testing.client("spec/fixtures/json_sync_app.lua", { threads = 2 })
+  end)
+  teardown(function() client:close() end)
+
+  it("encodes in a pool thread as on the loop", testing.async(function()
+    local s = luaserve.await(client.app.fns.encode({ 1, json.array(), json.null }))
+    assert.same({ id = 2 ^ 60, items = json.array(), path = "/a/b", v = { 1, json.array(), json.null } },
+      decode(s))
+    assert.matches('"id":1152921504606846976', s)
+    assert.matches('"items":%[%]', s)
+    assert.matches('"path":"/a/b"', s)
+    assert.matches('"v":%[1,%[%],null%]', s)
+  end))
+
+  it("keeps each thread's buffer its own", testing.async(function()
+    local a = client.app.fns.encode_many(300, 7)
+    local b = client.app.fns.encode_many(300, 11)
+    local la, sa = luaserve.await(a)
+    local lb, sb = luaserve.await(b)
+    assert.is_true(la > 64 * 1024 and lb > la)
+    assert.equal('{"seed":7}', sa)
+    assert.equal('{"seed":11}', sb)
+  end))
+
+  it("raises in a pool thread with the path", testing.async(function()
+    local ok, err = luaserve.await(client.app.fns.encode_error())
+    assert.is_false(ok)
+    assert.matches("Cannot serialise function: type not supported %(at a%[1%]%)", err)
+  end))
+end)
