@@ -9,6 +9,14 @@ local log = require "luaserve.log"
 local encode, decode = json.encode, json.decode
 
 
+-- The message of the error f(...) raises, without the Lua position.
+local function err_of(f, ...)
+  local ok, e = pcall(f, ...)
+  assert.is_false(ok)
+  return (tostring(e):gsub("^.-:%d+: ", ""))
+end
+
+
 describe("luaserve.json", function()
 
   describe("encode", function()
@@ -113,12 +121,6 @@ describe("luaserve.json", function()
   -- Each case below was checked against the encoder luaserve had before
   -- (lua-cjson 2.1.0 plus placeholders in Lua) and must stay as it is.
   describe("encode, pinned to lua-cjson's output", function()
-    local function err_of(f, ...)
-      local ok, e = pcall(f, ...)
-      assert.is_false(ok)
-      return (tostring(e):gsub("^.-:%d+: ", ""))
-    end
-
     it("writes a table with keys 1..n as an array, holes as null", function()
       assert.equal("[1,null,3]", encode({ [1] = 1, [3] = 3 }))
       assert.equal("[null,null,null,null,1]", encode({ [5] = 1 }))
@@ -259,12 +261,6 @@ describe("luaserve.json", function()
   end)
 
   describe("encode, beyond lua-cjson", function()
-    local function err_of(f, ...)
-      local ok, e = pcall(f, ...)
-      assert.is_false(ok)
-      return (tostring(e):gsub("^.-:%d+: ", ""))
-    end
-
     it("names where the value it cannot write sits", function()
       assert.equal("Cannot serialise function: type not supported (at items[2].f)",
         err_of(encode, { items = { 1, { f = print } } }))
@@ -563,6 +559,12 @@ describe("luaserve.json in sync functions", function()
     assert.is_true(la > 64 * 1024 and lb > la)
     assert.equal('{"seed":7}', sa)
     assert.equal('{"seed":11}', sb)
+  end))
+
+  it("nests 1000 tables deep in a pool thread", testing.async(function()
+    -- 500 arrays "[" .. "]", 499 objects '{"k":' .. "}", the innermost "{}"
+    assert.equal(500 * 2 + 499 * 6 + 2, luaserve.await(client.app.fns.nest(1000)))
+    assert.matches("excessive nesting %(1001%)$", luaserve.await(client.app.fns.nest(1001)))
   end))
 
   it("raises in a pool thread with the path", testing.async(function()
