@@ -139,8 +139,9 @@ local function load(self, path)
   if not ok then return nil, err end
   self.misses = self.misses + 1
   local kind, size, mtime, data, stamp = await(f)
-  return kind, size, mtime, data, store(self, path, started, kind, size, mtime,
-    data, stamp)
+  local e = store(self, path, started, kind, size, mtime, data, stamp)
+  if kind == nil then return nil, size end
+  return kind, size, mtime, data, e
 end
 
 
