@@ -34,8 +34,11 @@ PACKAGES = gcc make pkg-config luajit2 libluajit2-5.1-dev libuv1-dev \
            media-types curl
 TEST_PACKAGES = python3 curl nodejs nghttp2-client wrk python3-websockets \
                 node-ws postgresql redis-server haproxy nginx prometheus \
-                chromium python3-jsonschema
+                chromium python3-jsonschema python3-uvicorn
 BENCH_PACKAGES = wrk postgresql python3-asyncpg nginx
+# tests/bench/ws.sh: its peers (uvicorn as `uvicorn[standard]` runs it)
+BENCH_PACKAGES += nodejs node-ws python3-uvicorn python3-websockets \
+                  python3-uvloop python3-httptools
 
 CC ?= cc
 CFLAGS ?= -O2 -g
@@ -55,10 +58,13 @@ BUILD = build/release
 SANFLAGS =
 endif
 
-CORE_SRCS = core/buf.c \
+CORE_SRCS = core/body.c \
+            core/buf.c \
             core/client.c \
             core/compress.c \
             core/copy.c \
+            core/crypto.c \
+            core/fs.c \
             core/http.c \
             core/log.c \
             core/main.c \

@@ -122,6 +122,28 @@ static int wants_continue(ls_conn_t *c) {
 }
 
 
+/* Is the request's body multipart/form-data (streamed: body.c)? Every
+ * request with a body asks: the first letters decide before any compare. */
+static int is_multipart(ls_conn_t *c) {
+  static const char mp[] = "multipart/form-data";
+  const size_t mplen = sizeof(mp) - 1;
+  ls_hdr_t *h = (ls_hdr_t *)c->hdrs.data;
+  for (unsigned i = 0; i < c->nheaders; i++, h++) {
+    const char *name = c->req.data + h->name_off;
+    if (h->name_len != 12 || (name[0] | 0x20) != 'c' ||
+        (name[8] | 0x20) != 't' || strncasecmp(name, "content-type", 12) != 0)
+      continue;
+    const char *v = c->req.data + h->value_off;
+    size_t n = h->value_len;
+    while (n && (*v == ' ' || *v == '\t')) v++, n--;
+    return n >= mplen && (v[0] | 0x20) == 'm' &&
+           strncasecmp(v, mp, mplen) == 0 &&
+           (n == mplen || v[mplen] == ';' || v[mplen] == ' ' || v[mplen] == '\t');
+  }
+  return 0;
+}
+
+
 static int on_headers_complete(llhttp_t *p) {
   ls_conn_t *c = p->data;
   /* HTTP/0.9 and 2.0 request lines: bad input for this port, a 4xx (a 505
@@ -131,12 +153,24 @@ static int on_headers_complete(llhttp_t *p) {
   if (p->http_minor >= 1 && !c->host_seen)   /* RFC 9112 3.2 */
     return fail(p, 400, "missing Host header");
   int has_body = (p->flags & F_CHUNKED) || p->content_length > 0;
-  if ((p->flags & F_CONTENT_LENGTH) &&
-      p->content_length > c->server->lim.max_body)
+  /* A multipart body is streamed: the request goes to Lua now, its body
+   * as Lua asks for it (body.c), under max_upload instead of max_body. */
+  int streamed = has_body && c->server->lim.stream_multipart &&
+                 !p->upgrade && is_multipart(c);
+  uint64_t limit = streamed ? c->server->lim.max_upload
+                            : c->server->lim.max_body;
+  if ((p->flags & F_CONTENT_LENGTH) && p->content_length > limit)
     return fail(p, 413, "request body too large");
   c->keepalive = llhttp_should_keep_alive(p);
   c->in_body = has_body;
-  if (has_body && p->http_minor >= 1 && wants_continue(c)) {
+  int expect = has_body && p->http_minor >= 1 && wants_continue(c);
+  if (streamed) {   /* 100 Continue when Lua first reads the body */
+    c->want_continue = expect;
+    c->body_total = 0;
+    c->body_stream = LS_BODY_DISPATCH;
+    return HPE_PAUSED;
+  }
+  if (expect) {
     uv_buf_t b = uv_buf_init((char *)continue_100, sizeof(continue_100) - 1);
     ls__conn_write(c, &b, 1);
   }
@@ -144,8 +178,23 @@ static int on_headers_complete(llhttp_t *p) {
 }
 
 
+/* What a streamed request's 100 Continue sends (body.c). */
+void ls__http_continue(ls_conn_t *c) {
+  uv_buf_t b = uv_buf_init((char *)continue_100, sizeof(continue_100) - 1);
+  ls__conn_write(c, &b, 1);
+}
+
+
 static int on_body(llhttp_t *p, const char *at, size_t n) {
   ls_conn_t *c = p->data;
+  if (c->body_stream) {   /* streamed: bounded by max_upload, Lua drains it */
+    c->body_total += n;
+    if (c->body_total > c->server->lim.max_upload)
+      return fail(p, 413, "request body too large");
+    if (ls__buf_append(&c->body, at, n))
+      return fail(p, 503, "out of memory");
+    return 0;
+  }
   if (c->body.len + n > c->server->lim.max_body)
     return fail(p, 413, "request body too large");
   if (ls__buf_append(&c->body, at, n))
@@ -159,7 +208,7 @@ static int on_message_complete(llhttp_t *p) {
   c->in_body = 0;
   /* Upgrade and CONNECT: no protocol switch here; the request is answered
    * as a plain one and the connection closes (llhttp parses no further). */
-  c->keepalive = llhttp_should_keep_alive(p) && !p->upgrade;
+  c->keepalive = c->keepalive && llhttp_should_keep_alive(p) && !p->upgrade;
   return HPE_PAUSED;   /* one request at a time: server.c dispatches it */
 }
 
@@ -255,7 +304,10 @@ int ls__http_push_request(lua_State *L, ls_conn_t *c) {
   lua_pushlstring(L, c->req.data ? c->req.data : "", c->url_len);
   ls__http_push_headers(L, c->req.data, (const ls_hdr_t *)c->hdrs.data,
                         c->nheaders);
-  lua_pushlstring(L, c->body.data ? c->body.data : "", c->body.len);
+  if (c->body_stream)   /* streamed: Lua reads it with body_read */
+    lua_pushboolean(L, 0);
+  else
+    lua_pushlstring(L, c->body.data ? c->body.data : "", c->body.len);
   return 4;
 }
 
@@ -367,6 +419,8 @@ int ls__http_format_head(lua_State *L, ls_conn_t *c, int status,
   const char *date = http_date(&dlen);
   const char *reason = ls__http_reason(status);
   size_t rlen = strlen(reason);
+  if (c->body_stream && c->body_stream != LS_BODY_END)
+    c->keepalive = 0;   /* answered before the body was read: close after */
   c->out.len = 0;
   if (ls__buf_reserve(&c->out, 192 + rlen + dlen + ctype_len))
     return UV_ENOMEM;

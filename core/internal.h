@@ -335,6 +335,8 @@ typedef struct {
                                  counted once its last answer is written */
   uint64_t send_timeout;    /* ms an answer may wait without progress */
   unsigned limit_concurrency; /* requests in Lua at once; 0: no limit */
+  uint64_t max_upload;      /* a streamed (multipart) body's bytes; 413 */
+  int stream_multipart;     /* stream multipart/form-data bodies (body.c) */
 } ls_limits_t;
 
 typedef struct ls_server_s ls_server_t;
@@ -402,7 +404,24 @@ typedef struct ls_conn_s {
   unsigned notify_process : 1; /* parse pipelined bytes */
   unsigned notify_written : 1; /* resolve written_refs (true or "closed") */
   unsigned notify_ws_early : 1; /* feed the ws what came after the upgrade */
+  /* A streamed request body (body.c): a multipart/form-data request goes
+   * to Lua at headers-complete; its body collects in `body` (bounded:
+   * reading stops while it is full) until Lua takes it with body_read. */
+  unsigned notify_body : 1;    /* wake body_ref */
+  unsigned want_continue : 1;  /* send 100 Continue at the first body_read */
+  int body_stream;          /* LS_BODY_* */
+  int body_ref;             /* target waiting for body bytes, or 0 */
+  int body_status;          /* LS_BODY_FAILED: 400, 408, 413 or 503 */
+  const char *body_reason;  /* and why (static) */
+  uint64_t body_total;      /* body bytes received so far */
 } ls_conn_t;
+
+/* A streamed body: NONE (the body is whole in `body`, or none), DISPATCH
+ * (headers complete, to dispatch), OPEN (Lua has the request, bytes are
+ * arriving), END (all received), FAILED (too large, malformed, too slow:
+ * body_status says). */
+enum { LS_BODY_NONE, LS_BODY_DISPATCH, LS_BODY_OPEN, LS_BODY_END,
+       LS_BODY_FAILED };
 
 struct ls_server_s {
   uv_tcp_t listener;
@@ -442,6 +461,26 @@ int ls__conn_when_written(ls_conn_t *c, lua_State *L, int idx);
 /* ls__conn_lookup: the connection of a request handle (Lua value at idx),
  * or NULL when that request is over. Core module functions only (LS__RT). */
 ls_conn_t *ls__conn_lookup(lua_State *L, int idx);
+/* ls__conn_notify: run c's notifications from the loop (body.c sets
+ * notify_body first). */
+void ls__conn_notify(ls_conn_t *c);
+
+/* ---- body.c: streamed request bodies ------------------------------------ */
+
+/* ls__body_pump: after bytes were parsed or taken: reading on while the
+ * buffer has room, off while it is full; wake a waiting reader. */
+void ls__body_pump(ls_conn_t *c);
+/* ls__body_ended: the last byte of the body was parsed. */
+void ls__body_ended(ls_conn_t *c);
+/* ls__body_fail: the body cannot be read on (status, static reason); the
+ * reader hears it, the connection closes after the answer. */
+void ls__body_fail(ls_conn_t *c, int status, const char *reason);
+/* ls__body_notify: from the loop: hand the waiting reader what there is. */
+void ls__body_notify(ls_conn_t *c);
+/* ls__body_done: the request is over: drop the buffer and the reader.
+ * Returns 1 when the body was not all read from the client (the
+ * connection must not be reused). */
+int ls__body_done(ls_conn_t *c);
 
 /* ---- http.c: the llhttp glue and response formatting -------------------- */
 
@@ -469,6 +508,8 @@ int ls__http_format_head(lua_State *L, ls_conn_t *c, int status,
 void ls__http_error_response(ls_conn_t *c, int status, const char *detail);
 /* ls__http_reason: the reason phrase of status ("Unknown" if none). */
 const char *ls__http_reason(int status);
+/* ls__http_continue: write 100 Continue (a streamed body's first read). */
+void ls__http_continue(ls_conn_t *c);
 
 /* ---- static.c: files off the loop ---------------------------------------- */
 
@@ -869,5 +910,23 @@ int ls__lua_pg_init(lua_State *L);        /* pgresult.c: pg_init(null, err_mt) *
 void ls__pg_open(lua_State *L);           /* pg.c: metatables */
 int ls__lua_redis_reader(lua_State *L);   /* redis.c: redis_reader() */
 int ls__lua_redis_format(lua_State *L);   /* redis.c: redis_format(...) */
+
+int ls__lua_body_read(lua_State *L);       /* body.c: body_read(handle, target) */
+int ls__lua_sha256(lua_State *L);          /* crypto.c: sha256(data) */
+int ls__lua_sha256_new(lua_State *L);      /* crypto.c: sha256_new() */
+int ls__lua_hmac_sha256(lua_State *L);     /* crypto.c: hmac_sha256(key, data) */
+int ls__lua_random_bytes(lua_State *L);    /* crypto.c: random_bytes(n) */
+int ls__lua_const_equal(lua_State *L);     /* crypto.c: const_equal(a, b) */
+int ls__lua_to_hex(lua_State *L);          /* crypto.c: to_hex(data) */
+void ls__crypto_open(lua_State *L);        /* crypto.c: metatables */
+int ls__lua_fs_open(lua_State *L);         /* fs.c: fs_open(path, mode, perm, t) */
+int ls__lua_fs_mkstemp(lua_State *L);      /* fs.c: fs_mkstemp(template, t) */
+int ls__lua_fs_write(lua_State *L);        /* fs.c: fs_write(fd, data, off, t) */
+int ls__lua_fs_read(lua_State *L);         /* fs.c: fs_read(fd, n, off, t) */
+int ls__lua_fs_close(lua_State *L);        /* fs.c: fs_close(fd, t) */
+int ls__lua_fs_unlink(lua_State *L);       /* fs.c: fs_unlink(path, t) */
+int ls__lua_fs_rename(lua_State *L);       /* fs.c: fs_rename(from, to, t) */
+int ls__lua_fs_copyfile(lua_State *L);     /* fs.c: fs_copyfile(from, to, t) */
+int ls__lua_fs_stat(lua_State *L);         /* fs.c: fs_stat(path, t) */
 
 #endif /* LS_INTERNAL_H */

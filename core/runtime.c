@@ -397,6 +397,23 @@ static const luaL_Reg core_functions[] = {
   {"pg_init", ls__lua_pg_init},
   {"redis_reader", ls__lua_redis_reader},
   {"redis_format", ls__lua_redis_format},
+  /* issue 14: streamed request bodies, crypto, files */
+  {"body_read", ls__lua_body_read},
+  {"sha256", ls__lua_sha256},
+  {"sha256_new", ls__lua_sha256_new},
+  {"hmac_sha256", ls__lua_hmac_sha256},
+  {"random_bytes", ls__lua_random_bytes},
+  {"const_equal", ls__lua_const_equal},
+  {"to_hex", ls__lua_to_hex},
+  {"fs_open", ls__lua_fs_open},
+  {"fs_mkstemp", ls__lua_fs_mkstemp},
+  {"fs_write", ls__lua_fs_write},
+  {"fs_read", ls__lua_fs_read},
+  {"fs_close", ls__lua_fs_close},
+  {"fs_unlink", ls__lua_fs_unlink},
+  {"fs_rename", ls__lua_fs_rename},
+  {"fs_copyfile", ls__lua_fs_copyfile},
+  {"fs_stat", ls__lua_fs_stat},
   /* workers, shared memory, metrics (issue 9) */
   {"shm_init", ls__lua_shm_init},
   {"shared_safe_set", ls__lua_shared_safe_set},
@@ -447,6 +464,7 @@ static int core_open(lua_State *L) {
   ls__ws_open(L);
   ls__pg_open(L);
   ls__redis_open(L);
+  ls__crypto_open(L);
   ls__static_open(L);
   return 1;
 }

@@ -109,6 +109,11 @@ static void conn_on_notify(ls_defer_t *d) {
     ls__pcall_entry(rt, 1, "abort");
   }
   c->notify_abort = 0;
+  if (c->notify_body) {   /* a streamed body's reader (body.c), after the
+                             abort: a cancelled task reads no more */
+    c->notify_body = 0;
+    ls__body_notify(c);
+  }
   if (c->notify_process) {
     c->notify_process = 0;
     if (c->state == LS_CONN_IDLE || c->state == LS_CONN_READING)
@@ -127,6 +132,11 @@ static void conn_on_notify(ls_defer_t *d) {
 
 static void conn_notify(ls_conn_t *c) {
   ls__defer(c->rt, &c->notify, conn_on_notify);
+}
+
+
+void ls__conn_notify(ls_conn_t *c) {
+  conn_notify(c);
 }
 
 
@@ -153,11 +163,14 @@ void ls__conn_close(ls_conn_t *c) {
   if (!c->rt->closing) {
     if (c->drain_ref > 0)
       c->notify_closed = 1;
+    if (c->body_ref > 0)
+      c->notify_body = 1;
     if (was_busy && c->lua_holds > 0)
       c->notify_abort = 1;
     if (c->written_refs.len)
       c->notify_written = 1;
-    if (c->notify_closed || c->notify_abort || c->notify_written)
+    if (c->notify_closed || c->notify_abort || c->notify_written ||
+        c->notify_body)
       conn_notify(c);
   } else {
     ls__buf_free(&c->written_refs);   /* Lua is gone: nothing to release */
@@ -192,6 +205,8 @@ static void conn_on_timeout(ls_stream_t *st, int kind) {
     ls__conn_close(c);
   } else if (c->state == LS_CONN_READING) {
     ls__http_error_response(c, 408, "request timeout");
+  } else if (c->state == LS_CONN_BUSY && c->body_stream == LS_BODY_OPEN) {
+    ls__body_fail(c, 408, "request body timeout");
   } else {
     ls__conn_close(c);
   }
@@ -291,6 +306,8 @@ static void conn_on_drain(ls_stream_t *st, int status) {
     ls__conn_close(c);
   else if (c->state == LS_CONN_IDLE || c->state == LS_CONN_READING)
     conn_process(c);
+  else if (c->body_stream == LS_BODY_OPEN)
+    ls__body_pump(c);   /* reading stopped while the 100 Continue waited */
 }
 
 
@@ -303,6 +320,7 @@ static void conn_dispatch(ls_conn_t *c) {
   lua_State *L = c->rt->L;
   if (s->lim.limit_concurrency > 0 && s->inflight >= s->lim.limit_concurrency) {
     c->keepalive = 0;
+    ls__body_done(c);
     ls__http_error_response(c, 503, "Service Unavailable");
     return;
   }
@@ -329,6 +347,7 @@ static void conn_dispatch(ls_conn_t *c) {
     s->inflight--;
     ws->inflight--;
     c->state = LS_CONN_READING;
+    ls__body_done(c);
     ls__http_error_response(c, 500, "Internal Server Error");
   } else if (c->state == LS_CONN_BUSY) {
     /* The request waits in Lua (a sleep, an upstream): a parked request
@@ -363,14 +382,15 @@ void ls__conn_request_done(ls_conn_t *c) {
   ls__slot_next(c->rt, c->slot);   /* the request's handle goes stale */
   c->server->inflight--;
   c->rt->wslot->inflight--;
+  int unread = c->body_stream ? ls__body_done(c) : 0;
   if (c->state == LS_CONN_CLOSING) {
     conn_maybe_free(c);
     return;
   }
   if (c->state == LS_CONN_WS)
     return;   /* the WebSocket closes the connection after its handshake */
-  if (!c->keepalive || c->server->draining) {
-    if (c->pending.len > 0)   /* unread pipelined bytes: avoid an RST */
+  if (!c->keepalive || unread || c->server->draining) {
+    if (c->pending.len > 0 || unread)   /* unread bytes: avoid an RST */
       ls__conn_linger(c);
     else if (ls__stream_queued(&c->stream) > 0)
       c->close_after_write = 1;
@@ -395,7 +415,8 @@ void ls__conn_request_done(ls_conn_t *c) {
 static size_t conn_parse(ls_conn_t *c, const char *data, size_t len) {
   size_t off = 0;
   while (off < len &&
-         (c->state == LS_CONN_IDLE || c->state == LS_CONN_READING)) {
+         (c->state == LS_CONN_IDLE || c->state == LS_CONN_READING ||
+          (c->state == LS_CONN_BUSY && c->body_stream == LS_BODY_OPEN))) {
     if (c->state == LS_CONN_IDLE) {
       c->state = LS_CONN_READING;
       ls__stream_deadline(&c->stream, c->server->lim.header_timeout);
@@ -406,6 +427,17 @@ static size_t conn_parse(ls_conn_t *c, const char *data, size_t len) {
       if (c->in_body)   /* a body arriving: its pauses are bounded instead */
         ls__stream_deadline(&c->stream, c->server->lim.header_timeout);
       break;
+    }
+    if (err == HPE_PAUSED && c->body_stream) {   /* a streamed body (body.c) */
+      off = (size_t)(llhttp_get_error_pos(&c->parser) - data);
+      llhttp_resume(&c->parser);
+      if (c->body_stream == LS_BODY_DISPATCH) {   /* headers complete */
+        c->body_stream = LS_BODY_OPEN;
+        conn_dispatch(c);   /* then its body is parsed on, as it comes */
+      } else {   /* message complete: what follows waits in pending */
+        ls__body_ended(c);
+      }
+      continue;
     }
     if (err == HPE_PAUSED) {   /* on_message_complete: a whole request */
       off = (size_t)(llhttp_get_error_pos(&c->parser) - data);
@@ -427,7 +459,10 @@ static size_t conn_parse(ls_conn_t *c, const char *data, size_t len) {
     int status = c->error_status ? c->error_status : 400;
     const char *reason = c->error_status ? c->error_reason
                                          : llhttp_get_error_reason(&c->parser);
-    ls__http_error_response(c, status, reason);
+    if (c->state == LS_CONN_BUSY)   /* in a streamed body: Lua answers */
+      ls__body_fail(c, status, c->error_status ? reason : "malformed body");
+    else
+      ls__http_error_response(c, status, reason);
     return len;
   }
   return off;
@@ -468,6 +503,8 @@ static void conn_process(ls_conn_t *c) {
     ls__buf_free(&c->pending);
   if (c->state == LS_CONN_IDLE || c->state == LS_CONN_READING)
     conn_await_next(c);
+  else if (c->body_stream)
+    ls__body_pump(c);
 }
 
 
@@ -505,7 +542,9 @@ static void conn_on_read(ls_stream_t *st, const char *data, size_t len) {
   conn_uncork(c);
   if (c->state == LS_CONN_CLOSING || c->state == LS_CONN_LINGER)
     return;
-  if (ls__stream_queued(st) > 0)
+  if (c->body_stream)
+    ls__body_pump(c);   /* a streamed body: full buffer, waiting reader */
+  else if (ls__stream_queued(st) > 0)
     ls__stream_read_stop(st);   /* the client does not read its answers */
   else if (c->state == LS_CONN_IDLE) {
     ls__stream_deadline(st, c->server->lim.keepalive_timeout);
@@ -760,6 +799,8 @@ int ls__lua_listen(lua_State *L) {
   s->lim.keepalive_timeout = opt_uint(L, "keepalive_timeout_ms", 5000);
   s->lim.send_timeout = opt_uint(L, "send_timeout_ms", 60000);
   s->lim.limit_concurrency = (unsigned)opt_uint(L, "limit_concurrency", 0);
+  s->lim.max_upload = opt_uint(L, "max_upload", 100 * 1024 * 1024);
+  s->lim.stream_multipart = (int)opt_uint(L, "stream_multipart", 1);
   uv_tcp_init(rt->loop, &s->listener);
   s->listener.data = s;
   s->backlog = (int)opt_uint(L, "backlog", 1024);

@@ -84,6 +84,12 @@ static int utf8_valid(const char *data, size_t len) {
   const unsigned char *s = (const unsigned char *)data;
   size_t i = 0;
   while (i < len) {
+    uint64_t eight;   /* ASCII eight bytes at a time */
+    if (i + 8 <= len && (memcpy(&eight, s + i, 8),
+                         (eight & 0x8080808080808080ULL) == 0)) {
+      i += 8;
+      continue;
+    }
     unsigned c = s[i];
     if (c < 0x80) {
       i++;
@@ -198,7 +204,13 @@ static void ws_end(ls_ws_t *ws, uint16_t code) {
 static void ws_flush(ls_ws_t *ws) {
   if (ws->state == WS_CLOSED)
     return;
-  if (wslay_event_send(ws->ctx) != 0) {
+  /* wslay hands over a frame's head and payload in separate calls:
+   * corked, all that is queued leaves in one system call. */
+  ls__stream_cork(ws->stream);
+  int failed = wslay_event_send(ws->ctx) != 0;
+  if (ls__stream_uncork(ws->stream) != 0)
+    failed = 1;
+  if (failed) {
     ws_end(ws, 1006);
     return;
   }
@@ -552,12 +564,12 @@ static ls_ws_t *check_ws(lua_State *L) {
 }
 
 
-/* ws:receive(target): msg, kind now when one waits; else true, and target
- * gets msg, kind (or nil, "close <code>", code, reason) later. Once the
- * connection is closing or closed: nil, "close <code>", code, reason. */
+/* ws:receive([target]): msg, kind now when one waits; else true, and
+ * target (when given) gets msg, kind (or nil, "close <code>", code,
+ * reason) later: without one, nothing is kept (ask again with one). Once
+ * the connection is closing or closed: nil, "close <code>", code, reason. */
 static int ws_receive(lua_State *L) {
   ls_ws_t *ws = check_ws(L);
-  luaL_checkany(L, 2);
   if (ws == NULL)
     return luaL_error(L, "websocket: this connection is gone");
   ws_msg_t *m = ws->q_head;
@@ -577,8 +589,10 @@ static int ws_receive(lua_State *L) {
     return push_closed(L, ws);
   if (ws->recv_ref != LUA_NOREF)
     return luaL_error(L, "websocket: a receive is already waiting");
-  lua_pushvalue(L, 2);
-  ws->recv_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (!lua_isnoneornil(L, 2)) {
+    lua_pushvalue(L, 2);
+    ws->recv_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -590,6 +604,12 @@ static int ws_cancel_receive(lua_State *L) {
   if (ws)
     ws_unref(ws, &ws->recv_ref);
   return 0;
+}
+
+
+/* Is more queued than a sender should add to (it waits for the drain)? */
+static int ws_backlogged(ls_ws_t *ws) {
+  return ls__stream_queued(ws->stream) >= WS_SEND_HIGH && ws->stream->writing;
 }
 
 
@@ -619,9 +639,9 @@ static int ws_deflate(ls_ws_t *ws, const char *data, size_t len, ls_buf_t *out) 
 }
 
 
-/* ws:send(data, binary, target): queue a message. true when the socket
- * keeps up; false when much is queued: target then gets true once it is
- * written (back-pressure), or nil, "closed"; nil, "closed" once closing. */
+/* ws:send(data, binary): queue a message. true when the socket keeps up;
+ * false when much is queued (ws:wait_drain tells when it is written: the
+ * back-pressure); nil, "closed" once closing. */
 static int ws_send(lua_State *L) {
   ls_ws_t *ws = check_ws(L);
   size_t len;
@@ -658,15 +678,32 @@ static int ws_send(lua_State *L) {
     lua_pushliteral(L, "closed");
     return 2;
   }
-  if (ls__stream_queued(ws->stream) < WS_SEND_HIGH || !ws->stream->writing) {
+  lua_pushboolean(L, !ws_backlogged(ws));
+  return 1;
+}
+
+
+/* ws:wait_drain(target): after a send that gave false, target gets true
+ * once the socket has taken the backlog, or nil, "closed". One target at a
+ * time (Lua shares it between the senders that wait; a new one replaces
+ * the last). Returns true when
+ * there is nothing to wait for, nil, "closed" when the connection is
+ * closing, else false. */
+static int ws_wait_drain(lua_State *L) {
+  ls_ws_t *ws = check_ws(L);
+  luaL_checkany(L, 2);
+  if (ws == NULL || ws->state != WS_OPEN) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "closed");
+    return 2;
+  }
+  if (!ws_backlogged(ws)) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  luaL_checkany(L, 4);
-  if (ws->drain_ref == LUA_NOREF) {
-    lua_pushvalue(L, 4);
-    ws->drain_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  }
+  ws_unref(ws, &ws->drain_ref);   /* one that Lua gave up (cancelled) */
+  lua_pushvalue(L, 2);
+  ws->drain_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushboolean(L, 0);
   return 1;
 }
@@ -810,6 +847,7 @@ void ls__ws_open(lua_State *L) {
     {"receive", ws_receive},
     {"cancel_receive", ws_cancel_receive},
     {"send", ws_send},
+    {"wait_drain", ws_wait_drain},
     {"ping", ws_ping},
     {"close", ws_close},
     {"abort", ws_abort},

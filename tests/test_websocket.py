@@ -280,6 +280,28 @@ class WebSocketTest(harness.ServerTest):
         self.assertEqual(self.state()["wait_closed"], before["wait_closed"] + 1)
         self.assertEqual(self.state()["wait_cancelled"], before["wait_cancelled"] + 1)
 
+    def test_senders_wait_for_a_slow_client_and_every_message_arrives(self):
+        s = handshake(self.srv.port, "/ws/flood")
+        try:
+            s.sendall(frame(1, b"200"))   # 2 x 200 x 64 KB = 25 MB, far past the socket buffers
+            time.sleep(1)                # a slow client: the senders must wait
+            got = 0
+            while True:
+                op, payload = read_frame(s)
+                if op == 1:
+                    break
+                self.assertEqual(op, 2)
+                self.assertEqual(len(payload), 65536)
+                got += 1
+            done, sent, waited = payload.decode().split()
+            self.assertEqual((done, int(sent)), ("done", 400))
+            self.assertEqual(got, 400)
+            self.assertGreater(int(waited), 0)
+            s.sendall(frame(8, struct.pack("!H", 1000)))
+        finally:
+            s.close()
+        self.echo_still_works()
+
     def test_a_client_that_ignores_pings_is_closed(self):
         s = handshake(self.srv.port, "/ws/ping")
         t0 = time.time()

@@ -194,4 +194,32 @@ app:get("/updates", function(req)
   return 200, "[" .. concat(parts, ",") .. "]", JSON
 end)
 
+
+-- Not part of the HTTP contract: the WebSocket routes tests/bench/ws.sh
+-- measures beside Node's ws and uvicorn (tests/bench/ws/ serves the same
+-- two). /ws/echo sends every message back; in /ws/room/{name} every message
+-- a member sends goes to every member, the sender included (no join or
+-- leave notices: 2,000 joins would be 2 million messages).
+app:websocket("/ws/echo", function(ws)
+  for msg, kind in ws:messages() do
+    await(ws:send(msg, kind))
+  end
+end)
+
+local rooms = {}
+
+app:websocket("/ws/room/{name}", function(ws, req)
+  local name = req.params.name
+  local room = rooms[name] or {}
+  rooms[name] = room
+  room[ws] = true
+  for msg, kind in ws:messages() do
+    for member in pairs(room) do
+      member:send(msg, kind)   -- not awaited: a slow member holds no one up
+    end
+  end
+  room[ws] = nil
+  if next(room) == nil then rooms[name] = nil end
+end)
+
 return app

@@ -515,6 +515,9 @@ end)
 -- PostgreSQL and Redis: a notes API, a rate limit, /db/slow (notes.lua).
 require("notes")(app)
 
+-- Cookies, forms and uploads: /login, /me, /logout, /upload (forms.lua).
+require("forms")(app)
+
 
 -- ---- Declared inputs, /docs, static files (issue 12) ---------------------
 -- POST /items and GET /users/{id} above declare their inputs; /docs is

@@ -235,12 +235,7 @@ local function check_foreign_syntax(path, level)
 end
 
 
---- app:route(method, path, handler, opts): add a route. method is a string
--- or a list of strings. opts.max_body: this route's body limit in bytes;
--- opts.timeout: seconds the handler may take (504 after); opts.deps: {name
--- = fn(req)} dependencies resolved before the handler into req.deps (fn
--- may await and may return a cleanup function as its second value, run
--- after the response).
+-- Is v something a route can call (a function or a table with __call)?
 local function callable(v)
   if type(v) == "function" then return true end
   local mt = type(v) == "table" and getmetatable(v)
@@ -250,14 +245,15 @@ end
 
 --- app:route(method, path, handler, opts) or app:route(method, path, opts,
 -- handler): add a route. method is a string or a list of strings.
--- opts.max_body: this route's body limit in bytes; opts.timeout: seconds
--- the handler may take (504 after); opts.deps: {name = fn(req)}
--- dependencies resolved before the handler into req.deps (fn may await
--- and may return a cleanup function as its second value, run after the
--- response). Declared inputs and outputs (luaserve.inputs): opts.path,
--- opts.query, opts.headers, opts.body, opts.response; for the OpenAPI
--- document: summary, description, tags, deprecated, operation_id,
--- include_in_schema (false: left out).
+-- opts.max_body: this route's body limit in bytes; opts.max_upload: this
+-- route's limit of a streamed multipart/form-data body in bytes (413
+-- beyond); opts.timeout: seconds the handler may take (504 after);
+-- opts.deps: {name = fn(req)} dependencies resolved before the handler
+-- into req.deps (fn may await and may return a cleanup function as its
+-- second value, run after the response). Declared inputs and outputs
+-- (luaserve.inputs): opts.path, opts.query, opts.headers, opts.body,
+-- opts.response; for the OpenAPI document: summary, description, tags,
+-- deprecated, operation_id, include_in_schema (false: left out).
 function App:route(method, path, handler, opts)
   if type(handler) == "table" and not callable(handler) and callable(opts) then
     handler, opts = opts, handler   -- the options before the handler
@@ -297,6 +293,9 @@ function App:route(method, path, handler, opts)
   }
   if route.opts.max_body and route.opts.max_body > self.max_body then
     self.max_body = route.opts.max_body
+  end
+  if route.opts.max_upload and route.opts.max_upload > (self.max_upload or 0) then
+    self.max_upload = route.opts.max_upload   -- streamed bodies (multipart)
   end
   for _, m in ipairs(methods) do
     m = type(m) == "string" and m:upper() or m

@@ -35,4 +35,14 @@ function M.is_http_error(v)
   return type(v) == "table" and getmetatable(v) == HTTPError
 end
 
+
+--- check_string(v, what, level): raise "<what>: expected a string, got
+-- <type>" when v is not a string, naming the line that called the API
+-- function doing the check (level 1, the default; 2 for its caller...).
+function M.check_string(v, what, level)
+  if type(v) ~= "string" then
+    error(what .. ": expected a string, got " .. type(v), (level or 1) + 2)
+  end
+end
+
 return M

@@ -55,6 +55,17 @@ M.FileResponse = require("luaserve.static").FileResponse
 M.null = json.null
 M.json = json
 
+-- cookies, crypto, files (issue 14)
+M.cookies = require "luaserve.cookies"
+M.crypto = require "luaserve.crypto"
+M.fs = require "luaserve.fs"
+
+--- cookie(name, value, opts): a Set-Cookie header value, for the
+-- `return status, body, headers` form: { ["Set-Cookie"] = { c1, c2 } }.
+function M.cookie(name, value, opts)
+  return M.cookies.serialize(name, value, opts, 2)
+end
+
 -- the log (luaserve.log.info(...), in handlers, tasks and sync functions)
 M.log = require "luaserve.log"
 

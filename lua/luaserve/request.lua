@@ -113,6 +113,77 @@ function lazy.tls(req)
 end
 
 
+-- ---------------------------------------------------------------------------
+-- Cookies, forms and streamed bodies (luaserve.cookies, luaserve.form,
+-- luaserve.body): a multipart/form-data request reaches the handler before
+-- its body, which these read as they are called (the task waits for the
+-- client); any other body is whole in req.body.
+
+local cookies = require "luaserve.cookies"
+local form = require "luaserve.form"
+local body_stream = require "luaserve.body"
+
+
+--- req.cookies: { name = value } of the Cookie header (percent-decoded).
+function lazy.cookies(req)
+  local c = cookies.parse(rawget(req, "headers").cookie)
+  req.cookies = c
+  return c
+end
+
+
+--- req.body of a streamed request: read whole on first use, within the
+-- route's max_body (413 beyond).
+function lazy.body(req)
+  if rawget(req, "_conn") == nil then return nil end
+  local body = body_stream.read_all(req, rawget(req, "_max_body"))
+  return body   -- not a tail call: read_all's errors name the handler's line
+end
+
+
+--- req:signed_cookie(name, secret, max_age): the value of a cookie set
+-- with set_cookie(..., { secret = }), or nil, why ("missing", "malformed",
+-- "bad signature", "expired"). secret: one or a list (key rotation).
+function Request:signed_cookie(name, secret, max_age)
+  local v = self.cookies[name]
+  if v == nil then return nil, "missing" end
+  return cookies.unsign(name, v, secret, max_age)
+end
+
+
+--- req:form(): name -> first value of an urlencoded or multipart form body
+-- (uploads for files); 415 for another content type, 400 if malformed.
+function Request:form()
+  return form.form(self)
+end
+
+
+--- req:form_all(name): every value of a form field, in order.
+function Request:form_all(name)
+  return form.form_all(self, name)
+end
+
+
+--- req:multipart(opts): the multipart body read as it streams: form.fields,
+-- form.files (uploads in temp files), form.list, form:all(name).
+function Request:multipart(opts)
+  return form.multipart(self, opts)
+end
+
+
+--- req:parts(opts): an iterator over a multipart body's parts as they
+-- stream in: part:read(), part:text().
+function Request:parts(opts)
+  return form.parts(self, opts)
+end
+
+
+--- req:chunks(): an iterator over the body's pieces as they come.
+function Request:chunks()
+  return body_stream.chunks(self)
+end
+
+
 Request.__index = function(req, k)
   local m = Request[k]
   if m ~= nil then return m end

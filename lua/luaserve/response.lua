@@ -78,6 +78,59 @@ function Response:set_header(name, value)
 end
 
 
+-- ---------------------------------------------------------------------------
+-- Cookies (luaserve.cookies)
+
+local cookies = require "luaserve.cookies"
+
+
+-- Add a Set-Cookie line. The headers table is copied the first time: a
+-- table shared between responses (a module-level constant) must not
+-- collect every request's cookies.
+local function add_set_cookie(res, line)
+  local h = res.headers
+  local own = {}
+  local key = "Set-Cookie"
+  if h ~= nil then
+    for k, v in pairs(h) do
+      own[k] = v
+      if type(k) == "string" and lower(k) == "set-cookie" then key = k end
+    end
+  end
+  local v = own[key]
+  if v == nil then
+    own[key] = { line }
+  elseif type(v) == "table" then
+    local list = {}
+    for i = 1, #v do list[i] = v[i] end
+    list[#list + 1] = line
+    own[key] = list
+  else
+    own[key] = { v, line }
+  end
+  res.headers = own
+end
+
+
+--- res:set_cookie(name, value, opts): add a Set-Cookie header (several
+-- cookies give several lines). opts: max_age, expires, path, domain,
+-- secure, http_only, same_site, partitioned, secret (sign the value: read
+-- it back with req:signed_cookie). A bad name, value or option raises.
+-- Returns res.
+function Response:set_cookie(name, value, opts)
+  add_set_cookie(self, cookies.serialize(name, value, opts, 2))
+  return self
+end
+
+
+--- res:delete_cookie(name, opts): tell the browser to drop the cookie
+-- (give the path and domain it was set with). Returns res.
+function Response:delete_cookie(name, opts)
+  add_set_cookie(self, cookies.deletion(name, opts))
+  return self
+end
+
+
 --- object(status, body, ctype, headers, stream, background): the response
 -- as an object (what call_next gives a middleware): body a string,
 -- headers a table.

@@ -64,6 +64,7 @@ local type = type
 local tostring = tostring
 local getmetatable = getmetatable
 local rawget = rawget
+local tonumber = tonumber
 local select = select
 local unpack = unpack
 local sort = table.sort
@@ -75,6 +76,8 @@ local EMPTY_PARAMS = setmetatable({}, { __newindex = function()
   error("req.params is read-only here", 2) end })
 
 local INTERNAL_ERROR = '{"detail":"Internal Server Error"}'
+-- A streamed (multipart) body's default limit (--max-upload).
+local MAX_UPLOAD = 100 * 1024 * 1024
 
 -- Workers (luaserve.master): publish what runs, for the master's log when
 -- it kills a worker whose loop is blocked. nil: not a worker.
@@ -232,6 +235,20 @@ local function call_with_deadline(req, route, seconds)
 end
 
 
+-- A streamed body's limits are the route's: max_upload bounds what is read
+-- (413 at once when Content-Length says more), max_body what req.body
+-- keeps in memory.
+local function stream_limits(ctx, req, opts)
+  local max_upload = opts.max_upload or ctx.max_upload
+  req._max_upload = max_upload
+  req._max_body = opts.max_body or ctx.max_body
+  local length = tonumber(req.headers["content-length"])
+  if length and length > max_upload then
+    error(new_http_error(413, "request body too large"), 0)
+  end
+end
+
+
 -- The innermost step: the router's answer, or the route's handler within
 -- the route's body limit and deadline. Raises what the handler raises.
 local function endpoint(ctx, req)
@@ -241,8 +258,13 @@ local function endpoint(ctx, req)
     error(new_http_error(m[1], m[2], m[3]), 0)
   end
   local opts = route.opts
-  if #req.body > (opts.max_body or ctx.max_body) then
-    error(new_http_error(413, "request body too large"), 0)
+  local body = rawget(req, "body")
+  if body then
+    if #body > (opts.max_body or ctx.max_body) then
+      error(new_http_error(413, "request body too large"), 0)
+    end
+  else
+    stream_limits(ctx, req, opts)   -- a streamed (multipart) body
   end
   local seconds = opts.timeout or ctx.timeout
   if seconds then return call_with_deadline(req, route, seconds) end
@@ -490,6 +512,7 @@ local function make_handler(app, opts)
   local ctx = {
     app = app,
     max_body = opts.max_body or 1024 * 1024,
+    max_upload = opts.max_upload or MAX_UPLOAD,
     timeout = opts.timeout_request,
   }
 
@@ -656,9 +679,12 @@ end
 -- header_timeout_ms, keepalive_timeout_ms, send_timeout_ms,
 -- timeout_request (seconds a handler may take; a route's timeout option
 -- wins), limit_concurrency, backlog, paused (bound but not accepting until
--- server:start(): the app's startup hooks run in between), docs (false: no
--- /openapi.json and /docs), validate_responses (check answers against
--- their declared schemas: a mismatch is a logged 500).
+-- server:start(): the app's startup hooks run in between), max_upload (a
+-- multipart body's limit, 100 MB; routes may set their own),
+-- stream_multipart (default true: multipart/form-data bodies reach the
+-- handler as a stream; false: read whole under max_body like any other),
+-- docs (false: no /openapi.json and /docs), validate_responses (check
+-- answers against their declared schemas: a mismatch is a logged 500).
 function M.serve(app, opts)
   opts = opts or {}
   -- issue 12: /openapi.json and /docs (after the app's routes: its own win)
@@ -670,15 +696,24 @@ function M.serve(app, opts)
     access_log = opts.access_log,
     metrics = opts.metrics,
     max_body = opts.max_body,
+    max_upload = opts.max_upload,
     timeout_request = opts.timeout_request,
   })
+  local body_max = opts.max_body or 1024 * 1024
+  local upload_max = opts.max_upload or MAX_UPLOAD
 
   local timed = opts.access_log ~= false or opts.metrics
   local scheme = opts.tls and "https" or "http"
   local proxy = opts.proxy and require("luaserve.proxy").new(opts.proxy)
   local root = opts.root_path
   local function dispatch(conn, method, target, headers, body)
-    local req = new_request(conn, method, target, headers, body, scheme)
+    local req
+    if body then
+      req = new_request(conn, method, target, headers, body, scheme)
+    else   -- streamed (false): read as the handler asks (body.lua)
+      req = new_request(conn, method, target, headers, nil, scheme)
+      req._max_body, req._max_upload = body_max, upload_max
+    end
     if timed then req._t0 = hrtime() end
     -- Behind a balancer: only a request that carries forwarding headers
     -- pays for them.
@@ -709,6 +744,8 @@ function M.serve(app, opts)
 
   local max_body = opts.max_body or 1024 * 1024
   if app.max_body > max_body then max_body = app.max_body end
+  local max_upload = upload_max
+  if (app.max_upload or 0) > max_upload then max_upload = app.max_upload end
   local host, herr = listen_address(opts.host or "127.0.0.1")
   if not host then return nil, herr end
   return core.listen({
@@ -720,6 +757,8 @@ function M.serve(app, opts)
     tls = opts.tls,
     paused = opts.paused,
     max_body = max_body,
+    max_upload = max_upload,
+    stream_multipart = opts.stream_multipart == false and 0 or 1,
     max_header_bytes = opts.max_header_bytes,
     max_headers = opts.max_headers,
     header_timeout_ms = opts.header_timeout_ms,

@@ -338,6 +338,9 @@ end
 function M._run_request_here(obj, req)
   local response = require "luaserve.response"
   local ok, a, b, c = xpcall(obj.fn, on_error, req)
+  if rawget(req, "_uploads") then   -- temp files of req:multipart(), unkept
+    require("luaserve.form").discard(req)
+  end
   local headers
   if ok then
     ok, a, b, c, headers = pcall(response.normalize, a, b, c)

@@ -30,6 +30,7 @@ local tcp = require "luaserve.tcp"
 local request_mod = require "luaserve.request"
 
 local new_future = future.new
+local new_internal = future.new_internal
 local quiet = future.quiet
 local resolved = future.resolved
 local await = future.await
@@ -84,26 +85,40 @@ end
 M._wrap = wrap
 
 
+local function stop_receive(f)
+  f._ud:cancel_receive()
+end
+
+
+-- A waiting receive: a future (made by make) that C resolves with msg,
+-- kind or nil, "close <code>", code, reason.
+local function waiting_receive(ud, make)
+  local f = make(stop_receive)
+  f._ud = ud
+  ud:receive(f)
+  return f
+end
+
+
 --- ws:receive(): a future of msg, kind, or of nil, "close <code>", code,
 -- reason once the connection is closing or closed.
 function WebSocket:receive()
   local ud = self._ud
-  local f = new_future(function() ud:cancel_receive() end)
-  local a, b, c, d = ud:receive(target(function(...)
-    if not f._done then f:resolve(...) end
-  end))
-  if a == true then return f end   -- it waits
-  f._cancel = nil
-  f:resolve(a, b, c, d)
-  return f
+  local a, b, c, d = ud:receive()
+  if a == true then return waiting_receive(ud, new_future) end
+  return resolved(a, b, c, d)
 end
 
 
 --- ws:messages(): an iterator of msg, kind that awaits each; it ends when
 -- the connection closes (ws.close_code says how).
 function WebSocket:messages()
+  local ud = self._ud
   return function()
-    local msg, kind, code = await(self:receive())
+    local msg, kind, code = ud:receive()   -- no future while messages wait
+    if msg == true then
+      msg, kind, code = await(waiting_receive(ud, new_internal))
+    end
     if msg == nil then
       self.close_code = code
       return nil
@@ -113,9 +128,14 @@ function WebSocket:messages()
 end
 
 
+local SENT = resolved(true)               -- shared: done futures never change
+local CLOSED = resolved(nil, "closed")
+
 --- ws:send(data[, "binary"]): a future of true once queued while the
--- socket keeps up (back-pressure), or of nil, "closed". A text message
--- must be valid UTF-8 (raises otherwise: send it as binary).
+-- socket keeps up (back-pressure: while much is queued, the future waits
+-- until the socket has taken it), or of nil, "closed". A text message
+-- must be valid UTF-8 (raises otherwise: send it as binary). Not awaiting
+-- it is fine (a broadcast): it is never reported as unawaited.
 function WebSocket:send(data, kind)
   if type(data) ~= "string" then
     error("websocket: send expects a string, got " .. type(data), 2)
@@ -123,15 +143,19 @@ function WebSocket:send(data, kind)
   if kind ~= nil and kind ~= "text" and kind ~= "binary" then
     error("websocket: kind must be \"text\" or \"binary\"", 2)
   end
-  local f
-  local ok, err = self._ud:send(data, kind == "binary", target(function(...)
-    if f and not f._done then f:resolve(...) end
-  end))
-  if ok == false then   -- much is queued: wait until the socket drains
-    f = quiet(new_future())   -- a broadcast may send without awaiting
-    return f
+  local ok = self._ud:send(data, kind == "binary")
+  if ok then return SENT end
+  if ok == nil then return CLOSED end
+  -- Much is queued: every sender waits for the same drain.
+  local d = self._drain
+  if d and not d._done then return d end
+  d = new_internal()
+  local r = self._ud:wait_drain(d)
+  if r == false then
+    self._drain = d
+    return d
   end
-  return resolved(ok, err)
+  return r and SENT or CLOSED
 end
 
 

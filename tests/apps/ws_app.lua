@@ -47,6 +47,27 @@ app:websocket("/ws/wait", function(ws)
   end
 end)
 
+-- Back-pressure: two tasks each send N 64 KB binary messages and await
+-- every send; "waited" counts the sends that had to wait for the socket.
+-- Then one text message: "done <sent> <waited>".
+app:websocket("/ws/flood", function(ws)
+  local n = tonumber((await(ws:receive()))) or 0
+  local chunk = string.rep("x", 65536)
+  local waited = 0
+  local function sender()
+    for _ = 1, n do
+      local f = ws:send(chunk, "binary")
+      if not f:done() then waited = waited + 1 end
+      if not await(f) then return end
+    end
+  end
+  local a, b = luaserve.spawn(sender), luaserve.spawn(sender)
+  await(a)
+  await(b)
+  await(ws:send(("done %d %d"):format(2 * n, waited)))
+  await(ws:receive())
+end)
+
 -- Pings fast and gives up fast on a client that does not answer.
 app:websocket("/ws/ping", echo, { ping_interval = 0.3, ping_timeout = 0.3 })
 
