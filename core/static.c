@@ -1,7 +1,9 @@
 /* static.c: files off the loop. file_open opens and stats a file on
  * libuv's thread pool (beneath a root folder with openat2's
  * RESOLVE_BENEATH: no `..`, absolute path or symlink leaves it) and reads
- * small files whole there; respond_file sends a big one on a request's
+ * small files whole there, or only checks that a file it read before is
+ * unchanged (the open-file cache's revalidation, luaserve.filecache:
+ * through the same open); respond_file sends a big one on a request's
  * connection: sendfile(2) on the thread pool over plain TCP, waiting for
  * the socket with a poll handle when it is full; over TLS, bounded chunks
  * read on the pool and written through the stream with back-pressure.
@@ -21,11 +23,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/openat2.h>
 
@@ -33,10 +37,22 @@
 
 #define LS_FILE_MT "luaserve.file"
 /* Files up to this size are read whole on the pool (one trip) and sent
- * from memory. */
+ * from memory, unless file_open is told another bound. */
 #define LS_SMALL_FILE (64 * 1024)
+/* A file changed less than this many seconds before it was read is
+ * "racy" (git's word): a change in the same timestamp tick after the read
+ * would leave its stat as it was, so it gets no stamp and is read again at
+ * the next check. Timestamps tick in jiffies; two seconds leave room. */
+#define LS_RACY_SECONDS 2
 /* TLS: the chunk read and written per step. */
 #define LS_FILE_CHUNK (64 * 1024)
+
+/* What identifies a file's content without reading it: compared whole
+ * (memcmp), so all fields are int64_t (no padding). */
+typedef struct {
+  int64_t dev, ino, size;
+  int64_t mtime_sec, mtime_nsec, ctime_sec, ctime_nsec;
+} file_stamp_t;
 
 /* An open file Lua holds (a userdata points at it). */
 typedef struct {
@@ -53,6 +69,12 @@ typedef struct {
   int err;                  /* 0 or a negative errno */
   int fd;
   struct stat st;
+  size_t small;             /* read whole up to this size */
+  file_stamp_t known;       /* the stamp of the copy Lua holds */
+  int has_known;
+  int unchanged;            /* it matches known: nothing was read */
+  int stamped;              /* stamp is set: not racy */
+  file_stamp_t stamp;
   char *content;            /* a small file, read whole */
   size_t content_len;
 } open_req_t;
@@ -113,6 +135,29 @@ static int open_checked(const char *root, const char *path) {
 }
 
 
+static void stamp_of(const struct stat *st, file_stamp_t *s) {
+  memset(s, 0, sizeof(*s));
+  s->dev = (int64_t)st->st_dev;
+  s->ino = (int64_t)st->st_ino;
+  s->size = (int64_t)st->st_size;
+  s->mtime_sec = (int64_t)st->st_mtim.tv_sec;
+  s->mtime_nsec = (int64_t)st->st_mtim.tv_nsec;
+  s->ctime_sec = (int64_t)st->st_ctim.tv_sec;
+  s->ctime_nsec = (int64_t)st->st_ctim.tv_nsec;
+}
+
+
+/* Was st changed so recently that a later change could keep its stat? */
+static int is_racy(const struct stat *st) {
+  struct timespec now;
+  if (clock_gettime(CLOCK_REALTIME, &now) != 0)
+    return 1;
+  time_t changed = st->st_mtim.tv_sec > st->st_ctim.tv_sec ? st->st_mtim.tv_sec
+                                                           : st->st_ctim.tv_sec;
+  return changed > now.tv_sec - LS_RACY_SECONDS;
+}
+
+
 static void open_work(uv_work_t *w) {
   open_req_t *r = w->data;
   int fd;
@@ -140,7 +185,14 @@ static void open_work(uv_work_t *w) {
     close(fd);
     return;
   }
-  if (r->st.st_size <= LS_SMALL_FILE) {
+  stamp_of(&r->st, &r->stamp);
+  r->stamped = !is_racy(&r->st);
+  if (r->has_known && r->stamped && memcmp(&r->stamp, &r->known, sizeof(r->known)) == 0) {
+    r->unchanged = 1;   /* the copy Lua holds is this file's content */
+    close(fd);
+    return;
+  }
+  if ((uint64_t)r->st.st_size <= r->small) {
     /* Read it whole now: one trip for a small file. It may have changed
      * since the fstat: what was read is what is sent. */
     r->content = malloc((size_t)r->st.st_size + 1);
@@ -178,8 +230,9 @@ static void open_req_free(open_req_t *r) {
 }
 
 
-/* Back on the loop: resolve the target with kind, size, mtime, and the
- * content (a string) or an open file (userdata); or nil, errno name. */
+/* Back on the loop: resolve the target with kind, size, mtime, the
+ * content (a string), an open file (userdata), true (unchanged) or false,
+ * and the stamp (a string, or nil); or nil, errno name. */
 static void open_after(uv_work_t *w, int status) {
   open_req_t *r = w->data;
   ls_runtime_t *rt = r->rt;
@@ -202,7 +255,9 @@ static void open_after(uv_work_t *w, int status) {
   lua_pushnumber(L, kind == 1 && r->content ? (double)r->content_len
                                             : (double)r->st.st_size);
   lua_pushnumber(L, (double)r->st.st_mtim.tv_sec);
-  if (r->content) {
+  if (r->unchanged) {
+    lua_pushboolean(L, 1);
+  } else if (r->content) {
     lua_pushlstring(L, r->content, r->content_len);
   } else if (r->fd >= 0) {
     ls_file_t *f = lua_newuserdata(L, sizeof(*f));
@@ -213,27 +268,50 @@ static void open_after(uv_work_t *w, int status) {
   } else {
     lua_pushboolean(L, 0);
   }
+  /* A stamp only for what was read whole (or is unchanged): the content
+   * is what a later check compares against. */
+  if (kind == 1 && r->stamped && (r->unchanged || r->content))
+    lua_pushlstring(L, (const char *)&r->stamp, sizeof(r->stamp));
+  else
+    lua_pushnil(L);
   int ref = r->target_ref;
   open_req_free(r);
-  ls__resolve(rt, ref, 4);
+  ls__resolve(rt, ref, 5);
 }
 
 
-/* file_open(root|nil, path, target): open path (beneath root when given)
- * on the thread pool. target gets kind ("file", "dir", "other"), size,
- * mtime (seconds), then the content (a file of up to 64 KB), an open
- * file (userdata: respond_file sends it), or false; or nil and the
- * errno's name ("ENOENT", "EXDEV" for a path that leaves the root, ...). */
+/* file_open(root|nil, path, target[, small[, known]]): open path
+ * (beneath root when given) on the thread pool. target gets kind
+ * ("file", "dir", "other"), size, mtime (seconds), then the content (a
+ * file of up to small bytes, default 64 KB), an open file (userdata:
+ * respond_file sends it), true (a file whose stamp is known: the copy
+ * read before is still its content; nothing was read) or false; then the
+ * file's stamp (an opaque string: pass it back as known; nil for a file
+ * changed within the last two seconds, which is read again next time);
+ * or nil and the errno's name ("ENOENT", "EXDEV" for a path that leaves
+ * the root, ...). */
 int ls__lua_file_open(lua_State *L) {
   ls_runtime_t *rt = LS__RT(L);
   const char *root = luaL_optstring(L, 1, NULL);
   const char *path = luaL_checkstring(L, 2);
   luaL_checkany(L, 3);
+  lua_Number small = luaL_optnumber(L, 4, LS_SMALL_FILE);
+  size_t klen = 0;
+  const char *known = luaL_optlstring(L, 5, NULL, &klen);
+  if (small < 0 || small > (lua_Number)(1u << 30))
+    return luaL_argerror(L, 4, "expected a size from 0 to 1 GB");
+  if (known && klen != sizeof(file_stamp_t))
+    return luaL_argerror(L, 5, "not a stamp file_open gave");
   open_req_t *r = calloc(1, sizeof(*r));
   if (r == NULL)
     return ls__push_error(L, UV_ENOMEM);
   r->rt = rt;
   r->fd = -1;
+  r->small = (size_t)small;
+  if (known) {
+    memcpy(&r->known, known, sizeof(r->known));
+    r->has_known = 1;
+  }
   r->root = root ? strdup(root) : NULL;
   r->path = strdup(path);
   if (r->path == NULL || (root && r->root == NULL)) {

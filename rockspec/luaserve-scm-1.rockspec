@@ -72,6 +72,7 @@ build = {
       ["luaserve.openapi"] = "lua/luaserve/openapi.lua",
       ["luaserve.docs"] = "lua/luaserve/docs.lua",
       ["luaserve.static"] = "lua/luaserve/static.lua",
+      ["luaserve.filecache"] = "lua/luaserve/filecache.lua",
       ["luaserve.response"] = "lua/luaserve/response.lua",
       ["luaserve.server"] = "lua/luaserve/server.lua",
       ["luaserve.shared"] = "lua/luaserve/shared.lua",

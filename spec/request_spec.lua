@@ -222,5 +222,14 @@ describe("luaserve.request", function()
       local first = request.parse_query("&&a=1&&")
       assert.same({ a = "1" }, first)
     end)
+
+    it("decodes keys and values, keeps what has no = and the first =", function()
+      assert.same({ ["a b"] = "x/y", c = "", d = "1=2", [""] = "e" },
+        request.parse_query("a+b=x%2Fy&c&d=1=2&=e"))
+      assert.same({ a = "100%" }, request.parse_query("a=100%"))   -- a stray % stays
+      assert.same({ k = "v" }, request.parse_query("k=v"))
+      assert.same({}, request.parse_query(""))
+      assert.same({}, request.parse_query(nil))
+    end)
   end)
 end)

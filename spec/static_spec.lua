@@ -50,7 +50,11 @@ describe("luaserve.static", function()
     local req = { target = "/static/x" }
     assert.equal("a/b.txt", static.safe_path(req, "a/b.txt"))
     assert.equal(".", static.safe_path(req, ""))
-    for _, bad in ipairs({ "../x", "a/../../x", "./x", "/etc/passwd", "a//b", "a\\..\\b", "a\0b" }) do
+    for _, ok in ipairs({ "sub/", "a/b/", ".hidden", "..x", "x..", "a/...", "a.b/c.d" }) do
+      assert.equal(ok, static.safe_path(req, ok))
+    end
+    for _, bad in ipairs({ "../x", "a/../../x", "./x", "/etc/passwd", "a//b", "a\\..\\b", "a\0b",
+                           ".", "..", "a/.", "a/..", "a/./b", "a/../", "//", "/", "a/b\\" }) do
       assert.is_nil(static.safe_path(req, bad), bad)
     end
     assert.is_nil(static.safe_path({ target = "/static/a%2Fb" }, "a/b"))

@@ -229,6 +229,139 @@ class StaticFiles(TreeTest):
         self.assertTrue(self.srv.alive())
 
 
+class StaticCache(TreeTest):
+    """app:static's open-file cache (luaserve.filecache): small files
+    answered from memory, checked again on the pool after `valid` seconds
+    (a change, a removal, a symlink that leaves the root are seen then),
+    a bound on its bytes, and cache = false. Each test writes its own
+    folder (the routes: tests/apps/static_app.lua)."""
+
+    req = StaticFiles.req
+
+    def folder(self, name):
+        d = os.path.join(self.root, name)
+        os.makedirs(d)
+        return d
+
+    def write(self, path, data):
+        with open(path, "wb") as f:
+            f.write(data)
+
+    def test_hit_answers_from_memory_with_range_head_and_304(self):
+        d = self.folder("held")
+        self.write(os.path.join(d, "a.txt"), b"0123456789")
+        first = self.req("/held/held/a.txt")
+        self.assertEqual((first.status, first.body), (200, b"0123456789"))
+        etag = first.headers["etag"]
+        # changed on disk: the copy held for the hour is what is answered
+        self.write(os.path.join(d, "a.txt"), b"changed on disk")
+        r = self.req("/held/held/a.txt")
+        self.assertEqual((r.status, r.body, r.headers["etag"]), (200, b"0123456789", etag))
+        self.assertEqual(r.headers["content-type"], "text/plain; charset=utf-8")
+        r = self.req("/held/held/a.txt", [("Range", "bytes=2-4")])
+        self.assertEqual((r.status, r.body, r.headers["content-range"]), (206, b"234", "bytes 2-4/10"))
+        r = self.req("/held/held/a.txt", [("Range", "bytes=10-")])
+        self.assertEqual(r.status, 416)
+        r = self.req("/held/held/a.txt", [("If-None-Match", etag)])
+        self.assertEqual((r.status, r.body), (304, b""))
+        r = self.req("/held/held/a.txt", [("If-Modified-Since", first.headers["last-modified"])])
+        self.assertEqual(r.status, 304)
+        r = self.req("/held/held/a.txt", method="HEAD")
+        self.assertEqual((r.status, r.headers["content-length"], r.body), (200, "10", b""))
+        # removed: still held
+        os.remove(os.path.join(d, "a.txt"))
+        self.assertEqual(self.req("/held/held/a.txt").body, b"0123456789")
+        # a missing path is held too (a negative entry), and a folder's index
+        self.assertEqual(self.req("/held/held/late.txt").status, 404)
+        self.write(os.path.join(d, "late.txt"), b"late")
+        self.assertEqual(self.req("/held/held/late.txt").status, 404)
+        self.write(os.path.join(d, "index.html"), b"<p>index</p>")
+        self.assertEqual(self.req("/held/held/").body, b"<p>index</p>")
+        os.remove(os.path.join(d, "index.html"))
+        self.assertEqual(self.req("/held/held/").body, b"<p>index</p>")
+        # a big file is not kept: sent from a fresh open each time
+        self.write(os.path.join(d, "big.bin"), b"x" * 100000)
+        self.assertEqual(len(self.req("/held/held/big.bin").body), 100000)
+        self.write(os.path.join(d, "big.bin"), b"y" * 100001)
+        self.assertEqual(self.req("/held/held/big.bin").body, b"y" * 100001)
+        # traversal is refused before the cache is asked
+        self.assertEqual(self.req("/held/out").status, 404)
+        self.assertEqual(self.req("/held/held/..%2F..%2Fsecret.txt").status, 404)
+
+    def test_changes_are_seen_after_the_window(self):
+        # valid = 0.3 s; each change is looked for after 1.2 s (four windows)
+        d = self.folder("fresh")
+        p = os.path.join(d, "a.txt")
+        self.write(p, b"one")
+        self.assertEqual(self.req("/fresh/fresh/a.txt").body, b"one")
+        self.write(p, b"two")   # same size, within the same second
+        time.sleep(1.2)
+        r = self.req("/fresh/fresh/a.txt")
+        self.assertEqual((r.status, r.body), (200, b"two"))
+        self.write(p, b"three, longer")
+        time.sleep(1.2)
+        r = self.req("/fresh/fresh/a.txt")
+        self.assertEqual(r.body, b"three, longer")
+        self.assertRegex(r.headers["etag"], r'^"[0-9a-f]+-d"$')
+        os.remove(p)
+        time.sleep(1.2)
+        self.assertEqual(self.req("/fresh/fresh/a.txt").status, 404)
+        self.write(p, b"back")
+        time.sleep(1.2)
+        self.assertEqual(self.req("/fresh/fresh/a.txt").body, b"back")
+        # swapped for a symlink that leaves the root: 404, never the file
+        os.remove(p)
+        os.symlink("../../secret.txt", p)
+        os.symlink(os.path.join(self.tmp, "secret.txt"), os.path.join(d, "abs.txt"))
+        time.sleep(1.2)
+        for _ in range(3):
+            for target in ["/fresh/fresh/a.txt", "/fresh/fresh/abs.txt"]:
+                r = self.req(target)
+                self.assertEqual(r.status, 404, target)
+                self.assertNotIn(b"outside the root", r.body)
+        # a file that grew past 64 KB goes out with sendfile from then on
+        q = os.path.join(d, "grows.bin")
+        self.write(q, b"s" * 1000)
+        self.assertEqual(self.req("/fresh/fresh/grows.bin").body, b"s" * 1000)
+        self.write(q, b"g" * 200000)
+        time.sleep(1.2)
+        self.assertEqual(self.req("/fresh/fresh/grows.bin").body, b"g" * 200000)
+
+    def test_memory_bound_drops_the_least_recently_used(self):
+        # /tiny holds 3100 bytes: two 1 KB files (each costs 1 KB + 512 +
+        # its path)
+        d = self.folder("tiny")
+        names = ["e1.txt", "e2.txt", "e3.txt"]
+        for n in names:
+            self.write(os.path.join(d, n), n[1].encode() * 1000)
+        for n in names:
+            self.assertEqual(self.req("/tiny/tiny/" + n).body, n[1].encode() * 1000)
+        for n in names:
+            self.write(os.path.join(d, n), b"n" * 1000)
+        # e1 was dropped for e3 (read again, the new content, which drops
+        # e2); e3 is still held
+        self.assertEqual(self.req("/tiny/tiny/e3.txt").body, b"3" * 1000)
+        self.assertEqual(self.req("/tiny/tiny/e1.txt").body, b"n" * 1000)
+        self.assertEqual(self.req("/tiny/tiny/e2.txt").body, b"n" * 1000)
+        # a file past max_file (2000) is never held
+        self.write(os.path.join(d, "big.txt"), b"b" * 3000)
+        self.assertEqual(len(self.req("/tiny/tiny/big.txt").body), 3000)
+        self.write(os.path.join(d, "big.txt"), b"c" * 3000)
+        self.assertEqual(self.req("/tiny/tiny/big.txt").body, b"c" * 3000)
+
+    def test_cache_off(self):
+        d = self.folder("off")
+        p = os.path.join(d, "a.txt")
+        self.write(p, b"one")
+        self.assertEqual(self.req("/nocache/off/a.txt").body, b"one")
+        self.write(p, b"two")
+        self.assertEqual(self.req("/nocache/off/a.txt").body, b"two")
+        os.remove(p)
+        self.assertEqual(self.req("/nocache/off/a.txt").status, 404)
+        self.write(p, b"three")
+        self.assertEqual(self.req("/nocache/off/a.txt").body, b"three")
+
+
 class StaticOverTLS(TreeTest):
     """Over TLS sendfile cannot work: chunks are read off the loop and go
     through the stream (and its back-pressure)."""

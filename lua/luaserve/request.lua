@@ -51,24 +51,33 @@ M.unescape = unescape
 
 
 --- parse_query(qs, all): { key = first value }; with all true,
--- { key = { every value, in order } }.
+-- { key = { every value, in order } }. Pairs are separated by & or ;.
 function M.parse_query(qs, all)
   local out = {}
   if qs == nil or qs == "" then return out end
-  for pair in qs:gmatch("[^&;]+") do
-    local eq = find(pair, "=", 1, true)
-    local k, v
-    if eq then
-      k, v = unescape(sub(pair, 1, eq - 1)), unescape(sub(pair, eq + 1))
-    else
-      k, v = unescape(pair), ""
+  local escaped = find(qs, "[%%+]") ~= nil   -- else nothing to decode
+  local pos, n = 1, #qs
+  while pos <= n do
+    local stop = find(qs, "[&;]", pos)
+    local last = (stop or n + 1) - 1
+    if last >= pos then
+      local eq = find(qs, "=", pos, true)
+      local k, v
+      if eq and eq <= last then
+        k, v = sub(qs, pos, eq - 1), sub(qs, eq + 1, last)
+      else
+        k, v = sub(qs, pos, last), ""
+      end
+      if escaped then k, v = unescape(k), unescape(v) end
+      if all then
+        local list = out[k]
+        if list == nil then out[k] = { v } else list[#list + 1] = v end
+      elseif out[k] == nil then
+        out[k] = v
+      end
     end
-    if all then
-      local list = out[k]
-      if list == nil then out[k] = { v } else list[#list + 1] = v end
-    elseif out[k] == nil then
-      out[k] = v
-    end
+    if stop == nil then break end
+    pos = stop + 1
   end
   return out
 end

@@ -12,13 +12,17 @@
 -- symlinks that leave it fail), never a blocking call on the loop. Files
 -- up to 64 KB are read there whole and answered from memory (middleware
 -- such as GZip see the body); bigger ones go out with sendfile(2) off the
--- loop (in chunks over TLS). Content-Type from Debian's /etc/mime.types,
+-- loop (in chunks over TLS). app:static keeps what it opened in an
+-- open-file cache (luaserve.filecache: small files' content, folders,
+-- missing paths; checked again on the pool after `valid` seconds), so a
+-- hit is answered from the loop. Content-Type from Debian's /etc/mime.types,
 -- ETag and Last-Modified with 304 for If-None-Match / If-Modified-Since,
 -- one byte range (206, 416 when it cannot be met; If-Range), HEAD,
 -- index.html for folders, Cache-Control.
 
 local core = require "luaserve.core"
 local errors = require "luaserve.errors"
+local filecache = require "luaserve.filecache"
 local future = require "luaserve.future"
 local response = require "luaserve.response"
 
@@ -30,6 +34,7 @@ local tonumber = tonumber
 local tostring = tostring
 local setmetatable = setmetatable
 local format = string.format
+local byte = string.byte
 local find = string.find
 local match = string.match
 local lower = string.lower
@@ -189,12 +194,21 @@ end
 
 
 -- Open root/path (root nil: path as it is) on the pool: kind, size,
--- mtime, content|file|false; or nil, errno name.
+-- mtime, content|file|false; or nil, errno name. (Not the stamp
+-- file_open gives fifth: only the cache uses it.)
 local function open(root, path)
   local f = new_future()
   local ok, err = file_open(root, path, f)
   if not ok then return nil, err end
-  return await(f)
+  local kind, size, mtime, data = await(f)
+  return kind, size, mtime, data
+end
+
+
+-- Through the cache when there is one: open's values and the entry.
+local function lookup(root, path, cache)
+  if cache then return cache:open(path) end
+  return open(root, path)
 end
 
 
@@ -205,9 +219,11 @@ local FORBIDDEN = { EACCES = true, EPERM = true }
 -- (beneath root when given) as a Response. Raises HTTPError 404 (or
 -- 403) when there is no such file. opts: content_type, headers,
 -- cache_control, filename (Content-Disposition: attachment), status,
--- index (a folder's file), redirect_dir (a folder without a slash: 301).
+-- index (a folder's file), redirect_dir (a folder without a slash: 301),
+-- cache (a luaserve.filecache of root).
 function M.respond(req, root, path, opts)
-  local kind, size, mtime, data = open(root, path)
+  local cache = opts.cache
+  local kind, size, mtime, data, entry = lookup(root, path, cache)
   if kind == nil then
     if FORBIDDEN[size] then error(errors.new(403, "Forbidden"), 0) end
     if size == "EMFILE" or size == "ENFILE" then
@@ -224,7 +240,7 @@ function M.respond(req, root, path, opts)
         headers = { Location = req.path .. "/" .. (q and ("?" .. q) or "") } }
     end
     path = (path == "" or sub(path, -1) == "/") and path .. index or path .. "/" .. index
-    kind, size, mtime, data = open(root, path)
+    kind, size, mtime, data, entry = lookup(root, path, cache)
     if kind ~= "file" then
       if FORBIDDEN[size] then error(errors.new(403, "Forbidden"), 0) end
       not_found()
@@ -232,8 +248,20 @@ function M.respond(req, root, path, opts)
   elseif kind ~= "file" then
     not_found()   -- a fifo, a device: nothing to serve
   end
-  local etag = format('"%x-%x"', mtime, size)
-  local last_modified = M.http_date(mtime)
+  -- A cached file's validators and type are made once, on its entry.
+  local etag = entry and entry.etag
+  local last_modified, ctype
+  if etag then
+    last_modified, ctype = entry.last_modified, entry.content_type
+  else
+    etag = format('"%x-%x"', mtime, size)
+    last_modified = M.http_date(mtime)
+    ctype = M.content_type(path)
+    if entry then
+      entry.etag, entry.last_modified, entry.content_type = etag, last_modified, ctype
+    end
+  end
+  ctype = opts.content_type or ctype
   local headers = { ETag = etag, ["Last-Modified"] = last_modified,
     ["Accept-Ranges"] = "bytes" }
   if opts.cache_control then headers["Cache-Control"] = opts.cache_control end
@@ -244,7 +272,6 @@ function M.respond(req, root, path, opts)
   if opts.headers then
     for k, v in pairs(opts.headers) do headers[k] = v end
   end
-  local ctype = opts.content_type or M.content_type(path)
   local rh = req.headers
   -- Conditional requests (RFC 9110 13.2.2): If-None-Match first, else
   -- If-Modified-Since; 304 for GET and HEAD.
@@ -315,16 +342,31 @@ end
 -- A path a client may ask for beneath the root, or nil: no NUL, no
 -- backslash, no empty, "." or ".." segment, not absolute; nothing encoded
 -- in the target that decoding turned into a separator.
+-- One pass over the bytes (string.byte compiles; patterns and gmatch make
+-- LuaJIT leave its trace): it runs on every request.
 local function safe_path(req, rel)
   if rel == nil or rel == "" then return "." end
-  if find(rel, "[%z\\]") or sub(rel, 1, 1) == "/" or find(rel, "//", 1, true) then
-    return nil
-  end
-  for seg in rel:gmatch("[^/]+") do
-    if seg == "." or seg == ".." then return nil end
+  local n = #rel
+  local start = 1   -- where the segment being read starts
+  for i = 1, n + 1 do
+    local b = i <= n and byte(rel, i) or 47   -- the end closes a segment
+    if b == 0 or b == 92 then return nil end   -- NUL, backslash
+    if b == 47 then
+      local len = i - start
+      if len == 0 then
+        if i <= n then return nil end   -- a leading "/" or "//" (a trailing "/" is a folder)
+      elseif len <= 2 and byte(rel, start) == 46 and
+             (len == 1 or byte(rel, start + 1) == 46) then
+        return nil   -- "." or ".."
+      end
+      start = i + 1
+    end
   end
   local raw = req.target
-  if find(raw, "%%2[fF]") or find(raw, "%%5[cC]") or find(raw, "%%00") then return nil end
+  if find(raw, "%", 1, true) and
+     (find(raw, "%%2[fF]") or find(raw, "%%5[cC]") or find(raw, "%%00")) then
+    return nil
+  end
   return rel
 end
 M.safe_path = safe_path
@@ -338,7 +380,8 @@ end
 
 --- mount(app, prefix, dir, opts, caller): the routes of app:static. dir
 -- relative: beside the file that called app:static (caller: its
--- debug.getinfo source).
+-- debug.getinfo source). opts: index, cache_control or max_age, cache
+-- (false, or luaserve.filecache's options: max_bytes, max_file, valid).
 function M.mount(app, prefix, dir, opts, caller)
   if type(prefix) ~= "string" or sub(prefix, 1, 1) ~= "/" then
     error("app:static: the prefix must be a path starting with '/'", 3)
@@ -354,8 +397,12 @@ function M.mount(app, prefix, dir, opts, caller)
   f:close()
   local cache_control = opts.cache_control or
     (opts.max_age and ("public, max-age=" .. floor(opts.max_age)) or nil)
+  local cache = nil
+  if opts.cache ~= false then
+    cache = filecache.new(dir, filecache.options(opts.cache, "app:static", 3))
+  end
   local o = { index = opts.index == nil and "index.html" or opts.index,
-    cache_control = cache_control, redirect_dir = true }
+    cache_control = cache_control, redirect_dir = true, cache = cache }
   prefix = prefix:gsub("/+$", "")
   local function handler(req)
     local rel = safe_path(req, req.params.path)

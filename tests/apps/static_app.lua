@@ -5,6 +5,12 @@ local app = luaserve.app()
 local dir = assert(os.getenv("LUASERVE_TEST_STATIC"), "LUASERVE_TEST_STATIC")
 app:static("/static", dir, { cache_control = "public, max-age=60" })
 app:static("/plain", dir, { index = false })
+-- the open-file cache (tests/test_static.py StaticCache): held for an
+-- hour, checked after 0.3 s, a bound of two 1 KB files, none
+app:static("/held", dir, { cache = { valid = 3600 } })
+app:static("/fresh", dir, { cache = { valid = 0.3 } })
+app:static("/tiny", dir, { cache = { valid = 3600, max_bytes = 3100, max_file = 2000 } })
+app:static("/nocache", dir, { cache = false })
 app:get("/pick/{name}", function(req)
   return luaserve.FileResponse(dir .. "/" .. req.params.name, { filename = "picked.bin" })
 end)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # tests/bench/static.sh [DURATION]: static files, luaserve's app:static
 # beside nginx's `location /static/` (Debian's nginx, sendfile on, one
-# worker, access log off), a 1 KB and a 1 MB file. Same run, order
-# alternating, server on CPU 0 and wrk on CPU 1 (-t1 -c64 for 1 KB, -c16
+# worker, access log off), a 1 KB and a 1 MB file; on 1 KB also luaserve
+# with its open-file cache off (luaserve-nocache: a trip to the thread
+# pool per request). Same run, order rotating, server on CPU 0 and wrk on CPU 1 (-t1 -c64 for 1 KB, -c16
 # for 1 MB), ROUNDS rounds (default 3), medians of requests per second and
 # of server CPU per request (user + system time of the process and its
 # threads, from /proc/PID/stat). Bar (issue 12): at least 0.8x nginx's
@@ -48,6 +49,8 @@ CONF
     taskset -c 0 "$NGINX" -c "$work/nginx/nginx.conf" -p "$work/nginx" \
       >/dev/null 2>>"$work/nginx/error.log" &
   else
+    # (start_server runs in $(...): the variable stays in that subshell)
+    if [ "$name" = luaserve-nocache ]; then export LUASERVE_BENCH_NOCACHE=1; fi
     LUASERVE_BENCH_STATIC="$work/www/static" taskset -c 0 ./luaserve tests/bench/static_app.lua \
       --port "$port" --no-access-log >/dev/null 2>>"$work/luaserve.log" &
   fi
@@ -77,16 +80,22 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] 
 
 tmp="$work/results"
 for r in $(seq "$ROUNDS"); do
-  if [ $((r % 2)) = 1 ]; then order="luaserve nginx"; else order="nginx luaserve"; fi
+  case $((r % 3)) in
+    1) order="luaserve nginx luaserve-nocache" ;;
+    2) order="nginx luaserve-nocache luaserve" ;;
+    0) order="luaserve-nocache luaserve nginx" ;;
+  esac
   for s in $order; do run "$s" 1k.bin 64 >> "$tmp"; done
-  for s in $order; do run "$s" 1m.bin 16 >> "$tmp"; done
+  for s in $order; do [ "$s" = luaserve-nocache ] || run "$s" 1m.bin 16 >> "$tmp"; done
 done
-printf "%-16s %10s %10s %10s\n" variant rps us/req rps_vs_nginx
+printf "%-24s %10s %10s %10s\n" variant rps us/req rps_vs_nginx
 for f in 1k.bin 1m.bin; do
   nrps=$(awk -v v="nginx-$f" '$1 == v { print $2 }' "$tmp" | median)
-  for s in luaserve nginx; do
+  variants="luaserve nginx"
+  [ "$f" = 1k.bin ] && variants="luaserve luaserve-nocache nginx"
+  for s in $variants; do
     rps=$(awk -v v="$s-$f" '$1 == v { print $2 }' "$tmp" | median)
     us=$(awk -v v="$s-$f" '$1 == v { print $3 }' "$tmp" | median)
-    printf "%-16s %10s %10s %10.3f\n" "$s-$f" "$rps" "$us" "$(awk -v a="$rps" -v b="$nrps" 'BEGIN { print a / b }')"
+    printf "%-24s %10s %10s %10.3f\n" "$s-$f" "$rps" "$us" "$(awk -v a="$rps" -v b="$nrps" 'BEGIN { print a / b }')"
   done
 done
