@@ -130,11 +130,18 @@ static void path_put(lua_State *L, const json_path_t *p, char *out,
                        (k[i] >= 'A' && k[i] <= 'Z') ||
                        (i > 0 && k[i] >= '0' && k[i] <= '9')))
       i++;
-    if (len > 0 && i == len && len < 60)
+    if (len > 0 && i == len && len < 60) {
       snprintf(part, sizeof(part), "%s%s", *n ? "." : "", k);
-    else
-      snprintf(part, sizeof(part), "[\"%.*s%s\"]", len > 40 ? 40 : (int)len,
-               k, len > 40 ? "..." : "");
+    } else {
+      /* ["any key"]: 40 bytes of it at most, control bytes as '?' (the
+       * message goes to log lines) */
+      char *q = part;
+      *q++ = '[';
+      *q++ = '"';
+      for (i = 0; i < len && i < 40; i++)
+        *q++ = (unsigned char)k[i] < 32 || k[i] == 127 ? '?' : k[i];
+      memcpy(q, len > 40 ? "...\"]" : "\"]", len > 40 ? 6 : 3);
+    }
   }
   len = strlen(part);
   if (*n + len + 4 > cap) {

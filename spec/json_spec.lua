@@ -266,6 +266,8 @@ describe("luaserve.json", function()
         err_of(encode, { items = { 1, { f = print } } }))
       assert.equal('Cannot serialise number: must not be NaN or Inf (at ["a b"][1])',
         err_of(encode, { ["a b"] = { 0 / 0 } }))
+      assert.equal('Cannot serialise function: type not supported (at ["a"?b"][2.5])',
+        err_of(encode, { ['a"\nb'] = { [2.5] = print } }))
       assert.equal("Cannot serialise boolean: table key must be a number or string (at x)",
         err_of(encode, { x = { [true] = 1 } }))
       assert.equal("Cannot serialise table: excessively sparse array (at [7])",
