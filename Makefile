@@ -66,6 +66,7 @@ CORE_SRCS = core/body.c \
             core/crypto.c \
             core/fs.c \
             core/http.c \
+            core/json.c \
             core/log.c \
             core/main.c \
             core/master.c \

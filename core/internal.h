@@ -929,4 +929,6 @@ int ls__lua_fs_rename(lua_State *L);       /* fs.c: fs_rename(from, to, t) */
 int ls__lua_fs_copyfile(lua_State *L);     /* fs.c: fs_copyfile(from, to, t) */
 int ls__lua_fs_stat(lua_State *L);         /* fs.c: fs_stat(path, t) */
 
+int ls__lua_json_encoder(lua_State *L);    /* json.c: json_encoder(array_mt) */
+
 #endif /* LS_INTERNAL_H */

@@ -441,6 +441,8 @@ static const luaL_Reg core_functions[] = {
   {"cpus", ls__lua_cpus},
   {"file_open", ls__lua_file_open},
   {"respond_file", ls__lua_respond_file},
+  /* issue 13: JSON encoding in C */
+  {"json_encoder", ls__lua_json_encoder},
   {NULL, NULL},
 };
 

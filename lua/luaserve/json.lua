@@ -1,21 +1,15 @@
--- luaserve.json: JSON through lua-cjson, with a null and empty arrays that
--- round-trip. cjson alone decodes `[]` and `{}` to the same empty table and
--- encodes it as `{}`; here `[]` decodes to a table marked as an array
--- (json.array_mt) and such a table encodes as `[]`. Integers are written
--- with all their digits (cjson keeps 14 significant ones: 1e14 and above
--- would come out as 1.2345678901235e+15).
+-- luaserve.json: JSON with a null and empty arrays that round-trip.
+-- Encoding is the core's (core/json.c: one pass, integers with all their
+-- digits, "/" as is); decoding is lua-cjson's. cjson alone decodes `[]` and
+-- `{}` to the same empty table; here `[]` decodes to a table marked as an
+-- array (json.array_mt) and such a table encodes as `[]`.
 
 local cjson = require "cjson"
+local core = require "luaserve.core"
 
-local encode = cjson.new().encode   -- its own settings, not the global's
-local decode_instance = cjson.new()
-local decode = decode_instance.decode
+local decode = cjson.new().decode   -- its own settings, not the global's
 local find = string.find
-local gsub = string.gsub
-local format = string.format
-local getmetatable = getmetatable
 local setmetatable = setmetatable
-local next = next
 local pairs = pairs
 local type = type
 
@@ -35,83 +29,14 @@ end
 --- An empty array constant (do not add to it; use json.array() for that).
 M.empty_array = M.array({})
 
+--- encode(v): a JSON string, or raises on what JSON cannot hold
+-- (functions, userdata, cycles, sparse arrays, NaN and infinities), naming
+-- where it sits. Each Lua state has its own encoder (and its buffer).
+M.encode = core.json_encoder(M.array_mt)
+
+-- decode marks `[]` by reading it as this string first.
 local EMPTY_ARRAY = "\0luaserve-empty-array\0"
 local EMPTY_ARRAY_JSON = '"\\u0000luaserve-empty-array\\u0000"'
-local EMPTY_ARRAY_PATTERN = EMPTY_ARRAY_JSON:gsub("%p", "%%%0")   -- for gsub
-local BIG_INT = "\0luaserve-int:"          -- .. digits .. "\0"
-local BIG_INT_PATTERN = '"\\u0000luaserve%-int:(%-?%d+)\\u0000"'
-
-
--- An integer that cjson would write with too few digits.
-local function big_int(x)
-  return (x >= 1e14 or x <= -1e14) and x <= 2 ^ 63 and x >= -2 ^ 63 and x % 1 == 0
-end
-
-
--- Does v hold an empty table marked as an array, or a big integer?
--- (depth-first; each table looked at once, so shared tables and cycles
--- cost nothing more)
-local function needs_placeholders(v, seen)
-  if getmetatable(v) == M.array_mt and next(v) == nil then return true end
-  for _, x in pairs(v) do
-    local t = type(x)
-    if t == "table" then
-      -- made only once tables nest: a flat table allocates nothing here
-      seen = seen or {}
-      seen[v] = true
-      if not seen[x] and needs_placeholders(x, seen) then return true end
-    elseif t == "number" and big_int(x) then
-      return true
-    end
-  end
-  return false
-end
-
-
--- A copy of v with each marked empty array and each big integer replaced
--- by a placeholder string. A table inside itself (on_path) is left as is:
--- cjson then raises on it.
-local function with_placeholders(v, on_path)
-  if getmetatable(v) == M.array_mt and next(v) == nil then return EMPTY_ARRAY end
-  if on_path[v] then return v end
-  on_path[v] = true
-  local out = {}
-  for k, x in pairs(v) do
-    local t = type(x)
-    if t == "table" then
-      x = with_placeholders(x, on_path)
-    elseif t == "number" and big_int(x) then
-      x = BIG_INT .. format("%.0f", x) .. "\0"
-    end
-    out[k] = x
-  end
-  on_path[v] = nil
-  return out
-end
-
-
--- cjson 2.1.0 writes "/" as "\/": valid, but noisy ("\/users\/{id}") and
--- unlike every other server. cjson writes "\/" only for a "/" (a backslash
--- is "\\"), so turning each "\/" back into "/" is exact.
-local function unescape_slashes(s)
-  if find(s, "\\/", 1, true) then return (gsub(s, "\\/", "/")) end
-  return s
-end
-
-
---- encode(v): a JSON string, or raises on what JSON cannot hold
--- (functions, userdata, cycles, sparse arrays, NaN and infinities).
-function M.encode(v)
-  local t = type(v)
-  if t == "table" and needs_placeholders(v) then
-    local s = encode(with_placeholders(v, {}))
-    s = gsub(s, EMPTY_ARRAY_PATTERN, "[]")
-    return unescape_slashes((gsub(s, BIG_INT_PATTERN, "%1")))
-  elseif t == "number" and big_int(v) then
-    return format("%.0f", v)
-  end
-  return unescape_slashes(encode(v))
-end
 
 
 -- Mark the tables decoded from `[]`: they were written as the placeholder.
