@@ -53,6 +53,7 @@ struct ls_runtime_s {
   int method_refs[48];  /* registry refs of method name strings, 0: none */
   uint64_t block_warn_ns;  /* an entry into Lua this long blocked the loop */
   int blocked_ref;         /* Lua blocked(seconds) hook, 0: none */
+  int in_run_once;         /* inside core.run_once (see ls__pcall_entry) */
   struct ls_server_s *servers;     /* this runtime's listening servers */
   struct ls_shutdown_s *shutdown;  /* signal watchers (shutdown.c), or NULL */
   uv_timer_t sleep_timer;  /* the one timer behind every sleep() (timer.c) */

@@ -74,6 +74,11 @@ int ls__pcall(lua_State *L, int nargs, int nresults, const char *what) {
 
 
 int ls__pcall_entry(ls_runtime_t *rt, int nargs, const char *what) {
+  /* Inside core.run_once (an await outside a task: the loop runs until a
+   * future is done), Lua ran: end the iteration instead of polling on, so
+   * that the awaiting code looks at its future again. */
+  if (rt->in_run_once)
+    uv_stop(rt->loop);
   if (rt->block_warn_ns == 0 && !rt->wslot_shared)
     return pcall_rt(rt, nargs, 0, what);
   uint64_t t0 = uv_hrtime();

@@ -163,8 +163,15 @@ int ls__lua_run(lua_State *L) {
 
 
 /* run_once(): one iteration, waiting for I/O; true while work remains. */
+/* run_once(): one loop iteration; it waits for something to happen, and
+ * returns once Lua has run (false when nothing is left to wait for). */
 int ls__lua_run_once(lua_State *L) {
-  lua_pushboolean(L, uv_run(ls__runtime(L)->loop, UV_RUN_ONCE) != 0);
+  ls_runtime_t *rt = ls__runtime(L);
+  int was = rt->in_run_once;
+  rt->in_run_once = 1;
+  int alive = uv_run(rt->loop, UV_RUN_ONCE) != 0;
+  rt->in_run_once = was;
+  lua_pushboolean(L, alive);
   return 1;
 }
 
