@@ -179,7 +179,9 @@ static int send_commands(lua_State *L, ls_pg_t *p, int ncmds, int list,
                          int first) {
   int target = 2;
   double timeout_ms = luaL_optnumber(L, 3, 0);
-  int pipeline = ncmds > 1 || (list == 0 && lua_toboolean(L, first + 2));
+  /* A batch always pipelines (even of one: it may prepare and then run);
+   * a lone command only when it prepares. */
+  int pipeline = list != 0 || ncmds > 1 || lua_toboolean(L, first + 2);
   size_t cap = (size_t)ncmds * 2;
   p->kinds = cap <= sizeof(p->kinds_inline) ? p->kinds_inline : malloc(cap);
   if (p->kinds == NULL)

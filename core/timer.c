@@ -162,7 +162,6 @@ int ls__lua_run(lua_State *L) {
 }
 
 
-/* run_once(): one iteration, waiting for I/O; true while work remains. */
 /* run_once(): one loop iteration; it waits for something to happen, and
  * returns once Lua has run (false when nothing is left to wait for). */
 int ls__lua_run_once(lua_State *L) {

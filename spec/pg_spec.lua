@@ -333,6 +333,17 @@ describe("luaserve.pg", function()
       assert.equal("x", out[21][1].s)
     end))
 
+    it("of one command: prepared on first use and run", testing.async(function()
+      for round = 1, 2 do   -- the first prepares, the second runs the prepared one
+        local out, err = await(db:pipeline(function(p)
+          p:query("select 41 + $1::int as v", round)
+        end))
+        assert(out, tostring(err))
+        assert.equal(1, #out)
+        assert.equal(41 + round, out[1][1].v)
+      end
+    end))
+
     it("give the first error", testing.async(function()
       local out, err = await(db:pipeline(function(p)
         p:query("select 1")
