@@ -17,11 +17,9 @@ DUR="${1:-${BENCH_DURATION:-10}}"
 ROUNDS="${ROUNDS:-4}"
 UPLOADS="${UPLOADS:-10}"
 ROUTES="${ROUTES:-plaintext json echo}"
-TICK=$(getconf CLK_TCK)
+. tests/bench/lib.sh
 HERE="$PWD"
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # start DIR APP PORT: a server from the checkout in DIR; prints its pid.
 start() {
@@ -44,15 +42,8 @@ run() {
   local script=()
   [ "$path" = /echo ] && script=(-s "$HERE/tests/bench/echo.lua")
   local pid; pid=$(start "$dir" apps/bench "$port")
-  timeout 30 taskset -c 1 wrk -t1 -c64 -d2s "${script[@]}" "http://127.0.0.1:$port$path" >/dev/null 2>&1
-  local t0; t0=$(cpu_ticks "$pid")
-  local out; out=$(timeout $((DUR + 20)) taskset -c 1 wrk -t1 -c64 -d"${DUR}s" "${script[@]}" \
-    "http://127.0.0.1:$port$path" 2>&1)
-  local t1; t1=$(cpu_ticks "$pid")
+  echo "$name $(wrk_cpu "$pid" 64 "http://127.0.0.1:$port$path" "${script[@]}")"
   stop "$pid"
-  local n; n=$(echo "$out" | sed -n 's/^ *\([0-9]*\) requests in.*/\1/p')
-  awk -v name="$name" -v n="$n" -v dt="$((t1 - t0))" -v tick="$TICK" -v d="$DUR" \
-    'BEGIN { printf "%s %.0f %.3f\n", name, n / d, dt / tick * 1e6 / n }'
 }
 
 if [ -n "${BASE:-}" ]; then

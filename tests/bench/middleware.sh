@@ -11,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 DUR="${1:-${BENCH_DURATION:-10}}"
 ROUNDS="${ROUNDS:-4}"
-TICK=$(getconf CLK_TCK)
+. tests/bench/lib.sh
 
 # run NAME PATH ENV...: one measured run; prints "NAME rps us_per_req"
 run() {
@@ -20,17 +20,9 @@ run() {
   env "$@" taskset -c 0 ./luaserve apps/bench --port "$port" --no-access-log 2>/dev/null &
   local pid=$!
   for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/plaintext" && break; sleep 0.1; done
-  timeout 30 taskset -c 1 wrk -t1 -c64 -d2s -H 'Accept-Encoding: gzip' "http://127.0.0.1:$port$path" >/dev/null 2>&1
-  local t0; t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-  local out; out=$(timeout $((DUR + 20)) taskset -c 1 wrk -t1 -c64 -d"${DUR}s" -H 'Accept-Encoding: gzip' "http://127.0.0.1:$port$path" 2>&1)
-  local t1; t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  echo "$name $(wrk_cpu "$pid" 64 "http://127.0.0.1:$port$path" -H 'Accept-Encoding: gzip')"
   kill "$pid"; wait "$pid" 2>/dev/null
-  local n; n=$(echo "$out" | sed -n 's/^ *\([0-9]*\) requests in.*/\1/p')
-  awk -v name="$name" -v n="$n" -v dt="$((t1 - t0))" -v tick="$TICK" -v d="$DUR" \
-    'BEGIN { printf "%s %.0f %.3f\n", name, n / d, dt / tick * 1e6 / n }'
 }
-
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 tmp=$(mktemp)
 for r in $(seq "$ROUNDS"); do

@@ -26,7 +26,7 @@ field() { # field NAME LINE -> the value of NAME=... in a run.sh line
   echo "$2" | tr ' ' '\n' | sed -n "s/^$1=//p"
 }
 
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) { print "NA" } else if (NR % 2) { print v[(NR + 1) / 2] } else { print (v[NR / 2] + v[NR / 2 + 1]) / 2 } }'; }
+. tests/bench/lib.sh
 
 free_port() {
   local p

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/../.."
 ROOT="$PWD"
 DUR="${1:-${BENCH_DURATION:-10}}"
 ROUNDS="${ROUNDS:-3}"
-TICK=$(getconf CLK_TCK)
+. tests/bench/lib.sh
 NGINX="${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}"
 work="$(mktemp -d -t luaserve-static.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
@@ -63,20 +63,10 @@ run() {
   local port=$(( 20000 + RANDOM % 10000 ))
   local pid; pid=$(start_server "$name" "$port")
   for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/static/1k.bin" && break; sleep 0.1; done
-  local url="http://127.0.0.1:$port/static/$file"
-  timeout 30 taskset -c 1 wrk -t1 -c"$conns" -d2s "$url" >/dev/null 2>&1
-  local t0; t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-  local out; out=$(timeout $((DUR + 20)) taskset -c 1 wrk -t1 -c"$conns" -d"${DUR}s" "$url" 2>&1)
-  local t1; t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  echo "$name-$file $(wrk_cpu "$pid" "$conns" "http://127.0.0.1:$port/static/$file")"
   kill "$pid"; wait "$pid" 2>/dev/null
-  local n; n=$(echo "$out" | sed -n 's/^ *\([0-9]*\) requests in.*/\1/p')
-  local errs; errs=$(echo "$out" | grep -c "Non-2xx\|Socket errors")
-  [ "$errs" = 0 ] || echo "($name $file: $(echo "$out" | grep "Non-2xx\|Socket errors"))" >&2
-  awk -v name="$name-$file" -v n="$n" -v dt="$((t1 - t0))" -v tick="$TICK" -v d="$DUR" \
-    'BEGIN { printf "%s %.0f %.3f\n", name, n / d, dt / tick * 1e6 / n }'
 }
 
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 tmp="$work/results"
 for r in $(seq "$ROUNDS"); do

@@ -28,7 +28,7 @@ ONE='./luaserve apps/bench --port $PORT --no-access-log'
 
 # run.sh's line -> the value of key
 field() { tr ' ' '\n' | sed -n "s/^$1=//p"; }
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "NA"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+. tests/bench/lib.sh
 
 # Alternate two luaserve variants (dir and command each) for $R rounds on
 # one scenario; print each variant's median rps and us/req and the ratios.
