@@ -45,6 +45,7 @@ struct ls_runtime_s {
   void *stopping_pools; /* pools stopped from Lua, finishing (pool.c) */
   void *shared;        /* the shared dictionary, or NULL */
   void *gzip;          /* compress.c's reusable deflate stream, or NULL */
+  void *ws_zlib;       /* ws.c's permessage-deflate streams, or NULL */
   int is_pool_state;   /* 1 in a pool thread's state */
   char *lua_dir;       /* the framework's Lua folder (pool states need it) */
   char *read_buf;      /* LS__READ_BUF bytes every read of this loop lands in:
@@ -838,6 +839,7 @@ void ls__tcp_open(lua_State *L);           /* tcp.c: metatables */
 int ls__lua_response_parser(lua_State *L); /* client.c: response_parser() */
 void ls__client_open(lua_State *L);        /* client.c: metatables */
 
+void ls__ws_zfree(ls_runtime_t *rt);       /* ws.c: its zlib streams */
 int ls__lua_gzip(lua_State *L);            /* compress.c: gzip(data, level) */
 int ls__lua_gunzip(lua_State *L);          /* compress.c: gunzip(data, max) */
 int ls__lua_deflater(lua_State *L);        /* compress.c: deflater(level) */

@@ -565,6 +565,7 @@ void ls_runtime_free(ls_runtime_t *rt) {
   }
   ls__shared_release(rt);
   ls__compress_free(rt);
+  ls__ws_zfree(rt);
   free(rt->slots);
   free(rt->read_buf);
   free(rt->lua_dir);

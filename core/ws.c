@@ -267,33 +267,98 @@ static int ws_genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
 }
 
 
+/* permessage-deflate without context takeover: every message starts
+ * afresh, so one raw stream per runtime and direction serves every
+ * connection, reset between messages (deflateInit allocates and clears
+ * some 256 KB: too much per message). The deflater is kept for the window
+ * size it was made for. Freed with the runtime (ls__ws_zfree). */
+typedef struct {
+  z_stream def, inf;
+  int def_bits;             /* the deflater's window bits, 0: none yet */
+  int inf_ready;
+} ws_zlib_t;
+
+
+static ws_zlib_t *ws_zlib(ls_runtime_t *rt) {
+  if (rt->ws_zlib == NULL)
+    rt->ws_zlib = calloc(1, sizeof(ws_zlib_t));
+  return rt->ws_zlib;
+}
+
+
+void ls__ws_zfree(ls_runtime_t *rt) {
+  ws_zlib_t *zl = rt->ws_zlib;
+  if (zl == NULL)
+    return;
+  if (zl->def_bits)
+    deflateEnd(&zl->def);
+  if (zl->inf_ready)
+    inflateEnd(&zl->inf);
+  free(zl);
+  rt->ws_zlib = NULL;
+}
+
+
+/* The runtime's raw inflater, reset; NULL without memory. */
+static z_stream *ws_inflater(ls_runtime_t *rt) {
+  ws_zlib_t *zl = ws_zlib(rt);
+  if (zl == NULL)
+    return NULL;
+  if (zl->inf_ready)
+    return inflateReset(&zl->inf) == Z_OK ? &zl->inf : NULL;
+  if (inflateInit2(&zl->inf, -15) != Z_OK)
+    return NULL;
+  zl->inf_ready = 1;
+  return &zl->inf;
+}
+
+
+/* The runtime's raw deflater for a window of bits, reset; NULL without
+ * memory. */
+static z_stream *ws_deflater(ls_runtime_t *rt, int bits) {
+  ws_zlib_t *zl = ws_zlib(rt);
+  if (zl == NULL)
+    return NULL;
+  if (zl->def_bits == bits)
+    return deflateReset(&zl->def) == Z_OK ? &zl->def : NULL;
+  if (zl->def_bits) {
+    deflateEnd(&zl->def);
+    zl->def_bits = 0;
+  }
+  memset(&zl->def, 0, sizeof(zl->def));
+  if (deflateInit2(&zl->def, 1, Z_DEFLATED, -bits, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+    return NULL;
+  zl->def_bits = bits;
+  return &zl->def;
+}
+
+
 /* permessage-deflate, receiving: the message with 00 00 ff ff appended,
  * inflated (raw) up to max_message. 0, or the close code. */
 static int ws_inflate(ls_ws_t *ws, const uint8_t *in, size_t len,
                       ls_buf_t *out) {
-  z_stream z;
-  memset(&z, 0, sizeof(z));
-  if (inflateInit2(&z, -15) != Z_OK)
+  z_stream *zp = ws_inflater(ws->rt);
+  if (zp == NULL)
     return 1011;
   static const uint8_t tail[4] = {0x00, 0x00, 0xff, 0xff};
   int code = 0;
   for (int part = 0; part < 2 && code == 0; part++) {
-    z.next_in = (Bytef *)(part ? tail : in);
-    z.avail_in = (uInt)(part ? sizeof(tail) : len);
-    while (z.avail_in > 0) {
+    zp->next_in = (Bytef *)(part ? tail : in);
+    zp->avail_in = (uInt)(part ? sizeof(tail) : len);
+    while (zp->avail_in > 0) {
       if (ls__buf_reserve(out, 16384)) {
         code = 1011;
         break;
       }
-      z.next_out = (Bytef *)(out->data + out->len);
-      z.avail_out = 16384;
-      int r = inflate(&z, Z_SYNC_FLUSH);
-      out->len += 16384 - z.avail_out;
+      zp->next_out = (Bytef *)(out->data + out->len);
+      zp->avail_out = 16384;
+      int r = inflate(zp, Z_SYNC_FLUSH);
+      out->len += 16384 - zp->avail_out;
       if (out->len > ws->max_message) {
         code = 1009;
         break;
       }
-      if (r == Z_BUF_ERROR && z.avail_out > 0)
+      if (r == Z_BUF_ERROR && zp->avail_out > 0)
         break;   /* all input used */
       if (r != Z_OK && r != Z_STREAM_END && r != Z_BUF_ERROR) {
         code = 1007;
@@ -301,7 +366,6 @@ static int ws_inflate(ls_ws_t *ws, const uint8_t *in, size_t len,
       }
     }
   }
-  inflateEnd(&z);
   return code;
 }
 
@@ -615,23 +679,19 @@ static int ws_backlogged(ls_ws_t *ws) {
 
 /* Compress a message for permessage-deflate; 0 or an error. */
 static int ws_deflate(ls_ws_t *ws, const char *data, size_t len, ls_buf_t *out) {
-  z_stream z;
-  memset(&z, 0, sizeof(z));
   int bits = ws->deflate_bits < 9 ? 9 : ws->deflate_bits;
-  if (deflateInit2(&z, 1, Z_DEFLATED, -bits, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+  z_stream *z = ws_deflater(ws->rt, bits);
+  if (z == NULL)
     return UV_ENOMEM;
-  size_t bound = deflateBound(&z, len) + 16;
-  if (ls__buf_reserve(out, bound)) {
-    deflateEnd(&z);
+  size_t bound = deflateBound(z, len) + 16;
+  if (ls__buf_reserve(out, bound))
     return UV_ENOMEM;
-  }
-  z.next_in = (Bytef *)data;
-  z.avail_in = (uInt)len;
-  z.next_out = (Bytef *)out->data;
-  z.avail_out = (uInt)bound;
-  int r = deflate(&z, Z_SYNC_FLUSH);
-  out->len = bound - z.avail_out;
-  deflateEnd(&z);
+  z->next_in = (Bytef *)data;
+  z->avail_in = (uInt)len;
+  z->next_out = (Bytef *)out->data;
+  z->avail_out = (uInt)bound;
+  int r = deflate(z, Z_SYNC_FLUSH);
+  out->len = bound - z->avail_out;
   if (r != Z_OK || out->len < 4)
     return UV_EINVAL;
   out->len -= 4;   /* the 00 00 ff ff a sync flush ends with */
