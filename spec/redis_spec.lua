@@ -93,6 +93,15 @@ describe("luaserve.redis", function()
       assert.equal("PONG", ok(r:ping()))   -- the pool goes on
     end))
 
+    it("give an error, never a resend, when more replies come than asked for", testing.async(function()
+      ok(r:set("resend", "0"))
+      ok(r:incr("resend"))   -- a pooled connection: a failure there used to be retried
+      local v, err = await(r:call("SUBSCRIBE", "resend-a", "resend-b"))   -- two replies
+      assert.is_nil(v)
+      assert.equal("unexpected data after the replies", err)
+      assert.equal("1", ok(r:get("resend")))
+    end))
+
     it("raise on arguments that are not strings or numbers", function()
       assert.has_error(function() r:call("SET", "k", {}) end)
       assert.has_error(function() r:call() end)

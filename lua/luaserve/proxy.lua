@@ -19,6 +19,8 @@ local lower = string.lower
 
 local M = {}
 
+local CACHE_MAX = 1024   -- addresses parse_allow's check remembers
+
 
 -- An IPv4 or IPv6 address as a list of 16 bytes (IPv4 mapped into IPv6,
 -- so ::ffff:10.0.0.1 and 10.0.0.1 are one address), or nil.
@@ -123,7 +125,10 @@ function M.parse_allow(spec)
     end
   end
   if any then return function() return true end end
-  local cache = {}   -- host -> trusted (peers are few: balancers)
+  -- host -> trusted. Peers are few (balancers), but the addresses in
+  -- forwarding headers come from clients: the cache is emptied when it
+  -- holds CACHE_MAX of them, so they cannot grow it without bound.
+  local cache, ncached = {}, 0
   return function(host)
     local hit = cache[host]
     if hit ~= nil then return hit end
@@ -134,7 +139,11 @@ function M.parse_allow(spec)
         if in_net(b, n[1], n[2]) then ok = true break end
       end
     end
-    if host then cache[host] = ok end
+    if host then
+      if ncached >= CACHE_MAX then cache, ncached = {}, 0 end
+      cache[host] = ok
+      ncached = ncached + 1
+    end
     return ok
   end
 end

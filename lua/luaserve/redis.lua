@@ -287,7 +287,10 @@ local function exchange(c, payload, n)
       break
     end
     sock:close()
-    ok = nil
+    if ok then   -- every reply read, and more bytes behind them: never resend
+      ok, err = nil, "unexpected data after the replies"
+      break
+    end
     if got or sock:getreusedtimes() == 0 or err == "timeout" then break end
   end
   c.sem:release()
