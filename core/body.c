@@ -54,9 +54,11 @@ void ls__body_pump(ls_conn_t *c) {
     if (c->body.len >= LS_BODY_HIGH) {
       ls__stream_read_stop(&c->stream);
       ls__stream_deadline(&c->stream, 0);   /* Lua is slow, not the client */
-    } else if (!c->stream.reading) {
+    } else if (!c->stream.reading ||
+               (c->stream.deadline == 0 && !c->want_continue)) {
       /* A client that pauses longer than the header timeout mid-body is
-       * a slow sender: 408. */
+       * a slow sender: 408. Also one that sent the headers and nothing
+       * more (dispatch cleared the deadline; no 100 Continue is owed). */
       ls__stream_deadline(&c->stream, c->server->lim.header_timeout);
       ls__stream_read_start(&c->stream);
     }

@@ -52,8 +52,12 @@ static void conn_maybe_free(ls_conn_t *c) {
  * nil, "closed" when the connection closed first. */
 static void conn_resolve_written(ls_conn_t *c, int ok) {
   ls_runtime_t *rt = c->rt;
-  size_t n = c->written_refs.len / sizeof(int);
-  int *refs = (int *)c->written_refs.data;
+  /* Taken off the connection first: a task resumed by a resolve may
+   * answer on it again and add to (reallocate) the list. */
+  ls_buf_t list = c->written_refs;
+  memset(&c->written_refs, 0, sizeof(c->written_refs));
+  size_t n = list.len / sizeof(int);
+  int *refs = (int *)list.data;
   for (size_t i = 0; i < n; i++) {
     if (rt->closing)
       break;
@@ -66,7 +70,7 @@ static void conn_resolve_written(ls_conn_t *c, int ok) {
       ls__resolve(rt, refs[i], 2);
     }
   }
-  ls__buf_free(&c->written_refs);
+  ls__buf_free(&list);
 }
 
 

@@ -588,11 +588,10 @@ int ls__lua_respond_file(lua_State *L) {
     return luaL_error(L, "respond_file: the file is closed");
   if (offd < 0 || lend < 0)
     return luaL_error(L, "respond_file: bad range");
-  int fd = f->fd;
-  f->fd = -1;
   if (c == NULL || c->lua_holds == 0 || c->state == LS_CONN_CLOSING ||
       c->streaming || c->send) {
-    close(fd);
+    close(f->fd);
+    f->fd = -1;
     if (c && c->lua_holds > 0 && c->state == LS_CONN_CLOSING)
       ls__conn_request_done(c);
     lua_pushnil(L);
@@ -600,7 +599,10 @@ int ls__lua_respond_file(lua_State *L) {
     return 2;
   }
   int err = ls__http_format_head(L, c, status, ctype, ctlen, (size_t)lend,
-                                 headers);   /* raises on a bad header */
+                                 headers);   /* raises on a bad header: the
+                                                  file's __gc closes the fd */
+  int fd = f->fd;   /* from here the send owns it */
+  f->fd = -1;
   uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
   if (err == 0)
     err = ls__conn_write(c, &b, 1);

@@ -393,6 +393,13 @@ class TransportTest(FormsServerTest):
             self.assertEqual(r.status, 408)
             self.assertEqual(json.loads(r.body), {"detail": "request body timeout"})
             self.assertLess(time.time() - t0, 8)
+        # the headers alone, not a byte of the body: the same 408
+        with harness.Client(self.srv.port, timeout=10) as c:
+            c.send(mp_head("/upload", len(body)))
+            t0 = time.time()
+            r = c.response(timeout=10)
+            self.assertEqual(r.status, 408)
+            self.assertLess(time.time() - t0, 8)
         self.assertEqual(self.leftovers(), [])
 
 

@@ -201,6 +201,21 @@ class StaticFiles(TreeTest):
         self.assertEqual(self.req("/pick/a.txt", [("Range", "bytes=-3")]).body, b"hij")
         self.assertEqual(self.req("/pick/nothing-here").status, 404)
 
+    def test_a_file_response_with_a_bad_header_is_a_500_that_closes_the_file(self):
+        def open_big():
+            n = 0
+            for fd in os.listdir("/proc/%d/fd" % self.srv.proc.pid):
+                try:
+                    n += os.readlink("/proc/%d/fd/%s" % (self.srv.proc.pid, fd)).endswith("/big.bin")
+                except OSError:
+                    pass
+            return n
+        for _ in range(20):
+            r = self.req("/pick-bad/big.bin")
+            self.assertEqual(r.status, 500)
+            self.assertNotIn("injected", r.headers)
+        self.assertLess(open_big(), 3)   # each request closed its descriptor at once
+
     def test_clients_that_leave_mid_file(self):
         for i in range(15):
             s = socket.create_connection(("127.0.0.1", self.srv.port), timeout=10)

@@ -446,6 +446,7 @@ local function send_file(requests, req, status, ctype, headers, body)
   local ok, r = pcall(respond_file, conn, status, ctype, headers, body.file,
     body.offset, body.length, f)
   if not ok then   -- a bad header table: nothing was sent yet
+    body.file:close()   -- still the file's (not handed to the send)
     log_handler_error(req, r)
     requests[conn] = nil
     respond(conn, 500, INTERNAL_ERROR, JSON)

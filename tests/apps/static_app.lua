@@ -14,5 +14,10 @@ app:static("/nocache", dir, { cache = false })
 app:get("/pick/{name}", function(req)
   return luaserve.FileResponse(dir .. "/" .. req.params.name, { filename = "picked.bin" })
 end)
+-- A header that cannot be sent (CR LF in its value): a 500, the file closed.
+app:get("/pick-bad/{name}", function(req)
+  return luaserve.FileResponse(dir .. "/" .. req.params.name,
+    { headers = { ["X-Bad"] = "a\r\nInjected: yes" } })
+end)
 app:get("/hello", function() return "hello" end)
 return app
