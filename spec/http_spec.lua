@@ -44,6 +44,12 @@ end
 upstream_app:get("/text", function() return 200, "plain words",
   { ["Content-Type"] = "text/plain", ["X-Multi"] = { "a", "b" } } end)
 
+-- A streamed upstream answer the handler never reads nor closes.
+upstream_app:get("/abandon", function(req)
+  local res = assert(await(http.get("http://127.0.0.1:" .. req.query.port .. "/text",
+    { stream = true })))
+  return { status = res.status }
+end)
 upstream_app:get("/close", function()
   return 200, "bye", { Connection = "close" }
 end)
@@ -242,6 +248,23 @@ describe("luaserve.http", function()
       for _ in pairs(ports) do n = n + 1 end
       assert.equal(1, n)
       assert.equal(1, tcp.pool_stats()["http://127.0.0.1:" .. up_client.port])
+    end)
+
+    it("a streamed answer its request leaves unread is closed when the request ends", function()
+      local function open_fds()
+        local p = io.popen("ls /proc/" .. require("luaserve.core").getpid() .. "/fd")
+        local n = 0
+        for _ in p:lines() do n = n + 1 end
+        p:close()
+        return n
+      end
+      local before = open_fds()
+      for _ = 1, 30 do
+        local res = assert(await(http.get(base .. "/abandon?port=" .. up_client.port)))
+        assert.equal(200, res.status)
+      end
+      local left = open_fds() - before   -- at once: closed as each request ended
+      assert.is_true(left < 10, "descriptors left open: " .. left)
     end)
 
     it("keepalive = false opens a connection per call", function()

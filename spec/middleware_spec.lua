@@ -164,8 +164,10 @@ describe("middleware.cors", function()
     res = client:get("/data", { headers = { Origin = "https://evil.test" } })
     assert.equal(200, res.status)
     assert.is_nil(res.headers["access-control-allow-origin"])
+    assert.equal("Origin", res.headers.vary)   -- a cache must not give it to app.test
     res = client:get("/data")   -- no Origin: not a CORS request
     assert.is_nil(res.headers["access-control-allow-origin"])
+    assert.equal("Origin", res.headers.vary)
   end)
 
   it("answers '*' for any origin without credentials", function()

@@ -1,6 +1,7 @@
 -- luaserve.dbpool: what the database drivers (luaserve.pg, luaserve.redis)
 -- share: a pool's permit taken with a deadline, and streams of messages
--- (LISTEN iterators, subscriptions) that end with the task using them.
+-- (LISTEN iterators, subscriptions; the HTTP client's streamed bodies too)
+-- that end with the task using them.
 
 local future = require "luaserve.future"
 

@@ -52,7 +52,6 @@ end
 local AWAIT = setmetatable({}, { __tostring = function() return "await" end })
 -- What an idle runner coroutine yields: it can take the next task.
 local IDLE = setmetatable({}, { __tostring = function() return "idle" end })
-M.AWAIT_TAG = AWAIT
 
 
 -- ---------------------------------------------------------------------------
@@ -896,9 +895,11 @@ core.sleep_init(fire_sleeps)
 
 --- sleep(seconds): a future resolved after that long (millisecond
 -- resolution), with no values.
-function M.sleep(seconds)
+-- (note: user code's sleep, followed by the unawaited-future check;
+-- the framework's own timers skip it)
+local function make_sleep(seconds, note)
   if type(seconds) ~= "number" or seconds ~= seconds then
-    error("sleep: seconds must be a number", 2)
+    error("sleep: seconds must be a number", 2)   -- 2: M.sleep tail-calls
   end
   local ms = seconds * 1000
   ms = ms > 0 and floor(ms + 0.5) or 0
@@ -912,8 +913,20 @@ function M.sleep(seconds)
     armed_at = at
     sleep_arm(at)
   end
-  if current then note_created(f) end
+  if note and current then note_created(f) end
   return f
+end
+
+function M.sleep(seconds)
+  return make_sleep(seconds, true)
+end
+
+
+--- sleep_internal(seconds): sleep for the framework's own timers (a
+-- deadline, wait_for's bound), never reported as unawaited and without
+-- the call-site lookup.
+function M.sleep_internal(seconds)
+  return make_sleep(seconds, false)
 end
 
 
@@ -1009,7 +1022,7 @@ function M.wait_for(f, seconds)
     if t then t:cancel() end
     f:cancel()
   end)
-  t = M.sleep(seconds)
+  t = M.sleep_internal(seconds)
   t:on_done(function()
     if out._done then return end
     out._cancel = nil

@@ -40,6 +40,7 @@
 
 local core = require "luaserve.core"
 local future = require "luaserve.future"
+local dbpool = require "luaserve.dbpool"   -- tie: a stream ends with its task
 local json = require "luaserve.json"
 local request_mod = require "luaserve.request"
 local tcp = require "luaserve.tcp"
@@ -67,6 +68,7 @@ local tostring = tostring
 local tonumber = tonumber
 local error = error
 
+local tie, untie = dbpool.tie, dbpool.untie
 local M = {}
 
 --- Defaults of every option; change a field to change it for the state.
@@ -303,6 +305,7 @@ end
 local function stream_finish(r, keep)
   if r._done then return end
   r._done = true
+  untie(r)
   local sock = r._sock
   r._sock = nil
   if keep and opt(r._o, "keepalive") ~= false then
@@ -419,6 +422,9 @@ local function read_stream_head(sock, method, deadline, o)
         headers_mt), _sock = sock, _p = p, _o = o, _done = false }, StreamResponse)
       if state == "head" then
         r._left = sub(chunk, n + 1)
+        -- A request that ends without reading it to its end (or closing
+        -- it) closes it then: the connection is never left open.
+        tie(r)
       else   -- complete already (a HEAD's answer): n bytes came after it
         local _, _, keep = p:take()
         stream_finish(r, keep and n == 0)

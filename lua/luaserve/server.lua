@@ -22,7 +22,6 @@ local errors = require "luaserve.errors"
 local future = require "luaserve.future"
 local request = require "luaserve.request"
 local response = require "luaserve.response"
-local json = require "luaserve.json"
 local log = require "luaserve.log"
 local sync = require "luaserve.sync"
 local websocket = require "luaserve.websocket"
@@ -65,7 +64,6 @@ local tostring = tostring
 local getmetatable = getmetatable
 local rawget = rawget
 local tonumber = tonumber
-local select = select
 local unpack = unpack
 local sort = table.sort
 
@@ -212,7 +210,7 @@ local function call_with_deadline(req, route, seconds)
   -- The deadline's timer first, and the deadline read from its clock:
   -- calls bounded by the deadline end with it, not before it (on a tie
   -- the older timer, this one, fires first: the answer is the 504).
-  local timer = sleep(seconds)
+  local timer = future.sleep_internal(seconds)
   task._deadline = now() + seconds
   local t = spawn(xcall_handler, req, route)
   local f = t:future()

@@ -27,7 +27,7 @@ local future = require "luaserve.future"
 local response = require "luaserve.response"
 
 local file_open = core.file_open
-local new_future = future.new
+local new_future = future.new_internal   -- always awaited at once
 local await = future.await
 local type = type
 local tonumber = tonumber

@@ -80,12 +80,16 @@ function M.client(app, opts)
   end
   o.host, o.port = "127.0.0.1", 0
   if o.access_log == nil then o.access_log = false end
+  local function fail(msg)   -- what was started is stopped first
+    if pooled then require("luaserve.core").pool_stop() end
+    error("testing.client: " .. msg, 3)
+  end
   local srv, err = server.serve(app, o)
-  if not srv then error("testing.client: cannot listen: " .. tostring(err), 2) end
+  if not srv then fail("cannot listen: " .. tostring(err)) end
   local ok, serr = server.startup(app)   -- the app's startup hooks, first
   if not ok then
     srv:close()
-    error("testing.client: " .. tostring(serr), 2)
+    fail(tostring(serr))
   end
   local host, port = srv:address()
   return setmetatable({ server = srv, host = host, port = port, app = app,

@@ -31,7 +31,6 @@ local request_mod = require "luaserve.request"
 
 local new_future = future.new
 local new_internal = future.new_internal
-local quiet = future.quiet
 local resolved = future.resolved
 local await = future.await
 local spawn = future.spawn
@@ -169,7 +168,7 @@ end
 --- ws:close(code, reason): start the close handshake (default 1000); a
 -- future of the close code once the connection is closed.
 function WebSocket:close(code, reason)
-  local f = quiet(new_future())   -- awaiting the close is optional
+  local f = new_internal()   -- awaiting the close is optional
   local r = self._ud:close(code or 1000, reason, target(function(c)
     if not f._done then f:resolve(c) end
   end))
@@ -333,6 +332,11 @@ local function connect(url, opts)
   local o = {}
   for k, v in pairs(M.DEFAULTS) do o[k] = v end
   for k, v in pairs(opts) do o[k] = v end
+  for k, v in pairs(o.headers or {}) do
+    if find(tostring(k) .. tostring(v), "[\r\n]") then
+      error("websocket.connect: bad header " .. tostring(k), 0)
+    end
+  end
   local timeout = o.timeout or 10
   local sock
   sock, err = await(tcp.connect(u.host, u.port, { timeout = timeout,
@@ -343,7 +347,7 @@ local function connect(url, opts)
     ok, err = await(sock:sslhandshake({ server_name = o.server_name or u.host,
       verify = o.verify, ca_file = o.ca_file, cert_file = o.cert_file,
       key_file = o.key_file, timeout = timeout }))
-    if not ok then return nil, err end
+    if not ok then sock:close() return nil, err end
   end
   local key = core.base64((core.random_hex(16):gsub("..", function(h)
     return string.char(tonumber(h, 16)) end)))   -- 16 random bytes
@@ -358,10 +362,7 @@ local function connect(url, opts)
       "client_no_context_takeover; server_no_context_takeover"
   end
   for k, v in pairs(o.headers or {}) do
-    if find(tostring(k) .. tostring(v), "[\r\n]") then
-      error("websocket.connect: bad header " .. tostring(k), 0)
-    end
-    lines[#lines + 1] = tostring(k) .. ": " .. tostring(v)
+    lines[#lines + 1] = tostring(k) .. ": " .. tostring(v)   -- checked before connecting
   end
   ok, err = await(sock:send(concat(lines, "\r\n") .. "\r\n\r\n"))
   if not ok then sock:close() return nil, err end

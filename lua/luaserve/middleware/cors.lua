@@ -112,20 +112,22 @@ return function(opts)
     return 200, "OK", h
   end
 
+  -- Unless every origin gets "*", the answer depends on Origin (allowed,
+  -- refused or absent): a shared cache must know, whatever this one was.
+  local varies = not (any_origin and not credentials)
+
   return function(req, call_next)
     local origin = req.headers.origin
-    if origin == nil then return call_next(req) end
-    if req.method == "OPTIONS" and req.headers["access-control-request-method"] then
+    if req.method == "OPTIONS" and origin and req.headers["access-control-request-method"] then
       return preflight(req, origin)
     end
     local res = call_next(req)
-    if allowed(origin) then
-      local value = allow_origin(origin)
-      res:set_header("Access-Control-Allow-Origin", value)
+    if origin and allowed(origin) then
+      res:set_header("Access-Control-Allow-Origin", allow_origin(origin))
       if credentials then res:set_header("Access-Control-Allow-Credentials", "true") end
       if expose_value then res:set_header("Access-Control-Expose-Headers", expose_value) end
-      if value ~= "*" then add_vary(res, "Origin") end
     end
+    if varies then add_vary(res, "Origin") end
     return res
   end
 end
