@@ -218,15 +218,6 @@ describe("luaserve.future", function()
       end
     end)
 
-    it("keeps the loop up only while something sleeps", function()
-      local f = sleep(30)   -- cancelled: must not hold the loop for 30 s
-      f:cancel()
-      local d = timed(function() await(sleep(0.01)) end)
-      assert.is_true(d < 1, d)
-      -- (tests/test_usability.py: a script whose cancelled sleep would
-      -- hold the loop exits at once)
-    end)
-
     it("counts from the call, even after the loop's clock went stale", function()
       local spin_until = hrtime() + 0.2   -- CPU work, no loop turn
       while hrtime() < spin_until do end

@@ -7,7 +7,6 @@
 local luaserve = require "luaserve"
 local testing = require "luaserve.testing"
 local websocket = require "luaserve.websocket"
-local log = require "luaserve.log"
 
 local await, sleep = luaserve.await, luaserve.sleep
 
@@ -78,14 +77,15 @@ describe("websocket", function()
   end))
 
   it("a session that raises closes 1011 and logs the route", testing.async(function()
-    local lines = {}
-    local prev = log.set_output({ write = function(_, ...) lines[#lines + 1] = table.concat({ ... }) end })
-    local ws = assert(client:websocket("/fails"))
-    local _, reason, code = await(ws:receive())
-    log.set_output(prev)
+    local reason, code
+    local out = testing.logged(function()
+      local ws = assert(client:websocket("/fails"))
+      local _
+      _, reason, code = await(ws:receive())
+    end)
     assert.equal(1011, code)
     assert.equal("close 1011", reason)
-    assert.matches("GET /fails %(route /fails%) websocket: .*boom in session", table.concat(lines))
+    assert.matches("GET /fails %(route /fails%) websocket: .*boom in session", out)
   end))
 
   it("refuses misuse: text that is not UTF-8, a bad close code", testing.async(function()
@@ -96,7 +96,7 @@ describe("websocket", function()
     ws:close()
   end))
 
-  it("compresses with permessage-deflate unless turned off", testing.async(function()
+  it("echoes a big message with the deflate option on and off", testing.async(function()
     local big = string.rep("compress me ", 10000)
     for _, deflate in ipairs({ true, false }) do
       local ws = assert(client:websocket("/echo", { deflate = deflate }))

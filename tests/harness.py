@@ -25,14 +25,11 @@ def free_port():
 class Server:
     """A luaserve process serving `app` (a folder or .lua file)."""
 
-    def __init__(self, app, *args, env=None, port=None, wait=True, port_flags=True,
-                 allow_unawaited=False):
+    def __init__(self, app, *args, env=None, port=None, wait=True, port_flags=True):
         """port_flags=False: no --host/--port flags (set them through env;
-        `port` still names where to wait for the server).
-        allow_unawaited: the test expects "was never awaited" warnings
-        (without it, one in the log fails the test at stop())."""
+        `port` still names where to wait for the server). A "was never
+        awaited" warning in the log fails the test at stop()."""
         self.port = port or free_port()
-        self.allow_unawaited = allow_unawaited
         flags = ["--host", "127.0.0.1", "--port", str(self.port)] if port_flags else []
         self.args = [LUASERVE, app] + flags + list(args)
         e = dict(os.environ)
@@ -108,7 +105,7 @@ class Server:
             self.errfile.close()
             self.outfile.close()
         check_sanitizer(self.proc.returncode, err)
-        if not self.allow_unawaited and "was never awaited" in err:
+        if "was never awaited" in err:
             raise AssertionError("luaserve reported a future never awaited "
                                  "(a bug in the app or the framework):\n" + err)
         return self.proc.returncode, err

@@ -70,6 +70,7 @@ class CancelTest(unittest.TestCase):
         srv = Server("tests/apps/db_app.lua",
                      env={"LUASERVE_PG": PG, "LUASERVE_REDIS": REDIS,
                           "LUASERVE_TIMEOUT_GRACEFUL_SHUTDOWN": "0.5"})
+        self.addCleanup(srv.stop)   # also when an assertion fails first
         c = Client(srv.port)
         c.request("GET", "/sleep?s=10")
         self.assertTrue(wait_until(lambda: active("db_app sleep") == 1, 5))
@@ -139,6 +140,7 @@ class RedisRestartTest(unittest.TestCase):
         p = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port),
                               "--save", "", "--appendonly", "no", "--daemonize", "no"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: p.poll() is None and (p.kill(), p.wait()))
         ok = wait_until(lambda: subprocess.run(
             ["redis-cli", "-p", str(port), "ping"], stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL).stdout.strip() == b"PONG", 10)

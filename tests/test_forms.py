@@ -78,9 +78,12 @@ class FormsServerTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls.srv.stop()
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-        shutil.rmtree(cls.files, ignore_errors=True)
+        try:
+            status, log = cls.srv.stop()
+            assert status == 0, log   # a crash at shutdown after the uploads
+        finally:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+            shutil.rmtree(cls.files, ignore_errors=True)
 
     def url(self, path):
         return "http://127.0.0.1:%d%s" % (self.srv.port, path)
