@@ -31,6 +31,19 @@ int ls__buf_append(ls_buf_t *b, const char *p, size_t n) {
 }
 
 
+char *ls__put_uint(char *p, uint64_t v) {
+  char tmp[24];
+  int n = 0;
+  do {
+    tmp[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  while (n)
+    *p++ = tmp[--n];
+  return p;
+}
+
+
 void ls__buf_free(ls_buf_t *b) {
   free(b->data);
   b->data = NULL;

@@ -131,7 +131,6 @@ static int fs_push_result(lua_State *L, fs_req_t *r) {
     const char *type = "other";
     if ((st->st_mode & S_IFMT) == S_IFREG) type = "file";
     else if ((st->st_mode & S_IFMT) == S_IFDIR) type = "directory";
-    else if ((st->st_mode & S_IFMT) == S_IFLNK) type = "link";
     lua_pushstring(L, type);
     lua_setfield(L, -2, "type");
     return 1;

@@ -170,15 +170,14 @@ static int on_headers_complete(llhttp_t *p) {
     c->body_stream = LS_BODY_DISPATCH;
     return HPE_PAUSED;
   }
-  if (expect) {
-    uv_buf_t b = uv_buf_init((char *)continue_100, sizeof(continue_100) - 1);
-    ls__conn_write(c, &b, 1);
-  }
+  if (expect)
+    ls__http_continue(c);
   return 0;
 }
 
 
-/* What a streamed request's 100 Continue sends (body.c). */
+/* Send 100 Continue: at headers-complete, or (a streamed request) when
+ * Lua first reads the body (body.c). */
 void ls__http_continue(ls_conn_t *c) {
   uv_buf_t b = uv_buf_init((char *)continue_100, sizeof(continue_100) - 1);
   ls__conn_write(c, &b, 1);
@@ -395,19 +394,6 @@ static int append_header(lua_State *L, ls_conn_t *c, const char *name,
 
 
 /* Write the decimal digits of v at p; returns the end. */
-static char *put_uint(char *p, size_t v) {
-  char tmp[24];
-  int n = 0;
-  do {
-    tmp[n++] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v);
-  while (n)
-    *p++ = tmp[--n];
-  return p;
-}
-
-
 #define PUT_LIT(p, s) (memcpy((p), (s), sizeof(s) - 1), (p) + sizeof(s) - 1)
 
 /* The hot path: the fixed part of the head is written straight into one
@@ -426,7 +412,7 @@ int ls__http_format_head(lua_State *L, ls_conn_t *c, int status,
     return UV_ENOMEM;
   char *p = c->out.data;
   p = PUT_LIT(p, "HTTP/1.1 ");
-  p = put_uint(p, (size_t)status);
+  p = ls__put_uint(p, (uint64_t)status);
   *p++ = ' ';
   memcpy(p, reason, rlen);
   p += rlen;
@@ -445,7 +431,7 @@ int ls__http_format_head(lua_State *L, ls_conn_t *c, int status,
       p = PUT_LIT(p, "Transfer-Encoding: chunked\r\n");
   } else if (status >= 200 && status != 204 && status != 304) {
     p = PUT_LIT(p, "Content-Length: ");
-    p = put_uint(p, body_len);
+    p = ls__put_uint(p, body_len);
     p = PUT_LIT(p, "\r\n");
   }
   if (status == 101) {

@@ -148,6 +148,8 @@ int ls__buf_append(ls_buf_t *b, const char *p, size_t n);
 int ls__buf_reserve(ls_buf_t *b, size_t n);
 /* ls__buf_free: release the storage; the buffer is empty again. */
 void ls__buf_free(ls_buf_t *b);
+/* ls__put_uint: v's decimal digits at p (up to 20); returns past them. */
+char *ls__put_uint(char *p, uint64_t v);
 
 /* ---- stream.c: the byte stream under every socket ---------------------- */
 
@@ -648,7 +650,7 @@ static inline void ls__wslot_entry_done(ls_wslot_t *ws, uint64_t t1,
 /* ---- master.c: the master's system calls, the worker's side ----------- */
 
 /* ls__worker_retire: --max-requests reached: ask for a replacement. */
-void ls__worker_retire(ls_runtime_t *rt);
+void ls__worker_retire(void);
 
 /* ---- shmdict.c: luaserve.shared's dictionary in the region ------------- */
 

@@ -419,7 +419,11 @@ int ls__lua_log_access(lua_State *L) {
   double ms = luaL_checknumber(L, 8) * 1000.0;
   const char *rid = lua_isstring(L, 9) ? lua_tolstring(L, 9, &idn) : NULL;
   int capture = lua_toboolean(L, 10);
-  ls_buf_t b = {0};
+  /* One buffer per thread, kept between lines (an access line per
+   * request: no malloc and free each time); a big one is let go. */
+  static __thread ls_buf_t scratch;
+  ls_buf_t b = scratch;
+  b.len = 0;
   char num[96];
   int rc = put_head(&b, 2);
   if (log_json) {
@@ -452,33 +456,55 @@ int ls__lua_log_access(lua_State *L) {
     rc = rc || ls__buf_append(&b, client, cn) ||
          ls__buf_append(&b, " - \"", 4) || ls__buf_append(&b, method, mn) ||
          ls__buf_append(&b, " ", 1);
-    /* the target as sent, with control bytes shown as \xNN */
-    for (size_t i = 0; i < tn && !rc; i++) {
-      unsigned char c = (unsigned char)target[i];
-      if (c < 0x20 || c == 0x7f || c == '"') {
+    /* the target as sent, with control bytes shown as \xNN: appended
+     * in runs between them */
+    size_t run = 0;
+    for (size_t i = 0; i <= tn && !rc; i++) {
+      unsigned char c = i < tn ? (unsigned char)target[i] : 0;
+      if (i < tn && c >= 0x20 && c != 0x7f && c != '"')
+        continue;
+      rc = ls__buf_append(&b, target + run, i - run);
+      if (!rc && i < tn) {
         int k = snprintf(num, sizeof(num), "\\x%02x", c);
         rc = ls__buf_append(&b, num, (size_t)k);
-      } else {
-        rc = ls__buf_append(&b, target + i, 1);
       }
+      run = i + 1;
     }
-    int k = snprintf(num, sizeof(num), "\" %d %.0f %.2fms", status,
-                     (double)bytes, ms);
-    rc = rc || ls__buf_append(&b, num, (size_t)k);
+    /* "\" status bytes ms.hhms", without printf (a line per request) */
+    uint64_t h = ms > 0 ? (uint64_t)(ms * 100.0 + 0.5) : 0;
+    char *p = num;
+    *p++ = '"';
+    *p++ = ' ';
+    p = ls__put_uint(p, status > 0 ? (uint64_t)status : 0);
+    *p++ = ' ';
+    p = ls__put_uint(p, bytes > 0 ? (uint64_t)bytes : 0);
+    *p++ = ' ';
+    p = ls__put_uint(p, h / 100);
+    *p++ = '.';
+    *p++ = (char)('0' + h / 10 % 10);
+    *p++ = (char)('0' + h % 10);
+    *p++ = 'm';
+    *p++ = 's';
+    rc = rc || ls__buf_append(&b, num, (size_t)(p - num));
     if (rid)
       rc = rc || ls__buf_append(&b, " id=", 4) || ls__buf_append(&b, rid, idn);
   }
-  if (rc || ls__buf_append(&b, log_json ? "}\n" : "\n", log_json ? 2 : 1)) {
-    ls__buf_free(&b);
+  rc = rc || ls__buf_append(&b, log_json ? "}\n" : "\n", log_json ? 2 : 1);
+  if (b.cap > 64 * 1024)
+    memset(&scratch, 0, sizeof(scratch));   /* too big to keep: b is freed below */
+  else
+    scratch = b;
+  if (rc) {
+    if (b.data != scratch.data)
+      ls__buf_free(&b);
     return luaL_error(L, "log: out of memory");
   }
-  if (capture) {
+  if (capture)
     lua_pushlstring(L, b.data, b.len);
+  else
+    lua_pushboolean(L, emit_buffered(b.data, b.len));
+  if (b.data != scratch.data)
     ls__buf_free(&b);
-    return 1;
-  }
-  lua_pushboolean(L, emit_buffered(b.data, b.len));
-  ls__buf_free(&b);
   return 1;
 }
 

@@ -367,31 +367,39 @@ int ls__lua_listen_socket(lua_State *L) {
 
 /* ---- the worker's side -------------------------------------------------- */
 
-/* worker_notify(kind, text): tell the master "ready", "failed" (text: the
- * error) or "retire". true, or nil, err (no master). */
-int ls__lua_worker_notify(lua_State *L) {
-  const char *kind = luaL_checkstring(L, 1);
-  size_t tlen;
-  const char *text = luaL_optlstring(L, 2, "", &tlen);
+/* Send the master one message of kind (R, F, X) with text (cut to fit):
+ * 0, or a negative errno. */
+static int send_msg(char kind, const char *text, size_t tlen) {
   if (my_slot == NULL || pipe_wr < 0)
-    return ls__push_error(L, UV_ENOTCONN);
+    return UV_ENOTCONN;
   char buf[MSG_MAX];
   if (tlen > MSG_MAX - sizeof(msg_t))
     tlen = MSG_MAX - sizeof(msg_t);
-  char k = strcmp(kind, "ready") == 0    ? 'R'
-           : strcmp(kind, "failed") == 0 ? 'F'
-           : strcmp(kind, "retire") == 0 ? 'X'
-                                         : 0;
-  luaL_argcheck(L, k != 0, 1, "ready, failed or retire");
-  msg_t m = {(uint32_t)(sizeof(msg_t) + tlen), my_index, my_gen, k};
+  msg_t m = {(uint32_t)(sizeof(msg_t) + tlen), my_index, my_gen, kind};
   memcpy(buf, &m, sizeof(m));
   memcpy(buf + sizeof(m), text, tlen);
   ssize_t r;
   do
     r = write(pipe_wr, buf, m.len);
   while (r < 0 && errno == EINTR);
-  if (r < 0)
-    return ls__push_error(L, -errno);
+  return r < 0 ? -errno : 0;
+}
+
+
+/* worker_notify(kind, text): tell the master "ready", "failed" (text: the
+ * error) or "retire". true, or nil, err (no master). */
+int ls__lua_worker_notify(lua_State *L) {
+  const char *kind = luaL_checkstring(L, 1);
+  size_t tlen;
+  const char *text = luaL_optlstring(L, 2, "", &tlen);
+  char k = strcmp(kind, "ready") == 0    ? 'R'
+           : strcmp(kind, "failed") == 0 ? 'F'
+           : strcmp(kind, "retire") == 0 ? 'X'
+                                         : 0;
+  luaL_argcheck(L, k != 0, 1, "ready, failed or retire");
+  int err = send_msg(k, text, tlen);
+  if (err)
+    return ls__push_error(L, err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -466,15 +474,8 @@ int ls__lua_worker_slot(lua_State *L) {
 
 /* ls__worker_retire: --max-requests reached: ask the master for a
  * replacement (once). */
-void ls__worker_retire(ls_runtime_t *rt) {
-  if (my_slot == NULL || pipe_wr < 0)
-    return;
-  msg_t m = {sizeof(msg_t), my_index, my_gen, 'X'};
-  ssize_t r;
-  do
-    r = write(pipe_wr, &m, sizeof(m));
-  while (r < 0 && errno == EINTR);
-  (void)rt;
+void ls__worker_retire(void) {
+  send_msg('X', "", 0);
 }
 
 

@@ -338,7 +338,7 @@ static void conn_dispatch(ls_conn_t *c) {
   ls_wslot_t *ws = c->rt->wslot;
   ws->inflight++;
   if (++ws->requests == ws->max_requests)   /* --max-requests */
-    ls__worker_retire(c->rt);
+    ls__worker_retire();
   ls__stream_deadline(&c->stream, 0);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->dispatch_ref);
   lua_pushnumber(L, c->handle);

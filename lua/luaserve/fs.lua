@@ -212,7 +212,7 @@ function M.copy(from, to)
 end
 
 
---- stat(path): {size, mtime, mode, type = "file"|"directory"|"link"|
+--- stat(path) (a symlink is followed): {size, mtime, mode, type = "file"|"directory"|
 -- "other"}, or nil, err, code.
 function M.stat(path)
   check_string(path, "fs.stat")
