@@ -291,6 +291,12 @@ function App:route(method, path, handler, opts)
     opts = opts,
     name = nil,
   }
+  if opts.deps then   -- resolved in the order of their names (made once)
+    local names = {}
+    for name in pairs(opts.deps) do names[#names + 1] = name end
+    table.sort(names, function(a, b) return tostring(a) < tostring(b) end)
+    route.dep_names = names
+  end
   if route.opts.max_body and route.opts.max_body > self.max_body then
     self.max_body = route.opts.max_body
   end

@@ -86,9 +86,19 @@ local cookies = require "luaserve.cookies"
 
 -- Add a Set-Cookie line. The headers table is copied the first time: a
 -- table shared between responses (a module-level constant) must not
--- collect every request's cookies.
+-- collect every request's cookies. Later cookies go into that copy.
 local function add_set_cookie(res, line)
   local h = res.headers
+  if h ~= nil and h == rawget(res, "_own_headers") then
+    for k, v in pairs(h) do
+      if type(k) == "string" and lower(k) == "set-cookie" then
+        if type(v) == "table" then v[#v + 1] = line else h[k] = { v, line } end
+        return
+      end
+    end
+    h["Set-Cookie"] = { line }
+    return
+  end
   local own = {}
   local key = "Set-Cookie"
   if h ~= nil then
@@ -109,6 +119,7 @@ local function add_set_cookie(res, line)
     own[key] = { v, line }
   end
   res.headers = own
+  res._own_headers = own
 end
 
 

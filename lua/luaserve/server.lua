@@ -65,7 +65,6 @@ local getmetatable = getmetatable
 local rawget = rawget
 local tonumber = tonumber
 local unpack = unpack
-local sort = table.sort
 
 local M = {}
 
@@ -145,10 +144,7 @@ M.answer_error = answer_error
 
 -- Dependencies: each fn(req) gives a value (and maybe a cleanup function);
 -- in the order of their names, so that a failure leaves a known set.
-local function resolve_deps(req, deps)
-  local names = {}
-  for name in pairs(deps) do names[#names + 1] = name end
-  sort(names, function(a, b) return tostring(a) < tostring(b) end)
+local function resolve_deps(req, deps, names)
   local values = {}
   req.deps = values
   for i = 1, #names do
@@ -174,7 +170,7 @@ local function call_handler(req, route)
     if problems then error(new_http_error(422, problems), 0) end
   end
   local deps = route.opts.deps
-  if deps then resolve_deps(req, deps) end
+  if deps then resolve_deps(req, deps, route.dep_names) end
   local handler = route.handler
   if route.websocket then
     local headers, session = websocket.handshake(req, route.opts)

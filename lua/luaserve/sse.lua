@@ -102,7 +102,7 @@ function M.response(fn, opts)
           end
         end)
       end
-      local ok, err = pcall(fn, send, req)
+      local ok, err = xpcall(fn, future.on_error, send, req)   -- the stack of where it failed
       closed = true
       if pinger then pinger:cancel() end
       if not ok then error(err, 0) end
