@@ -50,6 +50,22 @@ local tostring = tostring
 
 local M = {}
 
+--- target(f): what to give core.file_open for the future f: it resolves
+-- f, or, when f was cancelled meanwhile (its request's client left),
+-- closes the open file that came too late instead of leaving it to the
+-- garbage collector.
+function M.target(f)
+  return { _done = false, resolve = function(self, kind, size, mtime, data, stamp)
+    self._done = true
+    if f._done then
+      if type(data) == "userdata" then data:close() end
+    else
+      f:resolve(kind, size, mtime, data, stamp)
+    end
+  end }
+end
+local target = M.target
+
 --- What one entry costs beside its content: its table, key and stamp.
 M.ENTRY_COST = 512
 --- core/static.c reads files up to this size whole when not told more.
@@ -135,7 +151,7 @@ end
 local function load(self, path)
   local started = now()
   local f = new_future()
-  local ok, err = file_open(self.root, path, f, self.read_whole)
+  local ok, err = file_open(self.root, path, target(f), self.read_whole)
   if not ok then return nil, err end
   self.misses = self.misses + 1
   local kind, size, mtime, data, stamp = await(f)

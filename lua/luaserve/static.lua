@@ -198,7 +198,7 @@ end
 -- file_open gives fifth: only the cache uses it.)
 local function open(root, path)
   local f = new_future()
-  local ok, err = file_open(root, path, f)
+  local ok, err = file_open(root, path, filecache.target(f))
   if not ok then return nil, err end
   local kind, size, mtime, data = await(f)
   return kind, size, mtime, data
