@@ -176,6 +176,16 @@ static char **make_env(lua_State *L, int idx) {
 int ls__lua_spawn(lua_State *L) {
   const char *file = luaL_checkstring(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TFUNCTION);   /* before anything is malloc'd */
+  if (!lua_isnoneornil(L, 4)) {   /* env: names and values are strings */
+    luaL_checktype(L, 4, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, 4)) {
+      if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1))
+        return luaL_argerror(L, 4, "names and values must be strings");
+      lua_pop(L, 1);
+    }
+  }
   int n = (int)lua_objlen(L, 2);
   char **argv = calloc((size_t)n + 2, sizeof(char *));
   if (argv == NULL)
