@@ -121,6 +121,43 @@ describe("a forgotten await", function()
     assert.same({ 1, 2, 3 }, client:get("/generator"):json())
   end)
 
+  it("is sampled after a route's first 64 requests, unless asked for all", function()
+    local future = require "luaserve.future"
+    local app2 = luaserve.app()
+    app2:get("/rare", function(req)
+      if req.query.rare then sleep(0.01) return "rare" end   -- the forgotten await
+      await(sleep(0))
+      return "ok"
+    end)
+    local c2 = testing.client(app2)
+    local out = logged(function()
+      for _ = 1, 70 do assert.equal("ok", c2:get("/rare").body) end
+      assert.equal("rare", c2:get("/rare?rare=1").body)   -- request 71: not followed
+    end)
+    assert.not_matches("never awaited", out)
+    out = logged(function()
+      for _ = 72, 79 do assert.equal("ok", c2:get("/rare").body) end
+      assert.equal("rare", c2:get("/rare?rare=1").body)   -- request 80: followed
+    end)
+    assert.matches("never awaited %(request GET /rare", out)
+    local was = future.check_unawaited("all")
+    local app3 = luaserve.app()
+    app3:get("/rare", function(req)
+      if req.query.rare then sleep(0.01) return "rare" end
+      await(sleep(0))
+      return "ok"
+    end)
+    local c3 = testing.client(app3)
+    out = logged(function()
+      for _ = 1, 70 do assert.equal("ok", c3:get("/rare").body) end
+      assert.equal("rare", c3:get("/rare?rare=1").body)
+    end)
+    future.check_unawaited(was)
+    c2:close()
+    c3:close()
+    assert.matches("never awaited %(request GET /rare", out)
+  end)
+
   it("can be turned off", function()
     local future = require "luaserve.future"
     local was = future.check_unawaited(false)

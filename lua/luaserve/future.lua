@@ -382,6 +382,12 @@ M.on_error = on_error
 -- on its request's root task if nobody has looked at it yet, and when the
 -- request ends one still unlooked-at is reported once per call site.
 -- Cost: a debug.getinfo per future made by user code, a few table writes.
+-- A route's first CHECK_ALL requests are checked in full, then one in
+-- CHECK_EVERY (a sleep's call-site lookup is about a tenth of its
+-- request's CPU): a forgotten await on a route's usual path shows at its
+-- first request, one on a rare branch after a few more. Tasks outside a
+-- route (background work) are always checked; check_unawaited("all")
+-- checks every request.
 
 local getinfo = debug.getinfo
 local sub = string.sub
@@ -389,19 +395,34 @@ local made, made_root, made_src, made_line = {}, {}, {}, {}
 local reported, nreported = {}, 0
 local MAX_LOOSE = 64        -- per request: the rest are not followed
 local MAX_REPORTED = 1000   -- call sites remembered (then no new reports)
-local check_unawaited = true
+local check_unawaited = true   -- true (sampled), "all" or false
+local CHECK_ALL, CHECK_EVERY = 64, 16
 -- The framework's own Lua files (lua/luaserve/*): a future's call site
 -- is the first frame outside them.
 local FRAMEWORK = getinfo(1, "S").source:match("^(@.*)luaserve/future%.lua$")
 local NFRAMEWORK = FRAMEWORK and #FRAMEWORK or 0
 
 
---- check_unawaited(on): report futures never awaited (default on).
--- Returns the setting before.
+--- check_unawaited(on): report futures never awaited: true (the default:
+-- every request of a route at first, then a sample), "all" (every
+-- request) or false. Returns the setting before.
 function M.check_unawaited(on)
   local was = check_unawaited
-  check_unawaited = on and true or false
+  check_unawaited = on == "all" and "all" or (on and true or false)
   return was
+end
+
+
+-- Whether a root task's futures are followed (decided once per task):
+-- a request's by its route's count, anything else always.
+local function sampled(root)
+  if check_unawaited == "all" then return true end
+  local req = root._a1
+  local route = type(req) == "table" and rawget(req, "_route")
+  if not route then return true end
+  local n = (rawget(route, "_nchecked") or 0) + 1
+  route._nchecked = n
+  return n <= CHECK_ALL or n % CHECK_EVERY == 0
 end
 
 
@@ -423,16 +444,23 @@ end
 
 function note_created(f)
   if not check_unawaited then return end
+  local task = current
+  local root = task._root or task
+  local chk = root._chk
+  if chk == nil then
+    chk = sampled(root)
+    root._chk = chk
+  end
+  if not chk then return end
   -- Level 3: the caller of new() or sleep(); up past framework frames.
   for level = 3, 12 do
     local info = getinfo(level, "fl")
     if info == nil then return end
     local file = user_file(info.func)
     if file then
-      local task = current
       nmade = nmade + 1
       made[nmade] = f
-      made_root[nmade] = task._root or task
+      made_root[nmade] = root
       made_src[nmade] = file
       made_line[nmade] = info.currentline
       return

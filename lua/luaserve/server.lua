@@ -352,16 +352,19 @@ end
 
 -- The dependencies' cleanups, in reverse order, in a task of their own
 -- (they may await; the request's task may be cancelled already).
+local function cleanups_task(req, list)
+  for i = #list, 1, -1 do
+    local ok, err = xpcall(list[i], on_error)
+    if not ok then log_handler_error(req, err, " dependency cleanup") end
+  end
+end
+
+-- (No closure here: run on every request, it stays compilable.)
 local function run_cleanups(req)
   local list = req._cleanups
   if not list then return end
   req._cleanups = nil
-  spawn_detached(function()
-    for i = #list, 1, -1 do
-      local ok, err = xpcall(list[i], on_error)
-      if not ok then log_handler_error(req, err, " dependency cleanup") end
-    end
-  end)
+  spawn_detached(cleanups_task, req, list)
 end
 
 
