@@ -383,12 +383,25 @@ static int append_header(lua_State *L, ls_conn_t *c, const char *name,
   if (v == NULL)
     return luaL_error(L, "header '%s': value must be a string or number",
                       name);
-  if (strpbrk(name, "\r\n:") || memchr(v, '\r', vlen) || memchr(v, '\n', vlen))
-    return luaL_error(L, "header '%s': CR, LF or ':' not allowed", name);
-  APPEND(name, nlen);
-  APPEND_LIT(": ");
-  APPEND(v, vlen);
-  APPEND_LIT("\r\n");
+  for (size_t i = 0; i < nlen; i++)
+    if (name[i] == '\r' || name[i] == '\n' || name[i] == ':' || name[i] == 0)
+      return luaL_error(L, "header '%s': CR, LF or ':' not allowed", name);
+  for (size_t i = 0; i < vlen; i++)
+    if (v[i] == '\r' || v[i] == '\n')
+      return luaL_error(L, "header '%s': CR, LF or ':' not allowed", name);
+  /* one reservation for the line */
+  if (ls__buf_reserve(&c->out, nlen + vlen + 4))
+    return UV_ENOMEM;
+  char *p = c->out.data + c->out.len;
+  memcpy(p, name, nlen);
+  p += nlen;
+  *p++ = ':';
+  *p++ = ' ';
+  memcpy(p, v, vlen);
+  p += vlen;
+  *p++ = '\r';
+  *p++ = '\n';
+  c->out.len = (size_t)(p - c->out.data);
   return 0;
 }
 
@@ -412,7 +425,13 @@ int ls__http_format_head(lua_State *L, ls_conn_t *c, int status,
     return UV_ENOMEM;
   char *p = c->out.data;
   p = PUT_LIT(p, "HTTP/1.1 ");
-  p = ls__put_uint(p, (uint64_t)status);
+  if (status >= 100 && status <= 999) {   /* always, from Lua's checks */
+    *p++ = (char)('0' + status / 100);
+    *p++ = (char)('0' + status / 10 % 10);
+    *p++ = (char)('0' + status % 10);
+  } else {
+    p = ls__put_uint(p, (uint64_t)status);
+  }
   *p++ = ' ';
   memcpy(p, reason, rlen);
   p += rlen;
@@ -449,8 +468,8 @@ int ls__http_format_head(lua_State *L, ls_conn_t *c, int status,
       const char *name = lua_tolstring(L, -2, &nlen);
       if (lua_type(L, -2) != LUA_TSTRING)
         return luaL_error(L, "header names must be strings");
-      if (strcasecmp(name, "content-length") == 0 ||
-          strcasecmp(name, "transfer-encoding") == 0) {
+      if ((nlen == 14 && strcasecmp(name, "content-length") == 0) ||
+          (nlen == 17 && strcasecmp(name, "transfer-encoding") == 0)) {
         /* computed from the body */
       } else if (lua_istable(L, -1)) {
         for (int i = 1;; i++) {

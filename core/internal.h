@@ -184,13 +184,12 @@ typedef struct {
 struct ls_stream_s {
   uv_tcp_t tcp;             /* tcp.data = the stream */
   uv_timer_t timer;
-  uv_write_t wreq;          /* the one write in flight */
-  uv_shutdown_t sreq;
   ls_runtime_t *rt;
   const ls_stream_ops_t *ops;
   ls_tls_t *tls;            /* the TLS filter, or NULL: plain TCP */
   ls_buf_t out;             /* bytes waiting behind the write in flight */
-  ls_buf_t flight;          /* bytes handed to uv_write */
+  ls_buf_t flight;          /* bytes handed to uv_write (one write in
+                               flight at most; its request is malloc'd) */
   ls_buf_t plain;           /* TLS: plaintext to seal into records at once */
   ls_defer_t defer;         /* delivers plaintext TLS holds after a pause */
   uint64_t deadline;        /* the owner's, loop ms; 0: none */

@@ -35,7 +35,6 @@ void ls__stream_init(ls_runtime_t *rt, ls_stream_t *s,
   uv_tcp_init(rt->loop, &s->tcp);
   uv_timer_init(rt->loop, &s->timer);
   s->tcp.data = s->timer.data = s;
-  s->wreq.data = s->sreq.data = s;
   s->handles_open = 2;
 }
 
@@ -138,12 +137,19 @@ static int stream_start_write(ls_stream_t *s) {
   s->out = t;
   s->out.len = 0;
   uv_buf_t b = uv_buf_init(s->flight.data, (unsigned)s->flight.len);
-  int err = uv_write(&s->wreq, (uv_stream_t *)&s->tcp, &b, 1, stream_on_write);
+  /* Made only when the socket is full (the usual write goes out at once
+   * through uv_try_write): an idle connection does not carry it. The
+   * callback always runs, UV_ECANCELED when closed first, and frees it. */
+  uv_write_t *w = malloc(sizeof(*w));
+  int err = w ? uv_write(w, (uv_stream_t *)&s->tcp, &b, 1, stream_on_write)
+              : UV_ENOMEM;
   if (err) {
+    free(w);
     s->flight.len = 0;
     s->wfailed = 1;
     return err;
   }
+  w->data = s;
   s->writing = 1;
   if (s->send_ms && s->send_deadline == 0) {
     s->send_deadline = uv_now(s->tcp.loop) + s->send_ms;
@@ -338,6 +344,7 @@ int ls__stream_uncork(ls_stream_t *s) {
 /* Close-notify and half-close or close, once the output is written. */
 static void stream_on_shutdown(uv_shutdown_t *req, int status) {
   ls_stream_t *s = req->data;
+  free(req);
   if (status < 0 && !s->closing)   /* also UV_ECANCELED: closed first */
     s->ops->on_end(s, status);
 }
@@ -348,15 +355,22 @@ static void stream_finish_output(ls_stream_t *s) {
     ls__stream_close(s);
   } else if (s->shut_pending) {
     s->shut_pending = 0;
-    int err = uv_shutdown(&s->sreq, (uv_stream_t *)&s->tcp, stream_on_shutdown);
-    if (err)
+    uv_shutdown_t *r = malloc(sizeof(*r));   /* rare: made when needed */
+    int err = r ? uv_shutdown(r, (uv_stream_t *)&s->tcp, stream_on_shutdown)
+                : UV_ENOMEM;
+    if (err) {
+      free(r);
       s->ops->on_end(s, err);
+    } else {
+      r->data = s;
+    }
   }
 }
 
 
 static void stream_on_write(uv_write_t *req, int status) {
   ls_stream_t *s = req->data;
+  free(req);
   s->writing = 0;
   s->flight.len = 0;
   if (s->flight.cap > LS_KEEP_BUF)
