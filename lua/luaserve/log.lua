@@ -134,13 +134,13 @@ function M.access(req, status, nbytes, seconds)
   if output then
     nbuf = nbuf + 1
     buf[nbuf] = c_access(client.host, req.method, req.target, req.path,
-      route or nil, status, nbytes, seconds, req.request_id, true)
+      route or nil, status, nbytes, seconds, rawget(req, "request_id"), true)
     if nbuf >= 256 then flush() return end
     if flush_timer == nil then flush_timer = core.timer(100, flusher) end
     return
   end
   if c_access(client.host, req.method, req.target, req.path, route or nil,
-      status, nbytes, seconds, req.request_id) and flush_timer == nil then
+      status, nbytes, seconds, rawget(req, "request_id")) and flush_timer == nil then
     flush_timer = core.timer(100, flusher)
   end
 end

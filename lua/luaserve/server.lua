@@ -309,11 +309,19 @@ end
 
 -- Status, body, ctype, headers, stream, background: through the middleware
 -- when the app has any, else straight from the endpoint.
+-- Not a tail call: a compiled trace cannot return into xpcall's frame
+-- ("NYI: return to lower frame"), so the traces of the functions below
+-- end here, in a Lua frame.
 local function run_pipeline(ctx, req)
   local app = ctx.app
-  if #app.middleware == 0 then return endpoint(ctx, req) end
-  local chain = app._chain or build_chain(ctx)
-  return normalize(chain[1](req))
+  local status, body, ctype, headers, stream, bg, ws
+  if #app.middleware == 0 then
+    status, body, ctype, headers, stream, bg, ws = endpoint(ctx, req)
+  else
+    local chain = app._chain or build_chain(ctx)
+    status, body, ctype, headers, stream, bg, ws = normalize(chain[1](req))
+  end
+  return status, body, ctype, headers, stream, bg, ws
 end
 
 
@@ -500,6 +508,18 @@ local function send_whole(req, status, body, ctype, headers, want_written)
 end
 
 
+-- The closures a request may need, made apart: a function that makes one
+-- is not compiled (its locals are closed over), and the request's own
+-- function runs on every request.
+local function on_cancel_cleanups(req)
+  on_cancel(function() run_cleanups(req) end)
+end
+
+local function after_written_later(written, req, bg)
+  written:on_done(function() after_written(req, bg) end)
+end
+
+
 --- Build the function each request's task runs: match, the pipeline,
 -- respond, after-response work, log. It never raises: any error becomes
 -- an answer (500, or what the exception handlers say).
@@ -534,7 +554,7 @@ local function make_handler(app, opts)
     end
     if note_running then note_running(req.method, req.path, req.route or "-") end
     if route and route.opts.deps then   -- cleanups run even if the client leaves
-      on_cancel(function() run_cleanups(req) end)
+      on_cancel_cleanups(req)
     end
     local ok, status, body, ctype, headers, stream, bg, ws = xpcall(run_pipeline,
       on_error, ctx, req)
@@ -560,7 +580,7 @@ local function make_handler(app, opts)
     end
     run_cleanups(req)
     if written then
-      written:on_done(function() after_written(req, bg) end)
+      after_written_later(written, req, bg)
     elseif want_written then
       after_written(req, bg)
     end
