@@ -62,6 +62,12 @@ local Task = {}   -- defined below; futures wake tasks
 Future.__index = Future
 Future.__name = "luaserve.Future"
 M.Future = Future
+-- What a future reads before it is set: found here, not through the
+-- __index function below (a Lua call per read), and not stored in each
+-- future (a sleep's table keeps its 4 fields: no resize when it fires).
+Future._r = false    -- the values, once resolved with any
+Future._rn = 0       -- how many (-1: await raises _r[1])
+Future._cancelled = false
 
 -- A future used as if it were its result (`http.get(u).status`: a missing
 -- await) fails at that line instead of reading nil. Fields that start
@@ -184,7 +190,7 @@ M.drain = drain
 -- the waiters.
 local function settle(self, r, n)
   self._done = true
-  self._rn = n
+  if n ~= 0 then self._rn = n end
   if r then self._r = r end
   self._cancel = nil
   local w = self._waiters
