@@ -245,11 +245,24 @@ void ls__http_reset(ls_conn_t *c) {
 /* Push a table of the n headers h (spans of base): names lower-cased,
  * trailing blanks cut from values, repeated headers joined with ", "
  * (RFC 9110 5.3). Requests and upstream responses both come here. */
-void ls__http_push_headers(lua_State *L, const char *base, const ls_hdr_t *h,
+/* Whether header i's name came before it (names compared without case;
+ * mostly by length alone): only a repeated one is looked up in the table. */
+static int repeated(const char *base, const ls_hdr_t *all, unsigned i) {
+  const ls_hdr_t *h = &all[i];
+  for (unsigned j = 0; j < i; j++)
+    if (all[j].name_len == h->name_len &&
+        strncasecmp(base + all[j].name_off, base + h->name_off,
+                    h->name_len) == 0)
+      return 1;
+  return 0;
+}
+
+void ls__http_push_headers(lua_State *L, const char *base, const ls_hdr_t *all,
                            unsigned n) {
   char name[256];
   lua_createtable(L, 0, (int)n);
-  for (unsigned i = 0; i < n; i++, h++) {
+  for (unsigned i = 0; i < n; i++) {
+    const ls_hdr_t *h = &all[i];
     const char *src = base + h->name_off;
     if (h->name_len < sizeof(name)) {
       for (size_t k = 0; k < h->name_len; k++) {
@@ -270,12 +283,11 @@ void ls__http_push_headers(lua_State *L, const char *base, const ls_hdr_t *h,
     size_t vlen = h->value_len;
     while (vlen > 0 && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t'))
       vlen--;
-    lua_pushvalue(L, -1);
-    lua_rawget(L, -3);
-    if (lua_isnil(L, -1)) {
-      lua_pop(L, 1);
+    if (!repeated(base, all, i)) {
       lua_pushlstring(L, v, vlen);
     } else {
+      lua_pushvalue(L, -1);
+      lua_rawget(L, -3);
       lua_pushliteral(L, ", ");
       lua_pushlstring(L, v, vlen);
       lua_concat(L, 3);

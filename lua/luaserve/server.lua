@@ -152,7 +152,7 @@ local function resolve_deps(req, deps, names)
     local value, cleanup = deps[name](req)
     values[name] = value
     if type(cleanup) == "function" then
-      local list = req._cleanups
+      local list = rawget(req, "_cleanups")
       if list == nil then list = {} req._cleanups = list end
       list[#list + 1] = cleanup
     end
@@ -366,7 +366,7 @@ end
 
 -- (No closure here: run on every request, it stays compilable.)
 local function run_cleanups(req)
-  local list = req._cleanups
+  local list = rawget(req, "_cleanups")
   if not list then return end
   req._cleanups = nil
   spawn_detached(cleanups_task, req, list)
@@ -376,7 +376,7 @@ end
 -- What runs once the answer is written: background tasks (from
 -- req:after_response and Response{background=}).
 local function after_written(req, bg)
-  local list = req._background
+  local list = rawget(req, "_background")
   if bg then
     list = list or {}
     list[#list + 1] = { bg, n = 1 }
@@ -494,7 +494,7 @@ local function send_whole(req, status, body, ctype, headers, want_written)
   local conn = req._conn
   local written = want_written and new_future() or nil
   local sent, err, later = pcall(respond, conn, status, body, ctype, headers,
-    req._close, written)
+    false, written)
   if not sent then   -- a bad header table: still answer
     log_handler_error(req, err)
     status = 500
@@ -560,7 +560,7 @@ local function make_handler(app, opts)
     end
     if requests[conn] ~= req then return end   -- aborted meanwhile
     local nbytes, written
-    local want_written = bg or req._background
+    local want_written = bg or rawget(req, "_background")
     if ws and status == 101 then
       run_session(requests, req, ws, headers)
       nbytes = 0
