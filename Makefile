@@ -64,6 +64,7 @@ CORE_SRCS = core/body.c \
             core/compress.c \
             core/copy.c \
             core/crypto.c \
+            core/ffi.c \
             core/fs.c \
             core/http.c \
             core/json.c \

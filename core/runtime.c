@@ -332,6 +332,13 @@ static int core_watch_blocking(lua_State *L) {
 
 
 /* is_pool_state(): true in a pool thread's state. */
+/* runtime(): this state's runtime, for the FFI calls (ffi.lua). */
+static int core_runtime(lua_State *L) {
+  lua_pushlightuserdata(L, ls__runtime(L));
+  return 1;
+}
+
+
 static int core_is_pool_state(lua_State *L) {
   lua_pushboolean(L, ls__runtime(L)->is_pool_state);
   return 1;
@@ -341,6 +348,7 @@ static int core_is_pool_state(lua_State *L) {
 static const luaL_Reg core_functions[] = {
   {"init", core_init},
   {"is_pool_state", core_is_pool_state},
+  {"runtime", core_runtime},
   {"watch_blocking", core_watch_blocking},
   {"log", ls__lua_log},
   {"log_access", ls__lua_log_access},

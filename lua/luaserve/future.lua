@@ -836,7 +836,7 @@ M.await = await
 local heap_at, heap_seq, heap_f = {}, {}, {}
 local nheap, seq = 0, 0
 local armed_at = nil       -- what the core's timer is armed for, or nil
-local now_ms = core.now_ms
+local now_ms = require("luaserve.ffi").now_ms   -- compiled in line
 local sleep_arm = core.sleep_arm
 local floor = math.floor
 

@@ -55,7 +55,9 @@ local FileBody = response.FileBody
 local new_future = future.new_internal
 local await = future.await
 local release = core.release
-local hrtime = core.hrtime
+local cffi = require "luaserve.ffi"
+local hrtime = cffi.hrtime
+local respond_plain = cffi.respond
 local now = core.now
 local xpcall = xpcall
 local pcall = pcall
@@ -492,6 +494,12 @@ end
 -- not written yet, a future resolved once it is.
 local function send_whole(req, status, body, ctype, headers, want_written)
   local conn = req._conn
+  -- The usual answer (no header table, nobody waiting for it to be
+  -- written) through the FFI: the trace goes on through the call.
+  if headers == nil and not want_written and type(status) == "number" and
+      respond_plain(conn, status, body, ctype) ~= nil then
+    return status, nil
+  end
   local written = want_written and new_future() or nil
   local sent, err, later = pcall(respond, conn, status, body, ctype, headers,
     false, written)

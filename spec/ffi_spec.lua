@@ -1,0 +1,50 @@
+-- spec/ffi_spec.lua: luaserve.ffi, the core calls a request makes most,
+-- through LuaJIT's FFI: reachable from the luaserve binary, in agreement
+-- with the classic functions, and safe with a request that is over.
+
+local luaserve = require "luaserve"
+local testing = require "luaserve.testing"
+local core = require "luaserve.core"
+local cffi = require "luaserve.ffi"
+
+describe("luaserve.ffi", function()
+  it("reaches the core's exported functions in the luaserve binary", function()
+    assert.is_true(cffi.enabled)
+    assert.not_equal(core.now_ms, cffi.now_ms)
+  end)
+
+  it("reads the same clocks as the classic functions", function()
+    local a, b, c = core.now_ms(), cffi.now_ms(), core.now_ms()
+    assert.is_true(a <= b and b <= c, ("%s %s %s"):format(a, b, c))
+    local h1, h2, h3 = core.hrtime(), cffi.hrtime(), core.hrtime()
+    assert.is_true(h1 <= h2 and h2 <= h3, ("%s %s %s"):format(h1, h2, h3))
+  end)
+
+  it("says a request is over for a handle that names none", function()
+    assert.is_false(cffi.respond(123456789, 200, "x", "text/plain"))
+    assert.is_false(cffi.respond(0, 200, "", nil))
+  end)
+
+  it("answers plain responses, HEAD without a body, and keeps the connection", function()
+    local app = luaserve.app()
+    app:get("/j", function() return { ok = true } end)
+    app:get("/t", function() return "text" end)
+    app:get("/s", function() return 201, "made" end)
+    local client = testing.client(app)
+    for _ = 1, 3 do   -- one connection, reused
+      local r = client:get("/j")
+      assert.equal(200, r.status)
+      assert.equal("application/json", r.headers["content-type"])
+      assert.same({ ok = true }, r:json())
+      assert.equal("text", client:get("/t").body)
+      local s = client:get("/s")
+      assert.equal(201, s.status)
+      assert.equal("made", s.body)
+    end
+    local h = client:request("HEAD", "/j")
+    assert.equal(200, h.status)
+    assert.equal("", h.body)
+    assert.equal("11", h.headers["content-length"])
+    client:close()
+  end)
+end)
