@@ -141,7 +141,11 @@ class CurlTest(FormsServerTest):
         print("\n  20 MB upload: server peak RSS %d KB over %d KB before (+%d KB)"
               % (peak, rss0, grew))
         if not SAN:   # ASan keeps freed C buffers in quarantine: no figure there
-            self.assertLess(grew, 10 * 1024, "the upload was held in memory")
+            # about 1.5 MB: the body streams to the file, and the pool
+            # thread's collector keeps up with the digest's 64 KB pieces
+            # (at LuaJIT's default pace they peaked at 9 MB)
+            self.assertLess(grew, 5 * 1024, "the upload, or the pieces of its digest, "
+                            "were held in memory")
         self.assertEqual(self.leftovers(), [])
 
     def test_a_slow_handler_holds_the_client_back_in_bounded_memory(self):
