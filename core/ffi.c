@@ -46,6 +46,8 @@ int ls_ffi_respond(ls_runtime_t *rt, double handle, int status,
       status < 100 || status > 999)
     return -1;
   int err = ls__http_format_head(NULL, c, status, ctype, ctlen, blen, 0);
+  if (err == UV_EINVAL)   /* a content type with CR or LF: core.respond */
+    return -1;            /* raises it (nothing was written) */
   uv_buf_t bufs[2] = {
     uv_buf_init(c->out.data, (unsigned)c->out.len),
     uv_buf_init((char *)body, (unsigned)blen),

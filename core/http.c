@@ -426,6 +426,12 @@ static int append_header(lua_State *L, ls_conn_t *c, const char *name,
 int ls__http_format_head(lua_State *L, ls_conn_t *c, int status,
                          const char *ctype, size_t ctype_len, size_t body_len,
                          int headers) {
+  /* The content type goes in as it is: it may not end the line. */
+  if (ctype && (memchr(ctype, '\r', ctype_len) || memchr(ctype, '\n', ctype_len))) {
+    if (L == NULL)
+      return UV_EINVAL;
+    return luaL_error(L, "content type: CR or LF not allowed");
+  }
   size_t dlen;
   const char *date = http_date(&dlen);
   const char *reason = ls__http_reason(status);

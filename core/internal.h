@@ -503,7 +503,8 @@ int ls__http_push_request(lua_State *L, ls_conn_t *c);
 
 /* ls__http_format_head: format status line and headers into c->out.
  * `headers` is the stack index of a table {name = value | {values}} or 0.
- * Returns 0 or UV_ENOMEM; raises on a bad header table. */
+ * Returns 0 or UV_ENOMEM; raises on a bad header table or a content type
+ * with CR or LF (L NULL: returns UV_EINVAL for it, with no header table). */
 int ls__http_format_head(lua_State *L, ls_conn_t *c, int status,
                          const char *ctype, size_t ctype_len, size_t body_len,
                          int headers);

@@ -63,6 +63,13 @@ describe("luaserve.response", function()
   app:get("/bad-header-crlf", function()
     return 200, "x", { ["X-Evil"] = "a\r\nSet-Cookie: pwned=1" }
   end)
+  app:get("/bad-ctype-crlf", function()
+    return luaserve.Response{ body = "x", content_type = "text/plain\r\nX-Evil: 1" }
+  end)
+  app:get("/bad-ctype-crlf-stream", function()
+    return luaserve.Response{ content_type = "text/plain\r\nX-Evil: 1",
+      stream = function(write) write("x") end }
+  end)
   app:get("/bad-status", function() return 1000, "x" end)
   app:get("/nil-err", function()
     return await(luaserve.resolved(nil, "upstream refused"))
@@ -215,7 +222,8 @@ describe("luaserve.response", function()
       end })
       finally(function() log.set_output(prev) end)
       for _, path in ipairs({ "/bad-function", "/bad-boolean", "/bad-body",
-          "/bad-header-value", "/bad-header-crlf", "/bad-status", "/nil-err" }) do
+          "/bad-header-value", "/bad-header-crlf", "/bad-ctype-crlf",
+          "/bad-ctype-crlf-stream", "/bad-status", "/nil-err" }) do
         local res = client:get(path)
         assert.equal(500, res.status, path)
         assert.same({ detail = "Internal Server Error" }, res:json())

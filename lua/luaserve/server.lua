@@ -490,26 +490,25 @@ local function run_session(requests, req, session, headers)
 end
 
 
--- Send a whole answer; returns the status sent and, when the answer is
--- not written yet, a future resolved once it is.
+-- Send a whole answer; returns the status and the body sent and, when the
+-- answer is not written yet, a future resolved once it is.
 local function send_whole(req, status, body, ctype, headers, want_written)
   local conn = req._conn
   -- The usual answer (no header table, nobody waiting for it to be
   -- written) through the FFI: the trace goes on through the call.
   if headers == nil and not want_written and type(status) == "number" and
       respond_plain(conn, status, body, ctype) ~= nil then
-    return status, nil
+    return status, body, nil
   end
   local written = want_written and new_future() or nil
   local sent, err, later = pcall(respond, conn, status, body, ctype, headers,
     false, written)
-  if not sent then   -- a bad header table: still answer
+  if not sent then   -- a bad header table or content type: still answer
     log_handler_error(req, err)
-    status = 500
-    respond(conn, status, INTERNAL_ERROR, JSON)
-    return status, nil
+    respond(conn, 500, INTERNAL_ERROR, JSON)
+    return 500, INTERNAL_ERROR, nil
   end
-  return status, later and written or nil
+  return status, body, later and written or nil
 end
 
 
@@ -579,7 +578,7 @@ local function make_handler(app, opts)
         stream, want_written)
     else
       requests[conn] = nil
-      status, written = send_whole(req, status, body, ctype, headers,
+      status, body, written = send_whole(req, status, body, ctype, headers,
         want_written)
       nbytes = #body
     end
