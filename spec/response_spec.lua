@@ -248,6 +248,23 @@ describe("luaserve.response", function()
       assert.equal(h, hh)
     end)
 
+    it("sends headers that are only the content type as the content type", function()
+      local s, b, c, h = response.normalize(200, "<b>", { ["Content-Type"] = "text/html" })
+      assert.same({ 200, "<b>", "text/html" }, { s, b, c })
+      assert.is_nil(h)
+      s, b, c, h = response.normalize(201, "x", { ["content-type"] = "text/csv" })
+      assert.same({ 201, "x", "text/csv" }, { s, b, c })
+      assert.is_nil(h)
+      local two = { ["Content-Type"] = "text/html", ["X-A"] = "1" }
+      s, b, c, h = response.normalize(200, "<b>", two)
+      assert.is_nil(c)            -- the table carries it
+      assert.equal(two, h)
+      local list = { ["Content-Type"] = { "text/html" } }
+      s, b, c, h = response.normalize(200, "<b>", list)
+      assert.is_nil(c)            -- not a plain string: the table says it
+      assert.equal(list, h)
+    end)
+
     it("raises on a type it cannot send", function()
       assert.has_error(function() response.normalize(function() end) end)
       assert.has_error(function() response.normalize(true) end)

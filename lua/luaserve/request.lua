@@ -244,12 +244,13 @@ function M.new(conn, method, target, headers, body, scheme)
     if rest then path = rest ~= "" and rest or "/" end
   end
   if find(path, "%", 1, true) then path = gsub(path, "%%(%x%x)", hex_char) end
+  setmetatable(headers, headers_mt)
   return setmetatable({
     method = method,
     path = path,
     target = target,
     query_string = qs,
-    headers = setmetatable(headers, headers_mt),
+    headers = headers,
     body = body,
     scheme = scheme or "http",
     _conn = conn,

@@ -217,7 +217,15 @@ function M.normalize(a, b, c)
   end
   if ta == "number" then
     local body, ctype = encode_body(b)
-    if header_ctype(c) then ctype = nil end
+    local hct = header_ctype(c)
+    if hct ~= nil then
+      ctype = nil
+      -- Headers that are only the content type travel as it: the answer
+      -- then has no header table (the core's fast path, luaserve.ffi).
+      if type(hct) == "string" and next(c, (next(c))) == nil then
+        ctype, c = hct, nil
+      end
+    end
     if bodyless(a) then body = "" end
     return a, body, ctype, c
   end
