@@ -39,8 +39,11 @@ if not found then return M end
 local rt = ffi.cast("void *", core.runtime())   -- a cdata: compiled calls take it
 local now_ms, hrtime, respond = C.ls_ffi_now_ms, C.ls_ffi_hrtime, C.ls_ffi_respond
 
-function M.now_ms() return now_ms(rt) end
-function M.hrtime() return hrtime() end
+-- Not tail calls: a trace cannot tail-call out of its root function
+-- ("leaving loop in root trace"), and an FFI call left to the interpreter
+-- costs more than the classic one.
+function M.now_ms() return (now_ms(rt)) end
+function M.hrtime() return (hrtime()) end
 function M.respond(handle, status, body, ctype)
   local r = respond(rt, handle, status, body, #body, ctype, ctype and #ctype or 0)
   if r < 0 then return nil end

@@ -311,16 +311,22 @@ end
 
 -- Status, body, ctype, headers, stream, background: through the middleware
 -- when the app has any, else straight from the endpoint.
--- Tail calls on purpose: what is called here stays on the stack of every
--- waiting request, and a frame more doubled that coroutine's stack (0.8 KB
--- more per pending request). The price: a trace cannot return into
--- xpcall's frame ("NYI: return to lower frame"), so these few functions
--- run in the interpreter.
+-- Not a tail call: a compiled trace cannot return into xpcall's frame
+-- ("NYI: return to lower frame"), so the traces of the functions below
+-- end here, in a Lua frame, instead of leaving them to the interpreter.
+-- What a waiting request keeps on its coroutine's stack is watched: past
+-- about 100 slots the stack doubles (0.8 KB more per pending request), so
+-- route_request keeps the matching's locals off it.
 local function run_pipeline(ctx, req)
   local app = ctx.app
-  if #app.middleware == 0 then return endpoint(ctx, req) end
-  local chain = app._chain or build_chain(ctx)
-  return normalize(chain[1](req))
+  local status, body, ctype, headers, stream, bg, ws
+  if #app.middleware == 0 then
+    status, body, ctype, headers, stream, bg, ws = endpoint(ctx, req)
+  else
+    local chain = app._chain or build_chain(ctx)
+    status, body, ctype, headers, stream, bg, ws = normalize(chain[1](req))
+  end
+  return status, body, ctype, headers, stream, bg, ws
 end
 
 
@@ -524,6 +530,31 @@ local function after_written_later(written, req, bg)
 end
 
 
+-- Match the request's route and note it on the request. A function of its
+-- own: what it holds is not on the stack of a request that waits.
+local function route_request(app, req, access_log)
+  req._task = current()
+  req.app = app
+  -- The access line names the client: read it while the request holds
+  -- its connection.
+  if access_log then local _ = req.client end
+  local route, params, detail, extra, near = app:match(req.method, req.path)
+  if route then
+    req._route = route
+    req.params = params or EMPTY_PARAMS
+    req.route = route.path
+  else
+    req.params = EMPTY_PARAMS
+    req._nomatch = { params, detail, extra }
+    if near then req.route = near.path end   -- a 422: its parameter did not convert
+  end
+  if note_running then note_running(req.method, req.path, req.route or "-") end
+  if route and route.opts.deps then   -- cleanups run even if the client leaves
+    on_cancel_cleanups(req)
+  end
+end
+
+
 --- Build the function each request's task runs: match, the pipeline,
 -- respond, after-response work, log. It never raises: any error becomes
 -- an answer (500, or what the exception handlers say).
@@ -539,32 +570,13 @@ local function make_handler(app, opts)
   }
 
   return function(req)
-    local conn = req._conn
-    local task = current()
-    req._task = task
-    req.app = app
-    -- The access line names the client: read it while the request holds
-    -- its connection.
-    if access_log then local _ = req.client end
-    local route, params, detail, extra, near = app:match(req.method, req.path)
-    if route then
-      req._route = route
-      req.params = params or EMPTY_PARAMS
-      req.route = route.path
-    else
-      req.params = EMPTY_PARAMS
-      req._nomatch = { params, detail, extra }
-      if near then req.route = near.path end   -- a 422: its parameter did not convert
-    end
-    if note_running then note_running(req.method, req.path, req.route or "-") end
-    if route and route.opts.deps then   -- cleanups run even if the client leaves
-      on_cancel_cleanups(req)
-    end
+    route_request(app, req, access_log)
     local ok, status, body, ctype, headers, stream, bg, ws = xpcall(run_pipeline,
       on_error, ctx, req)
     if not ok then
       status, body, ctype, headers, stream, bg = answer_error(app, req, status)
     end
+    local conn = req._conn
     if requests[conn] ~= req then return end   -- aborted meanwhile
     local nbytes, written
     local want_written = bg or rawget(req, "_background")
