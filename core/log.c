@@ -407,55 +407,54 @@ int ls__lua_log(lua_State *L) {
  * request_id[, capture]): an access line (info), buffered; returns true
  * when the buffer was empty (arm the flush timer). With capture: the
  * line instead. */
-int ls__lua_log_access(lua_State *L) {
-  size_t cn, mn, tn, pn, rn = 0, idn = 0;
-  const char *client = luaL_optlstring(L, 1, "-", &cn);
-  const char *method = luaL_checklstring(L, 2, &mn);
-  const char *target = luaL_checklstring(L, 3, &tn);
-  const char *path = luaL_checklstring(L, 4, &pn);
-  const char *route = lua_isstring(L, 5) ? lua_tolstring(L, 5, &rn) : NULL;
-  int status = (int)luaL_checkinteger(L, 6);
-  lua_Number bytes = luaL_checknumber(L, 7);
-  double ms = luaL_checknumber(L, 8) * 1000.0;
-  const char *rid = lua_isstring(L, 9) ? lua_tolstring(L, 9, &idn) : NULL;
-  int capture = lua_toboolean(L, 10);
-  /* One buffer per thread, kept between lines (an access line per
-   * request: no malloc and free each time); a big one is let go. */
-  static __thread ls_buf_t scratch;
-  ls_buf_t b = scratch;
-  b.len = 0;
+/* One access line's fields. */
+typedef struct {
+  const char *client, *method, *target, *path, *route, *rid;
+  size_t cn, mn, tn, pn, rn, idn;
+  int status;
+  double bytes, ms;
+} access_t;
+
+
+/* Format an access line into b (emptied first): 0, or UV_ENOMEM. */
+static int format_access(ls_buf_t *b, const access_t *a) {
+  const char *method = a->method, *target = a->target;
+  size_t mn = a->mn, tn = a->tn;
+  int status = a->status;
+  double ms = a->ms;
   char num[96];
-  int rc = put_head(&b, 2);
+  b->len = 0;
+  int rc = put_head(b, 2);
   if (log_json) {
     int k;
-    rc = rc || put_key(&b, "message", 7) || ls__buf_append(&b, "\"", 1) ||
-         ls__buf_append(&b, method, mn) || ls__buf_append(&b, " ", 1);
+    rc = rc || put_key(b, "message", 7) || ls__buf_append(b, "\"", 1) ||
+         ls__buf_append(b, method, mn) || ls__buf_append(b, " ", 1);
     /* the message: METHOD target status, the target escaped */
     if (!rc) {
       ls_buf_t t = {0};
       rc = put_json_string(&t, target, tn);
       if (!rc)
-        rc = ls__buf_append(&b, t.data + 1, t.len - 2);
+        rc = ls__buf_append(b, t.data + 1, t.len - 2);
       ls__buf_free(&t);
     }
     k = snprintf(num, sizeof(num), " %d\"", status);
-    rc = rc || ls__buf_append(&b, num, (size_t)k) ||
-         put_key(&b, "type", 4) || ls__buf_append(&b, "\"access\"", 8) ||
-         put_key(&b, "method", 6) || put_json_string(&b, method, mn) ||
-         put_key(&b, "path", 4) || put_json_string(&b, path, pn) ||
-         put_key(&b, "target", 6) || put_json_string(&b, target, tn) ||
-         put_key(&b, "route", 5) ||
-         (route ? put_json_string(&b, route, rn) : ls__buf_append(&b, "null", 4));
+    rc = rc || ls__buf_append(b, num, (size_t)k) ||
+         put_key(b, "type", 4) || ls__buf_append(b, "\"access\"", 8) ||
+         put_key(b, "method", 6) || put_json_string(b, method, mn) ||
+         put_key(b, "path", 4) || put_json_string(b, a->path, a->pn) ||
+         put_key(b, "target", 6) || put_json_string(b, target, tn) ||
+         put_key(b, "route", 5) ||
+         (a->route ? put_json_string(b, a->route, a->rn) : ls__buf_append(b, "null", 4));
     k = snprintf(num, sizeof(num), ",\"status\":%d,\"bytes\":%.0f,\"duration_ms\":%.3f",
-                 status, (double)bytes, ms);
-    rc = rc || ls__buf_append(&b, num, (size_t)k) ||
-         put_key(&b, "client", 6) || put_json_string(&b, client, cn);
-    if (rid)
-      rc = rc || put_key(&b, "request_id", 10) || put_json_string(&b, rid, idn);
+                 status, a->bytes, ms);
+    rc = rc || ls__buf_append(b, num, (size_t)k) ||
+         put_key(b, "client", 6) || put_json_string(b, a->client, a->cn);
+    if (a->rid)
+      rc = rc || put_key(b, "request_id", 10) || put_json_string(b, a->rid, a->idn);
   } else {
-    rc = rc || ls__buf_append(&b, client, cn) ||
-         ls__buf_append(&b, " - \"", 4) || ls__buf_append(&b, method, mn) ||
-         ls__buf_append(&b, " ", 1);
+    rc = rc || ls__buf_append(b, a->client, a->cn) ||
+         ls__buf_append(b, " - \"", 4) || ls__buf_append(b, method, mn) ||
+         ls__buf_append(b, " ", 1);
     /* the target as sent, with control bytes shown as \xNN: appended
      * in runs between them */
     size_t run = 0;
@@ -463,10 +462,10 @@ int ls__lua_log_access(lua_State *L) {
       unsigned char c = i < tn ? (unsigned char)target[i] : 0;
       if (i < tn && c >= 0x20 && c != 0x7f && c != '"')
         continue;
-      rc = ls__buf_append(&b, target + run, i - run);
+      rc = ls__buf_append(b, target + run, i - run);
       if (!rc && i < tn) {
         int k = snprintf(num, sizeof(num), "\\x%02x", c);
-        rc = ls__buf_append(&b, num, (size_t)k);
+        rc = ls__buf_append(b, num, (size_t)k);
       }
       run = i + 1;
     }
@@ -477,7 +476,7 @@ int ls__lua_log_access(lua_State *L) {
     *p++ = ' ';
     p = ls__put_uint(p, status > 0 ? (uint64_t)status : 0);
     *p++ = ' ';
-    p = ls__put_uint(p, bytes > 0 ? (uint64_t)bytes : 0);
+    p = ls__put_uint(p, a->bytes > 0 ? (uint64_t)a->bytes : 0);
     *p++ = ' ';
     p = ls__put_uint(p, h / 100);
     *p++ = '.';
@@ -485,27 +484,83 @@ int ls__lua_log_access(lua_State *L) {
     *p++ = (char)('0' + h % 10);
     *p++ = 'm';
     *p++ = 's';
-    rc = rc || ls__buf_append(&b, num, (size_t)(p - num));
-    if (rid)
-      rc = rc || ls__buf_append(&b, " id=", 4) || ls__buf_append(&b, rid, idn);
+    rc = rc || ls__buf_append(b, num, (size_t)(p - num));
+    if (a->rid)
+      rc = rc || ls__buf_append(b, " id=", 4) || ls__buf_append(b, a->rid, a->idn);
   }
-  rc = rc || ls__buf_append(&b, log_json ? "}\n" : "\n", log_json ? 2 : 1);
-  if (b.cap > 64 * 1024)
-    memset(&scratch, 0, sizeof(scratch));   /* too big to keep: b is freed below */
-  else
-    scratch = b;
-  if (rc) {
-    if (b.data != scratch.data)
-      ls__buf_free(&b);
+  return rc || ls__buf_append(b, log_json ? "}\n" : "\n", log_json ? 2 : 1);
+}
+
+
+/* One buffer per thread, kept between lines (an access line per request:
+ * no malloc and free each time); a big one is let go. */
+static __thread ls_buf_t scratch;
+
+/* Format a into the scratch buffer: the buffer, or NULL (out of memory).
+ * A line too big to keep (over 64 KB) is let go at the next call. */
+static ls_buf_t *access_line(const access_t *a) {
+  static __thread ls_buf_t big;
+  ls__buf_free(&big);
+  int rc = format_access(&scratch, a);
+  if (scratch.cap > 64 * 1024) {
+    big = scratch;
+    memset(&scratch, 0, sizeof(scratch));
+    if (rc)
+      ls__buf_free(&big);
+    return rc ? NULL : &big;
+  }
+  return rc ? NULL : &scratch;
+}
+
+
+/* access(client, method, target, path, route, status, bytes, seconds,
+ * request_id, capture): one access line, buffered; true when it is the
+ * first waiting (the caller arms the flush). capture: return the line
+ * instead. */
+int ls__lua_log_access(lua_State *L) {
+  access_t a;
+  a.client = luaL_optlstring(L, 1, "-", &a.cn);
+  a.method = luaL_checklstring(L, 2, &a.mn);
+  a.target = luaL_checklstring(L, 3, &a.tn);
+  a.path = luaL_checklstring(L, 4, &a.pn);
+  a.rn = a.idn = 0;
+  a.route = lua_isstring(L, 5) ? lua_tolstring(L, 5, &a.rn) : NULL;
+  a.status = (int)luaL_checkinteger(L, 6);
+  a.bytes = luaL_checknumber(L, 7);
+  a.ms = luaL_checknumber(L, 8) * 1000.0;
+  a.rid = lua_isstring(L, 9) ? lua_tolstring(L, 9, &a.idn) : NULL;
+  int capture = lua_toboolean(L, 10);
+  ls_buf_t *b = access_line(&a);
+  if (b == NULL)
     return luaL_error(L, "log: out of memory");
-  }
   if (capture)
-    lua_pushlstring(L, b.data, b.len);
+    lua_pushlstring(L, b->data, b->len);
   else
-    lua_pushboolean(L, emit_buffered(b.data, b.len));
-  if (b.data != scratch.data)
-    ls__buf_free(&b);
+    lua_pushboolean(L, emit_buffered(b->data, b->len));
   return 1;
+}
+
+
+/* The same for LuaJIT's FFI (luaserve.ffi), never capturing: 1 when the
+ * line is the first waiting, 0 when not, -1 out of memory (the classic
+ * function then raises). Touches no Lua state. */
+int ls_ffi_log_access(const char *client, size_t cn, const char *method,
+                      size_t mn, const char *target, size_t tn,
+                      const char *path, size_t pn, const char *route,
+                      size_t rn, int status, double bytes, double seconds,
+                      const char *rid, size_t idn);
+int ls_ffi_log_access(const char *client, size_t cn, const char *method,
+                      size_t mn, const char *target, size_t tn,
+                      const char *path, size_t pn, const char *route,
+                      size_t rn, int status, double bytes, double seconds,
+                      const char *rid, size_t idn) {
+  access_t a = {client ? client : "-", method, target, path, route, rid,
+                client ? cn : 1, mn, tn, pn, rn, idn, status, bytes,
+                seconds * 1000.0};
+  ls_buf_t *b = access_line(&a);
+  if (b == NULL)
+    return -1;
+  return emit_buffered(b->data, b->len);
 }
 
 

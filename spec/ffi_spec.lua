@@ -20,6 +20,15 @@ describe("luaserve.ffi", function()
     assert.is_true(h1 <= h2 and h2 <= h3, ("%s %s %s"):format(h1, h2, h3))
   end)
 
+  it("buffers an access line, saying whether it is the first waiting", function()
+    local first = cffi.log_access("127.0.0.1", "GET", "/x?a=1", "/x", nil, 200, 2,
+      0.001, nil)
+    assert.is_boolean(first)
+    -- a second line joins the first: it is not the first waiting
+    assert.is_false(cffi.log_access(nil, "GET", "/y", "/y", "/y", 404, 0, 0, "id1"))
+    require("luaserve.log").flush()
+  end)
+
   it("says a request is over for a handle that names none", function()
     assert.is_false(cffi.respond(123456789, 200, "x", "text/plain"))
     assert.is_false(cffi.respond(0, 200, "", nil))

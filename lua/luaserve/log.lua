@@ -27,6 +27,7 @@ local tostring = tostring
 
 local c_log = core.log
 local c_access = core.log_access
+local ffi_access = require("luaserve.ffi").log_access   -- the same, compiled in line
 local c_flush = core.log_flush
 
 local M = {}
@@ -139,8 +140,18 @@ function M.access(req, status, nbytes, seconds)
     if flush_timer == nil then flush_timer = core.timer(100, flusher) end
     return
   end
-  if c_access(client.host, req.method, req.target, req.path, route or nil,
-      status, nbytes, seconds, rawget(req, "request_id")) and flush_timer == nil then
+  local host, rid = client.host, rawget(req, "request_id")
+  local first
+  if (host == nil or type(host) == "string") and (rid == nil or type(rid) == "string")
+      and (not route or type(route) == "string") then
+    first = ffi_access(host, req.method, req.target, req.path, route or nil,
+      status, nbytes, seconds, rid)   -- nil: it failed, the classic one says why
+  end
+  if first == nil then
+    first = c_access(host, req.method, req.target, req.path, route or nil,
+      status, nbytes, seconds, rid)
+  end
+  if first and flush_timer == nil then
     flush_timer = core.timer(100, flusher)
   end
 end
