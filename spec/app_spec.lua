@@ -109,6 +109,30 @@ describe("luaserve.app", function()
       assert.same({ 0, "number" }, id)
     end)
 
+    it("takes only a sign and digits as {id:int}", function()
+      local m = luaserve.app()
+      m:get("/n/{id:int}", function() end)
+      m:get("/n/{id:int}/more", function() end)
+      for input, want in pairs({ ["42"] = 42, ["-7"] = -7, ["+5"] = 5, ["007"] = 7,
+          ["0"] = 0, ["123456789012"] = 123456789012 }) do
+        local route, params = m:match("GET", "/n/" .. input)
+        assert.is_not_nil(route, input)
+        assert.equal(want, params.id, input)
+        route, params = m:match("GET", "/n/" .. input .. "/more")
+        assert.equal("/n/{id:int}/more", route.path, input)
+        assert.equal(want, params.id, input)
+      end
+      for _, input in ipairs({ "0x10", "4.2", "1e3", "+", "-", "4 ", "%2042", "nan", "inf",
+          "1e400", "-inf", "-nan" }) do
+        local route, status = m:match("GET", "/n/" .. input)
+        assert.is_nil(route, input)
+        assert.equal(422, status, input)
+      end
+      assert.is_nil((m:match("GET", "/n/42/less")))
+      assert.is_nil((m:match("GET", "/n/42/more/x")))
+      assert.is_nil((m:match("GET", "/n/")))
+    end)
+
     it("converts {x:number}", function()
       assert.same({ 1.5, "number" }, client:get("/x/1.5"):json().params.x)
       assert.same({ -2, "number" }, client:get("/x/-2"):json().params.x)

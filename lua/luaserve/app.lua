@@ -21,10 +21,13 @@ local tonumber = tonumber
 local find = string.find
 local gsub = string.gsub
 local match = string.match
+local sub = string.sub
+local byte = string.byte
 local concat = table.concat
 local sort = table.sort
 local error = error
 local floor = math.floor
+local HUGE = math.huge
 
 local M = {}
 
@@ -147,12 +150,31 @@ function M.is_app(v)
 end
 
 
+-- Whether s is an optional sign and then digits only.
+local function int_digits(s)
+  local first = byte(s, 1)
+  local from = (first == 43 or first == 45) and 2 or 1
+  if from > #s then return false end
+  for i = from, #s do
+    local c = byte(s, i)
+    if c < 48 or c > 57 then return false end
+  end
+  return true
+end
+
 local converters = {
   str = function(s) return s end,
   path = function(s) return s end,
+  -- An optional sign, then digits. The usual one ("42", "-7") is its own
+  -- tostring; anything else (a "+", leading zeros, a space, hex, an
+  -- exponent) is checked byte by byte. (No pattern match and no loop on
+  -- the usual way: LuaJIT compiles neither a match nor a loop that ends
+  -- after a turn or two, and this runs on every such request.)
   int = function(s)
-    local n = match(s, "^[-+]?%d+$") and tonumber(s)
-    if n and n == floor(n) then return n end
+    local n = tonumber(s)
+    if n == nil or n ~= floor(n) or n == HUGE or n == -HUGE then return nil end
+    if tostring(n) == s then return n end
+    return int_digits(s) and n or nil
   end,
   number = function(s)
     local n = tonumber(s)
@@ -168,6 +190,7 @@ local type_errors = {
 -- "/users/{id:int}/x" -> Lua pattern, names, types. Errors are raised at
 -- the level of route()'s caller.
 local compile
+local plain_suffix   -- forward
 -- The parameter names and types of a template (none for a static path).
 local function compile_names(template)
   if not find(template, "[{}]") then return {}, {} end
@@ -212,6 +235,21 @@ function compile(template)
   end
   pat[#pat + 1] = "$"
   return concat(pat), names, types
+end
+
+
+-- A template with one parameter, not a path, followed by nothing or by
+-- literal text from a "/" ("/users/{id}", "/users/{id}/posts"): the text
+-- after it, matched without a pattern (a pattern match is not compiled,
+-- and its trace left the router to the interpreter). nil otherwise.
+function plain_suffix(template, types)
+  if #types ~= 1 or types[1] == "path" then return nil end
+  local close = find(template, "}", 1, true)
+  local rest = template:sub(close + 1)
+  if rest ~= "" and (byte(rest, 1) ~= 47 or find(rest, "[{}%%]")) then
+    return nil
+  end
+  return rest
 end
 
 
@@ -318,6 +356,10 @@ function App:route(method, path, handler, opts)
         local pattern, names, types = compile(path)
         entry = { template = path, pattern = pattern, names = names,
                   types = types, methods = {},
+                  -- the literal text before the first parameter: a path
+                  -- that does not start with it is not tried
+                  prefix = path:sub(1, (find(path, "{", 1, true) or 1) - 1),
+                  suffix = plain_suffix(path, types),
                   shape = pattern .. " " .. concat(types, ",") }
         self.by_template[path] = entry
         self.dynamic[#self.dynamic + 1] = entry
@@ -424,11 +466,40 @@ function App:match(method, path)
   local dyn = self.dynamic
   for i = 1, #dyn do
     local e = dyn[i]
-    local caps = { match(path, e.pattern) }
-    if caps[1] ~= nil then
+    -- A plain find of the literal prefix first (compiled, where a pattern
+    -- match is not), and the captures in a table only on a match.
+    local pre = e.prefix
+    local c1
+    if find(path, pre, 1, true) == 1 then
+      local suffix = e.suffix
+      if suffix then
+        local start = #pre + 1
+        local stop = (find(path, "/", start, true) or #path + 1) - 1
+        if stop >= start and (suffix == "" and stop == #path or
+            sub(path, stop + 1) == suffix) then
+          c1 = sub(path, start, stop)
+        end
+      else
+        c1 = match(path, e.pattern)
+      end
+    end
+    if c1 then
+      local caps = #e.names > 1 and { match(path, e.pattern) }
       local route = pick(e.methods, method)
+      local names = e.names
       if route == nil then
         allowed = add_methods(allowed, e.methods)
+      elseif #names == 1 then   -- the usual: no loop (see converters.int)
+        local typ = e.types[1]
+        local v = converters[typ](c1)
+        if v ~= nil then return route, { [names[1]] = v } end
+        if unconverted == nil then
+          local te = type_errors[typ]
+          unconverted = { {
+            type = te[1], loc = { "path", names[1] }, msg = te[2], input = c1,
+          } }
+          unconverted_route = route
+        end
       else
         local params = {}
         for j = 1, #e.names do

@@ -109,8 +109,9 @@ end
 --- A new pending future the framework keeps to itself (never reported as
 -- unawaited, and cheaper: no call site is looked up).
 function M.new_internal(cancel)
-  return setmetatable({ _cancel = cancel, _done = false, _waiters = true },
+  local f = setmetatable({ _cancel = cancel, _done = false, _waiters = true },
     Future)
+  return f   -- not a tail call: see request.new
 end
 local new_future = M.new_internal
 

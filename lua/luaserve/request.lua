@@ -55,10 +55,17 @@ M.unescape = unescape
 function M.parse_query(qs, all)
   local out = {}
   if qs == nil or qs == "" then return out end
-  local escaped = find(qs, "[%%+]") ~= nil   -- else nothing to decode
+  -- Plain finds only: a pattern find is not compiled (the trace stops at
+  -- it and resumes after, stitched, on every pair).
+  local escaped = find(qs, "%", 1, true) or find(qs, "+", 1, true)
+  local semi = find(qs, ";", 1, true)   -- ";" separates too (rare)
   local pos, n = 1, #qs
   while pos <= n do
-    local stop = find(qs, "[&;]", pos)
+    local stop = find(qs, "&", pos, true)
+    if semi then
+      local sc = find(qs, ";", pos, true)
+      if sc and (stop == nil or sc < stop) then stop = sc end
+    end
     local last = (stop or n + 1) - 1
     if last >= pos then
       local eq = find(qs, "=", pos, true)
@@ -245,7 +252,9 @@ function M.new(conn, method, target, headers, body, scheme)
   end
   if find(path, "%", 1, true) then path = gsub(path, "%%(%x%x)", hex_char) end
   setmetatable(headers, headers_mt)
-  return setmetatable({
+  -- Made, then returned: a tail call out of a root trace is not compiled
+  -- ("leaving loop in root trace").
+  local req = setmetatable({
     method = method,
     path = path,
     target = target,
@@ -263,6 +272,7 @@ function M.new(conn, method, target, headers, body, scheme)
     params = false,
     app = false,
   }, Request)
+  return req
 end
 
 
