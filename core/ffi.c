@@ -48,18 +48,7 @@ int ls_ffi_respond(ls_runtime_t *rt, double handle, int status,
   int err = ls__http_format_head(NULL, c, status, ctype, ctlen, blen, 0);
   if (err == UV_EINVAL)   /* a content type with CR or LF: core.respond */
     return -1;            /* raises it (nothing was written) */
-  uv_buf_t bufs[2] = {
-    uv_buf_init(c->out.data, (unsigned)c->out.len),
-    uv_buf_init((char *)body, (unsigned)blen),
-  };
-  if (err == 0)
-    err = ls__conn_write(c, bufs, c->is_head || blen == 0 ? 1 : 2);
-  if (c->out.cap > 4096)
-    ls__buf_free(&c->out);
-  else
-    c->out.len = 0;
-  if (err)   /* the client is gone (a reset, a broken pipe) */
-    ls__conn_close(c);
+  err = ls__respond_whole(c, err, body, blen);
   ls__conn_request_done(c);
   return err ? 0 : 1;
 }

@@ -444,6 +444,10 @@ struct ls_server_s {
   ls_server_t *next_server; /* every server of this runtime */
 };
 
+/* ls__respond_whole (respond.c): write the head in c->out (err: its
+ * formatting failed) and the body; on an error close the connection.
+ * Returns 0 or the error; the caller ends the request. No Lua. */
+int ls__respond_whole(ls_conn_t *c, int err, const char *body, size_t blen);
 /* ls__conn_write: write bufs on c's stream. 0 or an error. */
 int ls__conn_write(ls_conn_t *c, uv_buf_t *bufs, unsigned nbufs);
 /* ls__conn_request_done: the answer to the request in Lua is written (or

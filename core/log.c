@@ -403,10 +403,6 @@ int ls__lua_log(lua_State *L) {
 }
 
 
-/* log_access(client, method, target, path, route, status, bytes, seconds,
- * request_id[, capture]): an access line (info), buffered; returns true
- * when the buffer was empty (arm the flush timer). With capture: the
- * line instead. */
 /* One access line's fields. */
 typedef struct {
   const char *client, *method, *target, *path, *route, *rid;
@@ -513,10 +509,10 @@ static ls_buf_t *access_line(const access_t *a) {
 }
 
 
-/* access(client, method, target, path, route, status, bytes, seconds,
- * request_id, capture): one access line, buffered; true when it is the
- * first waiting (the caller arms the flush). capture: return the line
- * instead. */
+/* log_access(client, method, target, path, route, status, bytes, seconds,
+ * request_id[, capture]): an access line (info), buffered; returns true
+ * when the buffer was empty (arm the flush timer). With capture: the
+ * line instead. */
 int ls__lua_log_access(lua_State *L) {
   access_t a;
   a.client = luaL_optlstring(L, 1, "-", &a.cn);

@@ -42,32 +42,11 @@ static int push_written(lua_State *L, ls_conn_t *c, int idx) {
 }
 
 
-/* respond(handle, status, body, content_type, headers|nil, close|nil,
- * written|nil): true, or nil, "closed" when the client is gone (or the
- * request was over). Ends the request either way. With a target
- * `written`, a second true says the answer is still queued: the target
- * gets true once it is written, or nil, "closed". */
-int ls__lua_respond(lua_State *L) {
-  ls_conn_t *c = check_conn(L, 1);
-  int status = (int)luaL_checkinteger(L, 2);
-  size_t blen, ctlen = 0;
-  const char *body = luaL_optlstring(L, 3, "", &blen);
-  const char *ctype = luaL_optlstring(L, 4, NULL, &ctlen);
-  int headers = lua_istable(L, 5) ? 5 : 0;
-  int written = target_arg(L, 7);
-  if (c == NULL || c->lua_holds == 0)
-    return push_closed(L);
-  if (lua_toboolean(L, 6))
-    c->keepalive = 0;
-  if (c->state == LS_CONN_CLOSING) {
-    ls__conn_request_done(c);
-    lua_pushnil(L);
-    lua_pushliteral(L, "closed");
-    return 2;
-  }
-  if (status < 100 || status > 999)
-    return luaL_error(L, "respond: bad status %d", status);
-  int err = ls__http_format_head(L, c, status, ctype, ctlen, blen, headers);
+/* Write the head formatted in c->out (err: formatting failed) and the
+ * body; a buffer grown big is let go. The request ends, and on a write
+ * error (the client is gone: a reset, a broken pipe) so does the
+ * connection. Returns 0 or the error. Calls no Lua: ffi.c uses it. */
+int ls__respond_whole(ls_conn_t *c, int err, const char *body, size_t blen) {
   uv_buf_t bufs[2] = {
     uv_buf_init(c->out.data, (unsigned)c->out.len),
     uv_buf_init((char *)body, (unsigned)blen),
@@ -78,8 +57,35 @@ int ls__lua_respond(lua_State *L) {
     ls__buf_free(&c->out);
   else
     c->out.len = 0;
-  if (err) {   /* the client is gone (a reset, a broken pipe) */
+  if (err)
     ls__conn_close(c);
+  return err;
+}
+
+
+/* respond(handle, status, body, content_type, headers|nil, written|nil):
+ * true, or nil, "closed" when the client is gone (or the request was
+ * over). Ends the request either way. With a target `written`, a second
+ * true says the answer is still queued: the target gets true once it is
+ * written, or nil, "closed". */
+int ls__lua_respond(lua_State *L) {
+  ls_conn_t *c = check_conn(L, 1);
+  int status = (int)luaL_checkinteger(L, 2);
+  size_t blen, ctlen = 0;
+  const char *body = luaL_optlstring(L, 3, "", &blen);
+  const char *ctype = luaL_optlstring(L, 4, NULL, &ctlen);
+  int headers = lua_istable(L, 5) ? 5 : 0;
+  int written = target_arg(L, 6);
+  if (c == NULL || c->lua_holds == 0)
+    return push_closed(L);
+  if (c->state == LS_CONN_CLOSING) {
+    ls__conn_request_done(c);
+    return push_closed(L);
+  }
+  if (status < 100 || status > 999)
+    return luaL_error(L, "respond: bad status %d", status);
+  int err = ls__http_format_head(L, c, status, ctype, ctlen, blen, headers);
+  if (ls__respond_whole(c, err, body, blen)) {
     ls__conn_request_done(c);
     return push_closed(L);
   }

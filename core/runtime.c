@@ -331,7 +331,6 @@ static int core_watch_blocking(lua_State *L) {
 
 
 
-/* is_pool_state(): true in a pool thread's state. */
 /* runtime(): this state's runtime, for the FFI calls (ffi.lua). */
 static int core_runtime(lua_State *L) {
   lua_pushlightuserdata(L, ls__runtime(L));
@@ -339,6 +338,7 @@ static int core_runtime(lua_State *L) {
 }
 
 
+/* is_pool_state(): true in a pool thread's state. */
 static int core_is_pool_state(lua_State *L) {
   lua_pushboolean(L, ls__runtime(L)->is_pool_state);
   return 1;

@@ -508,7 +508,7 @@ local function send_whole(req, status, body, ctype, headers, want_written)
   end
   local written = want_written and new_future() or nil
   local sent, err, later = pcall(respond, conn, status, body, ctype, headers,
-    false, written)
+    written)
   if not sent then   -- a bad header table or content type: still answer
     log_handler_error(req, err)
     respond(conn, 500, INTERNAL_ERROR, JSON)
