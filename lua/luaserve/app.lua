@@ -190,7 +190,6 @@ local type_errors = {
 -- "/users/{id:int}/x" -> Lua pattern, names, types. Errors are raised at
 -- the level of route()'s caller.
 local compile
-local plain_suffix   -- forward
 -- The parameter names and types of a template (none for a static path).
 local function compile_names(template)
   if not find(template, "[{}]") then return {}, {} end
@@ -242,7 +241,7 @@ end
 -- literal text from a "/" ("/users/{id}", "/users/{id}/posts"): the text
 -- after it, matched without a pattern (a pattern match is not compiled,
 -- and its trace left the router to the interpreter). nil otherwise.
-function plain_suffix(template, types)
+local function plain_suffix(template, types)
   if #types ~= 1 or types[1] == "path" then return nil end
   local close = find(template, "}", 1, true)
   local rest = template:sub(close + 1)
@@ -468,25 +467,25 @@ function App:match(method, path)
     local e = dyn[i]
     -- A plain find of the literal prefix first (compiled, where a pattern
     -- match is not), and the captures in a table only on a match.
-    local pre = e.prefix
-    local c1
+    local pre, names = e.prefix, e.names
+    local c1, caps
     if find(path, pre, 1, true) == 1 then
       local suffix = e.suffix
       if suffix then
         local start = #pre + 1
         local stop = (find(path, "/", start, true) or #path + 1) - 1
-        if stop >= start and (suffix == "" and stop == #path or
-            sub(path, stop + 1) == suffix) then
+        if stop >= start and sub(path, stop + 1) == suffix then
           c1 = sub(path, start, stop)
         end
-      else
+      elseif #names == 1 then
         c1 = match(path, e.pattern)
+      else
+        caps = { match(path, e.pattern) }
+        c1 = caps[1]
       end
     end
     if c1 then
-      local caps = #e.names > 1 and { match(path, e.pattern) }
       local route = pick(e.methods, method)
-      local names = e.names
       if route == nil then
         allowed = add_methods(allowed, e.methods)
       elseif #names == 1 then   -- the usual: no loop (see converters.int)
