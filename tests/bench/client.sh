@@ -18,9 +18,12 @@ DUR="${1:-10}"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; }
 trap cleanup EXIT
+trap 'exit 130' INT TERM   # the EXIT trap then stops the servers
 
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-on_cpu() { local c="$1"; shift; if command -v taskset >/dev/null; then taskset -c "$c" "$@"; else "$@"; fi; }
+. tests/bench/lib.sh   # free_port
+# Always run in a subshell (&, $(...), a pipe): exec, so that $! is the
+# program's own pid and the cleanup stops the server, not a wrapper.
+on_cpu() { local c="$1"; shift; if command -v taskset >/dev/null; then exec taskset -c "$c" "$@"; else exec "$@"; fi; }
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; return 1; }
 rps() { awk '/^Requests\/sec:/ {print int($2)}'; }
 

@@ -24,8 +24,6 @@ stop() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; PI
 trap 'stop; exit 130' INT TERM
 trap stop EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 # start NAME PORT: the server on CPU 0; sets PID (the process that serves:
 # OpenResty's worker is measured, its master stopped by pid).
 start() {

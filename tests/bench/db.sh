@@ -14,6 +14,7 @@
 # its script (pg_ctl, by its data folder) whatever happens.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+. tests/bench/lib.sh   # free_port
 ROOT="$PWD"
 SHARED="${SHARED_BENCH:-$ROOT/../shared/bench}"
 DUR="${1:-${BENCH_DURATION:-5}}"
@@ -30,7 +31,7 @@ D="$(mktemp -d /tmp/luaserve-benchdb.XXXXXX)"
 chmod 755 "$D"   # the postgres user must reach it
 trap '"$SHARED/db/stop-postgres.sh" "$D/pg" >/dev/null 2>&1; rm -rf "$D"' EXIT
 trap 'exit 130' INT TERM
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+PORT="$(free_port)"
 PG_URL="$("$SHARED/db/start-postgres.sh" "$D/pg" "$PORT")" || { echo "PostgreSQL did not start"; exit 1; }
 export PG_URL LUASERVE_PG="$PG_URL"
 PM="$(head -n1 "$D/pg/data/postmaster.pid")"

@@ -28,15 +28,6 @@ field() { # field NAME LINE -> the value of NAME=... in a run.sh line
 
 . tests/bench/lib.sh
 
-free_port() {
-  local p
-  for _ in $(seq 50); do
-    p=$(( 20000 + RANDOM % 12000 ))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
-  done
-  return 1
-}
-
 section_scaling() {
   echo "### 1. /cpu?n=25 scaling: 1 vs 2 connections (server and wrk on CPUs 0,1; $ROUNDS rounds of ${DUR}s)"
   local r c line one=() two=()
