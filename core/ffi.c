@@ -15,6 +15,7 @@ double ls_ffi_hrtime(void);
 int ls_ffi_respond(ls_runtime_t *rt, double handle, int status,
                    const char *body, size_t blen, const char *ctype,
                    size_t ctlen);
+int ls_ffi_peer(ls_runtime_t *rt, double handle, const char **host);
 
 
 /* now_ms(), read now (as core.now_ms). */
@@ -51,4 +52,18 @@ int ls_ffi_respond(ls_runtime_t *rt, double handle, int status,
   err = ls__respond_whole(c, err, body, blen);
   ls__conn_request_done(c);
   return err ? 0 : 1;
+}
+
+
+/* peer(handle) (as core.peer): the client's port, with *host its address
+ * (the connection's, valid while the request holds it); -1 the request
+ * is over, -2 the address is unknown. */
+int ls_ffi_peer(ls_runtime_t *rt, double handle, const char **host) {
+  ls_conn_t *c = ls__slot_get(rt, handle);
+  if (c == NULL || c->lua_holds == 0)
+    return -1;
+  if (c->peer_host[0] == '\0')
+    return -2;
+  *host = c->peer_host;
+  return c->peer_port;
 }

@@ -34,6 +34,31 @@ describe("luaserve.ffi", function()
     assert.is_false(cffi.respond(0, 200, "", nil))
   end)
 
+  it("reads the client's address as the classic peer does, and not after the request", function()
+    assert.is_nil(cffi.peer(123456789))
+    assert.equal("closed", select(2, cffi.peer(123456789)))
+    local app = luaserve.app()
+    local seen = {}
+    app:get("/peer", function(req)
+      local ffi_host, ffi_port = cffi.peer(req._conn)
+      local host, port = core.peer(req._conn)
+      seen.handle = req._conn
+      return { ffi = { ffi_host, ffi_port }, classic = { host, port },
+        client = { req.client.host, req.client.port } }
+    end)
+    local client = testing.client(app)
+    local r = client:get("/peer"):json()
+    client:close()
+    assert.equal("127.0.0.1", r.ffi[1])
+    assert.is_true(r.ffi[2] > 0)
+    assert.same(r.classic, r.ffi)
+    assert.same(r.classic, r.client)
+    -- the handle of an answered request names nothing any more
+    local host, err = cffi.peer(seen.handle)
+    assert.is_nil(host)
+    assert.equal("closed", err)
+  end)
+
   it("answers plain responses, HEAD without a body, and keeps the connection", function()
     local app = luaserve.app()
     app:get("/j", function() return { ok = true } end)

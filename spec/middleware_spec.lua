@@ -255,7 +255,7 @@ describe("middleware.request_id", function()
     end)
     assert.equal("abc-123", res.headers["x-request-id"])
     assert.same({ id = "abc-123" }, res:json())
-    assert.matches('"GET /id" 200 %d+ [%d.]+ms id=abc%-123', out)
+    assert.matches('127%.0%.0%.1 %- "GET /id" 200 %d+ [%d.]+ms id=abc%-123', out)
   end)
 
   it("makes one when there is none, or when the client's is not sane", function()

@@ -2,6 +2,8 @@
 -- and scheme (the binary's side: tests/test_balancer.py).
 
 local proxy = require "luaserve.proxy"
+local luaserve = require "luaserve"
+local testing = require "luaserve.testing"
 
 
 describe("luaserve.proxy", function()
@@ -46,6 +48,26 @@ describe("luaserve.proxy", function()
       assert.same(proxy.bytes_of("::ffff:1.2.3.4"), proxy.bytes_of("1.2.3.4"))
       assert.same(proxy.bytes_of("[2001:db8::1]"), proxy.bytes_of("2001:db8:0:0:0:0:0:1"))
       assert.is_nil(proxy.bytes_of("2001:db8::1::2"))
+    end)
+  end)
+
+  describe("the access line", function()
+    local app = luaserve.app()
+    app:get("/who", function(req) return req.client.host end)
+    local client
+    setup(function()
+      client = testing.client(app, { access_log = true, proxy = "127.0.0.1" })
+    end)
+    teardown(function() client:close() end)
+
+    it("names the forwarded client from a trusted proxy, else the peer", function()
+      local out = testing.logged(function()
+        local r = client:get("/who", { headers = { ["X-Forwarded-For"] = "203.0.113.7" } })
+        assert.equal("203.0.113.7", r.body)
+        assert.equal("127.0.0.1", client:get("/who").body)
+      end)
+      assert.matches('203%.0%.113%.7 %- "GET /who" 200 11 ', out)
+      assert.matches('127%.0%.0%.1 %- "GET /who" 200 9 ', out)
     end)
   end)
 end)

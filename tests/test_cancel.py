@@ -51,7 +51,7 @@ class CancelTest(unittest.TestCase):
         self.assertEqual(st["cancelled"], 1)
         self.assertEqual(st["sleep_results"], ["cancelled"])
         self.assertEqual(st["cancelled_with_timer"], 0)
-        m = self.srv.wait_log(r'"GET /sleep\?ms=800" 499 0 ')
+        m = self.srv.wait_log(r'127\.0\.0\.1 - "GET /sleep\?ms=800" 499 0 ')
         self.assertIsNotNone(m, self.srv.log())
         self.assertTrue(self.srv.alive())
 

@@ -127,20 +127,31 @@ function M.error(msg, ...) line(4, msg, ...) end
 local flusher = { _done = false, resolve = function(self) flush_timer = nil flush() end }
 
 
+-- The client's address for the access line: the proxy's req.client (or
+-- the app's), else what the server read when the request started.
+local function client_host(req)
+  local client = rawget(req, "client")
+  if client then return client.host end
+  local peer = rawget(req, "_peer")
+  if peer then return peer ~= "" and peer or nil end
+  return req.client.host
+end
+
+
 --- access(req, status, bytes, seconds): one access line (at info level).
 function M.access(req, status, nbytes, seconds)
   if threshold > 2 then return end
-  local client = req.client
+  local host = client_host(req)
   local route = req.route
   if output then
     nbuf = nbuf + 1
-    buf[nbuf] = c_access(client.host, req.method, req.target, req.path,
+    buf[nbuf] = c_access(host, req.method, req.target, req.path,
       route or nil, status, nbytes, seconds, rawget(req, "request_id"), true)
     if nbuf >= 256 then flush() return end
     if flush_timer == nil then flush_timer = core.timer(100, flusher) end
     return
   end
-  local host, rid = client.host, rawget(req, "request_id")
+  local rid = rawget(req, "request_id")
   local first
   if (host == nil or type(host) == "string") and (rid == nil or type(rid) == "string")
       and (not route or type(route) == "string") then

@@ -12,6 +12,7 @@
 local core = require "luaserve.core"
 local errors = require "luaserve.errors"
 local json = require "luaserve.json"
+local peer = require("luaserve.ffi").peer
 
 local setmetatable = setmetatable
 local rawget = rawget
@@ -115,7 +116,7 @@ end
 
 
 function lazy.client(req)
-  local host, port = from_conn(req, core.peer, "client")
+  local host, port = from_conn(req, peer, "client")
   local c = { host = host, port = port }
   req.client = c
   return c
@@ -268,6 +269,7 @@ function M.new(conn, method, target, headers, body, scheme)
     _task = false,
     _route = false,
     _t0 = 0,
+    _peer = false,   -- the client's address, for the access line
     route = false,
     params = false,
     app = false,

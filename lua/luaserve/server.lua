@@ -58,6 +58,7 @@ local release = core.release
 local cffi = require "luaserve.ffi"
 local hrtime = cffi.hrtime
 local respond_plain = cffi.respond
+local peer = cffi.peer
 local now = core.now
 local xpcall = xpcall
 local pcall = pcall
@@ -535,9 +536,10 @@ end
 local function route_request(app, req, access_log)
   req._task = current()
   req.app = app
-  -- The access line names the client: read it while the request holds
-  -- its connection.
-  if access_log then local _ = req.client end
+  -- The access line names the client: read its address while the
+  -- request holds its connection ("" if unknown). Through the FFI: a
+  -- classic call here would end the request's trace.
+  if access_log then req._peer = peer(req._conn) or "" end
   local route, params, detail, extra, near = app:match(req.method, req.path)
   if route then
     req._route = route
