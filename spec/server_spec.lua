@@ -326,4 +326,38 @@ describe("luaserve.server", function()
       assert.equal("address already in use", err)
     end)
   end)
+
+  describe("gc_headroom", function()
+    local server = require "luaserve.server"
+    local function pause()
+      local p = collectgarbage("setpause", 200)
+      collectgarbage("setpause", p)
+      return p
+    end
+    local function live_kb() collectgarbage() return collectgarbage("count") end
+    after_each(function() server.gc_headroom(0) end)
+
+    it("lets a small heap gather the headroom in garbage, a big one double", function()
+      local kb = live_kb()
+      server.gc_headroom(kb * 4 * 1024)   -- four times what is live
+      assert.is_true(pause() >= 450 and pause() <= 550, tostring(pause()))
+      -- The live heap grows past the headroom: it doubles, as by default.
+      local big = {}
+      for i = 1, math.floor(kb * 5) do big[i] = string.rep("x", 1000) .. i end
+      collectgarbage()   -- the sentinel's finalizer paces from what is live
+      assert.equal(200, pause())
+      big = nil
+      collectgarbage()
+      assert.is_true(pause() >= 450, tostring(pause()))
+    end)
+
+    it("is LuaJIT's own pacing with 0", function()
+      server.gc_headroom(live_kb() * 2 * 1024)
+      assert.is_true(pause() > 250, tostring(pause()))
+      server.gc_headroom(0)
+      assert.equal(200, pause())
+      collectgarbage()
+      assert.equal(200, pause())
+    end)
+  end)
 end)

@@ -35,6 +35,7 @@ local OPTIONS = {
   { "backlog", "count", 1024, "listen backlog" },
   { "warn-blocking", "seconds", 0.1, "warn, naming the route, when code holds the loop this long (0: off)" },
   { "threads", "count", 0, "sync pool threads (0: one per core)" },
+  { "gc-headroom", "bytes", 16 * 1024 * 1024, "garbage the Lua heap may gather between collections, at least (0: collect when the heap doubles)" },
   { "pool-queue", "count", 128, "sync jobs waiting for a thread before 503 / \"pool full\"" },
   { "pool-nice", "count", 5, "how much lower the pool threads' priority is than the loop's (0-19)" },
   { "shared-size", "bytes", 64 * 1024 * 1024, "capacity of luaserve.shared in bytes" },
@@ -383,6 +384,7 @@ local function serve_one(opts, app_path, tls, worker)
     log.info(("sync pool: %d threads, queue %d"):format(st.threads, st.queue_max))
   end
   server.watch_blocking(opts["warn-blocking"])
+  server.gc_headroom(opts["gc-headroom"])
   core.run()
   -- Drained: background tasks finish, then the shutdown hooks run, each
   -- bounded by the graceful shutdown timeout.

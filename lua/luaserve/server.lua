@@ -611,6 +611,44 @@ local function make_handler(app, opts)
 end
 
 
+--- gc_headroom(bytes): pace the Lua collector for serving. After each
+-- collection the heap may grow by what is live or by `bytes`, whichever is
+-- more, before the next one starts; 0 keeps LuaJIT's own pacing (the heap
+-- doubles). A server's live heap is mostly its code and modules, and its
+-- garbage is short-lived requests: collecting at every doubling of a
+-- small heap marks the same code over and over (with 16 MB, a json
+-- request costs about a fifth less user CPU). A big heap is paced as
+-- usual, so memory grows by at most `bytes` over the default.
+local gc_headroom_kb = 0
+local gc_watched = false   -- a sentinel waits for the next collection
+
+local function pace_gc()
+  local pause = 200
+  if gc_headroom_kb > 0 then
+    local live = collectgarbage("count")
+    pause = 100 + math.max(100, math.floor(gc_headroom_kb / live * 100))
+  end
+  collectgarbage("setpause", pause)
+end
+
+-- A finalizer runs once per collection: it paces the next one from what
+-- the collection left, and waits for the one after.
+local function watch_gc()
+  gc_watched = true
+  getmetatable(newproxy(true)).__gc = function()
+    gc_watched = false
+    pace_gc()
+    if gc_headroom_kb > 0 then watch_gc() end
+  end
+end
+
+function M.gc_headroom(bytes)
+  gc_headroom_kb = bytes / 1024
+  pace_gc()
+  if gc_headroom_kb > 0 and not gc_watched then watch_gc() end
+end
+
+
 --- watch_blocking(seconds): log a warning naming the route whenever one
 -- entry from the loop into Lua (a request's handler starting, or resuming
 -- after a wait) held the loop at least that long: every other request
