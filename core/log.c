@@ -447,44 +447,56 @@ static int format_access(ls_buf_t *b, const access_t *a) {
          put_key(b, "client", 6) || put_json_string(b, a->client, a->cn);
     if (a->rid)
       rc = rc || put_key(b, "request_id", 10) || put_json_string(b, a->rid, a->idn);
-  } else {
-    rc = rc || ls__buf_append(b, a->client, a->cn) ||
-         ls__buf_append(b, " - \"", 4) || ls__buf_append(b, method, mn) ||
-         ls__buf_append(b, " ", 1);
-    /* the target as sent, with control bytes shown as \xNN: appended
-     * in runs between them */
-    size_t run = 0;
-    for (size_t i = 0; i <= tn && !rc; i++) {
-      unsigned char c = i < tn ? (unsigned char)target[i] : 0;
-      if (i < tn && c >= 0x20 && c != 0x7f && c != '"')
-        continue;
-      rc = ls__buf_append(b, target + run, i - run);
-      if (!rc && i < tn) {
-        int k = snprintf(num, sizeof(num), "\\x%02x", c);
-        rc = ls__buf_append(b, num, (size_t)k);
-      }
-      run = i + 1;
-    }
-    /* "\" status bytes ms.hhms", without printf (a line per request) */
-    uint64_t h = ms > 0 ? (uint64_t)(ms * 100.0 + 0.5) : 0;
-    char *p = num;
-    *p++ = '"';
-    *p++ = ' ';
-    p = ls__put_uint(p, status > 0 ? (uint64_t)status : 0);
-    *p++ = ' ';
-    p = ls__put_uint(p, a->bytes > 0 ? (uint64_t)a->bytes : 0);
-    *p++ = ' ';
-    p = ls__put_uint(p, h / 100);
-    *p++ = '.';
-    *p++ = (char)('0' + h / 10 % 10);
-    *p++ = (char)('0' + h % 10);
-    *p++ = 'm';
-    *p++ = 's';
-    rc = rc || ls__buf_append(b, num, (size_t)(p - num));
-    if (a->rid)
-      rc = rc || ls__buf_append(b, " id=", 4) || ls__buf_append(b, a->rid, a->idn);
+    return rc || ls__buf_append(b, "}\n", 2);
   }
-  return rc || ls__buf_append(b, log_json ? "}\n" : "\n", log_json ? 2 : 1);
+  /* Text, a line per request: one reservation, then written in place (a
+   * target byte takes at most four, as \xNN). */
+  if (rc || ls__buf_reserve(b, a->cn + mn + 4 * tn + a->idn + 96))
+    return UV_ENOMEM;
+  static const char hex[] = "0123456789abcdef";
+  char *p = b->data + b->len;
+  memcpy(p, a->client, a->cn);
+  p += a->cn;
+  memcpy(p, " - \"", 4);
+  p += 4;
+  memcpy(p, method, mn);
+  p += mn;
+  *p++ = ' ';
+  /* the target as sent, with control bytes (and ") shown as \xNN */
+  for (size_t i = 0; i < tn; i++) {
+    unsigned char c = (unsigned char)target[i];
+    if (c >= 0x20 && c != 0x7f && c != '"') {
+      *p++ = (char)c;
+    } else {
+      *p++ = '\\';
+      *p++ = 'x';
+      *p++ = hex[c >> 4];
+      *p++ = hex[c & 15];
+    }
+  }
+  /* "\" status bytes ms.hhms" */
+  uint64_t h = ms > 0 ? (uint64_t)(ms * 100.0 + 0.5) : 0;
+  *p++ = '"';
+  *p++ = ' ';
+  p = ls__put_uint(p, status > 0 ? (uint64_t)status : 0);
+  *p++ = ' ';
+  p = ls__put_uint(p, a->bytes > 0 ? (uint64_t)a->bytes : 0);
+  *p++ = ' ';
+  p = ls__put_uint(p, h / 100);
+  *p++ = '.';
+  *p++ = (char)('0' + h / 10 % 10);
+  *p++ = (char)('0' + h % 10);
+  *p++ = 'm';
+  *p++ = 's';
+  if (a->rid) {
+    memcpy(p, " id=", 4);
+    p += 4;
+    memcpy(p, a->rid, a->idn);
+    p += a->idn;
+  }
+  *p++ = '\n';
+  b->len = (size_t)(p - b->data);
+  return 0;
 }
 
 

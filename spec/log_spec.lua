@@ -99,6 +99,15 @@ describe("luaserve.log", function()
       assert.matches('"GET /nowhere" 404 %d+ [%d.]+ms\n', out)
     end)
 
+    it("show a target's control bytes and quotes as \\xNN, an unknown client as -", function()
+      local core = require "luaserve.core"
+      local line = core.log_access("10.0.0.1", "GET", '/a"b\1c\127', "/a", nil, 200, 5,
+        0.00123, "r1", true)
+      assert.matches('INFO  10%.0%.0%.1 %- "GET /a\\x22b\\x01c\\x7f" 200 5 1%.23ms id=r1\n$', line)
+      line = core.log_access(nil, "POST", "/x", "/x", "/x", 404, 0, 0, nil, true)
+      assert.matches('INFO  %- %- "POST /x" 404 0 0%.00ms\n$', line)
+    end)
+
     it("are written at once by flush()", function()
       client:get("/hello")
       log.flush()
