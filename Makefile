@@ -35,7 +35,7 @@ PACKAGES = gcc make pkg-config luajit2 libluajit2-5.1-dev libuv1-dev \
 TEST_PACKAGES = python3 curl nodejs nghttp2-client wrk python3-websockets \
                 node-ws postgresql redis-server haproxy nginx prometheus \
                 chromium python3-jsonschema python3-uvicorn
-BENCH_PACKAGES = wrk postgresql python3-asyncpg nginx
+BENCH_PACKAGES = wrk postgresql python3-asyncpg nginx valgrind
 # tests/bench/ws.sh: its peers (uvicorn as `uvicorn[standard]` runs it)
 BENCH_PACKAGES += nodejs node-ws python3-uvicorn python3-websockets \
                   python3-uvloop python3-httptools

@@ -362,6 +362,7 @@ function App:route(method, path, handler, opts)
                   shape = pattern .. " " .. concat(types, ",") }
         self.by_template[path] = entry
         self.dynamic[#self.dynamic + 1] = entry
+        self._by_segment = nil   -- made again at the next match
       end
       -- "/users/{id}" and "/users/{uid}" match the same paths: the second
       -- would never be reached.
@@ -454,6 +455,39 @@ end
 -- with the parameter that did not convert, and the route as a fifth value). A static path is looked up
 -- first, then templates in the order they were added: one whose method
 -- does not match, or whose parameters do not convert, lets the next try.
+-- The first segment of a path or template ("users" of "/users/7"); nil
+-- for a template whose first segment holds a parameter.
+local function first_segment(path, template)
+  local stop = find(path, "/", 2, true)
+  local seg = sub(path, 2, (stop or #path + 1) - 1)
+  if template and find(seg, "{", 1, true) then return nil end
+  return seg
+end
+
+
+-- The dynamic templates a path may match, by the path's first segment:
+-- those whose first segment is that text, and those whose first segment
+-- holds a parameter, in the order they were declared (the first match
+-- wins). An app with many routes then tries a few templates, not all.
+local function index_dynamic(self)
+  local dyn, open, by = self.dynamic, {}, {}
+  for i = 1, #dyn do
+    local seg = first_segment(dyn[i].template, true)
+    if seg then by[seg] = true else open[#open + 1] = dyn[i] end
+  end
+  for seg in pairs(by) do
+    local list = {}
+    for i = 1, #dyn do
+      local other = first_segment(dyn[i].template, true)
+      if other == seg or other == nil then list[#list + 1] = dyn[i] end
+    end
+    by[seg] = list
+  end
+  self._by_segment, self._open = by, open
+  return by
+end
+
+
 function App:match(method, path)
   local allowed, unconverted, unconverted_route
   local methods = self.exact[path]
@@ -462,7 +496,8 @@ function App:match(method, path)
     if route then return route, nil end
     allowed = add_methods(allowed, methods)
   end
-  local dyn = self.dynamic
+  local by = self._by_segment or index_dynamic(self)
+  local dyn = by[first_segment(path)] or self._open
   for i = 1, #dyn do
     local e = dyn[i]
     -- A plain find of the literal prefix first (compiled, where a pattern
