@@ -116,6 +116,13 @@ end
 
 
 function lazy.client(req)
+  local seen = rawget(req, "_peer")   -- read for the access line
+  if seen then
+    local c = { host = seen ~= "" and seen or nil,
+                port = rawget(req, "_peer_port") or nil }
+    req.client = c
+    return c
+  end
   local host, port = from_conn(req, peer, "client")
   local c = { host = host, port = port }
   req.client = c
@@ -269,7 +276,8 @@ function M.new(conn, method, target, headers, body, scheme)
     _task = false,
     _route = false,
     _t0 = 0,
-    _peer = false,   -- the client's address, for the access line
+    _peer = false,   -- the client's address and port, for the access line
+    _peer_port = false,
     route = false,
     params = false,
     app = false,
