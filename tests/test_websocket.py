@@ -443,7 +443,9 @@ class StreamProxyTest(unittest.TestCase):
         import upstream
         up = upstream.start()
         try:
-            with harness.Server(APP, "--no-access-log") as srv:
+            # The Lua heap may keep --gc-headroom of garbage by design (16 MB
+            # by default): 4 MB here, so that a body held would show.
+            with harness.Server(APP, "--no-access-log", "--gc-headroom", "4m") as srv:
                 rss0 = int(re.search(r"VmRSS:\s+(\d+)",
                                      open("/proc/%d/status" % srv.proc.pid).read()).group(1))
                 with harness.Client(srv.port, timeout=30) as c:
