@@ -248,7 +248,7 @@ class FailureTest(unittest.TestCase):
     def test_worker_killed_holding_the_shared_lock_does_not_hang_the_others(self):
         srv = start(self, "--no-access-log", "--timeout-graceful-shutdown", "1")
         repaired = None
-        for attempt in range(30):
+        for attempt in range(60):   # a kill lands inside the lock most times, not all
             c = harness.Client(srv.port)
             c.request("GET", "/hammer?id=%d" % attempt)
             # the worker running /hammer writes its pid first
