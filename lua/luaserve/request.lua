@@ -7,7 +7,8 @@
 --
 -- client and tls come from the connection, which Lua knows by a checked
 -- handle: read after the request has finished (in a detached task), they
--- raise a clear error instead of reading a connection that is gone.
+-- raise a clear error instead of reading a connection that is gone; with
+-- the access log on, client then has the host the log line named.
 
 local core = require "luaserve.core"
 local errors = require "luaserve.errors"
@@ -115,16 +116,21 @@ local function from_conn(req, fn, field)
 end
 
 
+-- Once the request is over, the address the access line read (no port),
+-- if it read one.
 function lazy.client(req)
-  local seen = rawget(req, "_peer")   -- read for the access line
-  if seen then
-    local c = { host = seen ~= "" and seen or nil,
-                port = rawget(req, "_peer_port") or nil }
-    req.client = c
-    return c
+  local conn = rawget(req, "_conn")
+  local c = {}
+  if conn then
+    local host, port = peer(conn)
+    if host == nil and port == "closed" then
+      local seen = rawget(req, "_peer")
+      if not seen then error(FINISHED:format("client"), 2) end
+      if seen ~= "" then c.host = seen end
+    else
+      c.host, c.port = host, port
+    end
   end
-  local host, port = from_conn(req, peer, "client")
-  local c = { host = host, port = port }
   req.client = c
   return c
 end
@@ -272,12 +278,13 @@ function M.new(conn, method, target, headers, body, scheme)
     scheme = scheme or "http",
     _conn = conn,
     -- Set during the request; named here so the table is made at its full
-    -- size once, not grown (rehashed) as they are added.
+    -- size once, not grown (rehashed) as they are added. These 15 keys
+    -- make 16 slots: one lazy field (req.query) still fits, a 17th key
+    -- doubles the table (384 B more per request waiting).
     _task = false,
     _route = false,
     _t0 = 0,
-    _peer = false,   -- the client's address and port, for the access line
-    _peer_port = false,
+    _peer = false,   -- the client's address, read for the access line
     route = false,
     params = false,
     app = false,

@@ -540,10 +540,7 @@ local function route_request(app, req, access_log)
   -- request holds its connection ("" if unknown; req.client falls back
   -- on it once the request is over). Through the FFI: a classic call here
   -- would end the request's trace.
-  if access_log then
-    local host, port = peer(req._conn)
-    req._peer, req._peer_port = host or "", port
-  end
+  if access_log then req._peer = peer(req._conn) or "" end
   local route, params, detail, extra, near = app:match(req.method, req.path)
   if route then
     req._route = route

@@ -47,10 +47,10 @@ count() {
     sleep 0.2
   done
   timeout 30 wrk -t1 -c8 -d2s "http://127.0.0.1:$port$path" >/dev/null 2>&1
-  callgrind_control -i on "$PID" >/dev/null
+  callgrind_control -i on "$PID" >/dev/null 2>&1
   n=$(timeout $((DUR + 20)) wrk -t1 -c8 -d"${DUR}s" "http://127.0.0.1:$port$path" 2>&1 |
     sed -n 's/^ *\([0-9]*\) requests in.*/\1/p')
-  callgrind_control -i off "$PID" >/dev/null
+  callgrind_control -i off "$PID" >/dev/null 2>&1
   stop
   ir=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
   [ "${KEEP:-0}" = 1 ] || rm -f "$out"
