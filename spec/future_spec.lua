@@ -296,6 +296,17 @@ describe("luaserve.future", function()
       assert.matches("stack traceback", out)
     end))
 
+    it("goes on after many tasks that raised, each ending its runner", quietly(function()
+      for i = 1, 300 do
+        local _, err = await(spawn(function()
+          if i % 2 == 0 then await(sleep(0)) end
+          error("n" .. i)
+        end))
+        assert.matches("n" .. i .. "$", err)
+      end
+      assert.equal(42, await(spawn(function() await(sleep(0)) return 42 end)))
+    end))
+
     it("an error object is given as it is", function()
       local e = luaserve.HTTPError(409, "conflict")
       local _, err = await(spawn(function() error(e) end))

@@ -208,6 +208,9 @@ describe("luaserve.server", function()
       out = capture_log(function() client:get("/boom-after-await") end)
       assert.matches("route /boom%-after%-await", out)
       assert.matches("attempt to index", out)
+      -- the frame that raised keeps its line (the coroutine the error ended
+      -- has lost it: it comes from the message)
+      assert.matches("stack traceback:\n%s*[^\n]*server_spec%.lua:%d+: in ", out)
     end)
 
     it("survives many failing requests in a row", function()

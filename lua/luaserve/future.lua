@@ -350,9 +350,13 @@ local MAX_IDLE_RUNNERS = 256
 
 
 -- A runner runs tasks, one after another, for as long as none of them is
--- cancelled while suspended (that one is dropped with its coroutine). The
--- task's function is called right here: every frame less is stack a
--- suspended task does not keep.
+-- cancelled while suspended or raises (that one is dropped with its
+-- coroutine). The task's function is called right here, and unprotected:
+-- every frame less is stack a suspended task does not keep, and a
+-- protected call's frame would stop the compiled code of a request that
+-- has waited, or called a C function such as json.encode, from running on
+-- to its answer (a trace cannot return into a pcall entered before it).
+-- An error ends the coroutine instead; step() hands it to task_failed.
 local finish   -- forward
 
 
@@ -360,14 +364,24 @@ local function runner_body(task)
   while true do
     local args, a1 = task._args, task._a1
     if args then
-      finish(task, xpcall(task._fn, M.on_error, unpack(args, 1, args.n)))
+      finish(task, true, task._fn(unpack(args, 1, args.n)))
     elseif a1 ~= nil then
-      finish(task, xpcall(task._fn, M.on_error, a1))
+      finish(task, true, task._fn(a1))
     else
-      finish(task, xpcall(task._fn, M.on_error))
+      finish(task, true, task._fn())
     end
     task = co_yield(IDLE)
   end
+end
+
+
+-- An idle runner, or a new one.
+local function take_runner()
+  if nrunners == 0 then return co_create(runner_body) end
+  local co = runners[nrunners]
+  runners[nrunners] = nil
+  nrunners = nrunners - 1
+  return co
 end
 
 
@@ -526,6 +540,47 @@ local function report_loose(task)
 end
 
 
+-- The traceback of a coroutine an error ended. LuaJIT has lost the line
+-- of the frame that raised (it keeps the return points of the frames below
+-- only): a runtime error's message names it ("app.lua:12: attempt to
+-- index..."), so the frame gets it back from there.
+local function dead_traceback(co, msg)
+  local tb = traceback(co, msg, 0)
+  local file, line = string.match(msg, "^([^\n]-):(%d+): ")
+  if not file then return tb end
+  local at = string.find(tb, "\n\t" .. file .. ": in ", 1, true)
+  if not at then return tb end
+  return string.sub(tb, 1, at + 1 + #file) .. ":" .. line ..
+    string.sub(tb, at + 2 + #file)
+end
+
+
+-- The task's function raised: its coroutine is dead, and its stack still
+-- tells where (an error that is a table, such as an HTTPError, stays as
+-- it is). A task with a failure handler (a request's, which answers the
+-- error) goes on running it, fn(arg, err), in a fresh runner, once; any
+-- other task ends with the error.
+local function task_failed(task, co, err)
+  if type(err) ~= "table" then err = dead_traceback(co, tostring(err)) end
+  if task._co == co then task._co = nil end
+  if task._finished then   -- cancelled meanwhile, or failed in finish()
+    if not task._cancelled then safe_log("task runner failed: " .. tostring(err)) end
+    return
+  end
+  local on_fail = task._on_fail
+  if not on_fail then
+    finish(task, false, err)
+    return
+  end
+  task._on_fail = false
+  task._args = { n = 2, task._a1, err }
+  task._a1 = nil
+  task._fn = on_fail
+  task._co = take_runner()
+  step(task, task)
+end
+
+
 -- Resume task's coroutine with the values; what comes back decides where
 -- the coroutine goes.
 -- The coroutine is taken before the resume: a task may cancel itself
@@ -541,7 +596,7 @@ function step(task, ...)
   current = prev
   if nmade > 0 then sweep_created() end
   if not ok then
-    safe_log("task runner failed: " .. traceback(co, tostring(tag)))
+    task_failed(task, co, tag)
   elseif tag == IDLE then
     if nrunners < MAX_IDLE_RUNNERS then
       nrunners = nrunners + 1
@@ -567,7 +622,7 @@ local function start(fn, opts, ...)
   -- Every field a task gets is named here, so the table is made once at
   -- its full size instead of growing (rehashing) per field.
   local task = setmetatable({ _fn = fn, _a1 = (...), _co = false,
-    _waiting = false, _finished = false }, Task)
+    _waiting = false, _finished = false, _on_fail = false }, Task)
   if n > 1 then task._a1 = nil task._args = { n = n, ... } end
   local parent = opts ~= false and current or nil
   if parent and not (opts and opts.detached) then
@@ -577,19 +632,23 @@ local function start(fn, opts, ...)
     if kids == nil then kids = {} root._children = kids end
     kids[task] = true
   end
-  local co
-  if nrunners > 0 then
-    co = runners[nrunners]
-    runners[nrunners] = nil
-    nrunners = nrunners - 1
-  else
-    co = co_create(runner_body)
-  end
-  task._co = co
+  task._co = take_runner()
   step(task, task)
   return task
 end
 M.start = start
+
+
+--- start_request(fn, on_fail, req): a task with no parent running fn(req)
+-- now; if fn raises, on_fail(req, err) runs in its place (in the same
+-- task: cancelling the task cancels it too).
+function M.start_request(fn, on_fail, req)
+  local task = setmetatable({ _fn = fn, _a1 = req, _co = false,
+    _waiting = false, _finished = false, _on_fail = on_fail }, Task)
+  task._co = take_runner()
+  step(task, task)
+  return task
+end
 
 
 -- The task's function returned (ok) or raised: record the outcome, detach

@@ -27,7 +27,7 @@ local sync = require "luaserve.sync"
 local websocket = require "luaserve.websocket"
 local inputs = require "luaserve.inputs"
 
-local start = future.start
+local start_request = future.start_request
 local drain = future.drain
 local on_error = future.on_error
 local current = future.current
@@ -558,9 +558,12 @@ local function route_request(app, req, access_log)
 end
 
 
---- Build the function each request's task runs: match, the pipeline,
--- respond, after-response work, log. It never raises: any error becomes
--- an answer (500, or what the exception handlers say).
+--- Build the functions each request's task runs: handle (match, the
+-- pipeline, respond, after-response work, log), and failed, which runs in
+-- its place when it raises (the task's function is not a protected call:
+-- see future.lua's runners): the error becomes an answer (500, or what
+-- the exception handlers say), or a log line naming the route once the
+-- request was answered.
 local function make_handler(app, opts)
   local requests = opts.requests
   local access_log = opts.access_log ~= false
@@ -572,13 +575,8 @@ local function make_handler(app, opts)
     timeout = opts.timeout_request,
   }
 
-  return function(req)
-    route_request(app, req, access_log)
-    local ok, status, body, ctype, headers, stream, bg, ws = xpcall(run_pipeline,
-      on_error, ctx, req)
-    if not ok then
-      status, body, ctype, headers, stream, bg = answer_error(app, req, status)
-    end
+  -- Send the answer, then what comes after it.
+  local function answer(req, status, body, ctype, headers, stream, bg, ws)
     local conn = req._conn
     if requests[conn] ~= req then return end   -- aborted meanwhile
     local nbytes, written
@@ -609,6 +607,21 @@ local function make_handler(app, opts)
       if metrics then metrics(req, status, seconds) end
     end
   end
+
+  local function handle(req)
+    route_request(app, req, access_log)
+    answer(req, run_pipeline(ctx, req))
+  end
+
+  local function failed(req, err)
+    if requests[req._conn] ~= req then   -- answered already, or gone
+      log_handler_error(req, err, " after its answer")
+      return
+    end
+    answer(req, answer_error(app, req, err))
+  end
+
+  return handle, failed
 end
 
 
@@ -766,7 +779,7 @@ function M.serve(app, opts)
   if opts.docs ~= false then require("luaserve.docs").mount(app) end
   if opts.validate_responses ~= nil then inputs.validate_responses = opts.validate_responses end
   local requests = {}   -- conn -> the request being handled
-  local handle = make_handler(app, {
+  local handle, failed = make_handler(app, {
     requests = requests,
     access_log = opts.access_log,
     metrics = opts.metrics,
@@ -798,7 +811,7 @@ function M.serve(app, opts)
     end
     if root then strip_root(req, root) end
     requests[conn] = req
-    start(handle, false, req)
+    start_request(handle, failed, req)
     drain()
   end
 
