@@ -450,11 +450,6 @@ local function add_methods(set, methods)
 end
 
 
---- app:match(method, path): route, params; or nil, status, detail, headers
--- (404; 405 with Allow when the path matches but the method does not; 422
--- with the parameter that did not convert, and the route as a fifth value). A static path is looked up
--- first, then templates in the order they were added: one whose method
--- does not match, or whose parameters do not convert, lets the next try.
 -- The first segment of a path or template ("users" of "/users/7"); nil
 -- for a template whose first segment holds a parameter.
 local function first_segment(path, template)
@@ -488,6 +483,13 @@ local function index_dynamic(self)
 end
 
 
+--- app:match(method, path): route, params; or nil, status, detail, headers
+-- (404; 405 with Allow when the path matches but the method does not; 422
+-- with the parameter that did not convert, and the route as a fifth
+-- value). A static path is looked up first, then the templates that may
+-- match (by the path's first segment) in the order they were added: one
+-- whose method does not match, or whose parameters do not convert, lets
+-- the next try.
 function App:match(method, path)
   local allowed, unconverted, unconverted_route
   local methods = self.exact[path]

@@ -614,7 +614,7 @@ local function make_handler(app, opts)
   end
 
   local function failed(req, err)
-    if requests[req._conn] ~= req then   -- answered already, or gone
+    if requests[req._conn] ~= req then   -- answered already
       log_handler_error(req, err, " after its answer")
       return
     end
@@ -639,8 +639,8 @@ local gc_watched = false   -- a sentinel waits for the next collection
 local function pace_gc()
   local pause = 200
   if gc_headroom_kb > 0 then
-    local live = collectgarbage("count")
-    pause = 100 + math.max(100, math.floor(gc_headroom_kb / live * 100))
+    local live = math.max(collectgarbage("count"), 1)
+    pause = 100 + math.max(100, math.min(math.floor(gc_headroom_kb / live * 100), 1e8))
   end
   collectgarbage("setpause", pause)
 end
