@@ -89,6 +89,13 @@ static int on_header_field_complete(llhttp_t *p) {
       strncasecmp(c->req.data + h->name_off, "host", 4) == 0 &&
       c->host_seen++ > 0)
     return fail(p, 400, "more than one Host header");
+  /* The packed form Lua gets (ls__http_push_request): the name lower-cased
+   * in place, a NUL after it. */
+  char *name = c->req.data + h->name_off;
+  for (uint32_t k = 0; k < h->name_len; k++)
+    if (name[k] >= 'A' && name[k] <= 'Z') name[k] = (char)(name[k] + 32);
+  if (ls__buf_append(&c->req, "", 1))
+    return fail(p, 503, "out of memory");
   return 0;
 }
 
@@ -105,6 +112,28 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n) {
   if (ls__buf_append(&c->req, at, n))
     return fail(p, 503, "out of memory");
   h->value_len += (uint32_t)n;
+  return 0;
+}
+
+
+/* A value ends: trailing blanks cut (llhttp drops the leading ones), a
+ * NUL after it. An empty value had no span: it starts here. */
+static int on_header_value_complete(llhttp_t *p) {
+  ls_conn_t *c = p->data;
+  if (c->nheaders == 0)
+    return 0;
+  ls_hdr_t *h = (ls_hdr_t *)(c->hdrs.data + c->hdrs.len) - 1;
+  if (!c->last_was_value) {
+    h->value_off = (uint32_t)c->req.len;
+    c->last_was_value = 1;
+  }
+  while (h->value_len > 0 && (c->req.data[c->req.len - 1] == ' ' ||
+                              c->req.data[c->req.len - 1] == '\t')) {
+    h->value_len--;
+    c->req.len--;
+  }
+  if (ls__buf_append(&c->req, "", 1))
+    return fail(p, 503, "out of memory");
   return 0;
 }
 
@@ -218,6 +247,7 @@ const llhttp_settings_t ls__http_settings = {
   .on_header_field = on_header_field,
   .on_header_field_complete = on_header_field_complete,
   .on_header_value = on_header_value,
+  .on_header_value_complete = on_header_value_complete,
   .on_headers_complete = on_headers_complete,
   .on_body = on_body,
   .on_message_complete = on_message_complete,
@@ -297,8 +327,50 @@ void ls__http_push_headers(lua_State *L, const char *base, const ls_hdr_t *all,
 }
 
 
-/* Push method, target, headers, body. Header names are lower-cased;
- * repeated headers are joined with ", " (RFC 9110 5.3). */
+/* Push a table of the headers packed as "name\0value\0..." (names
+ * lower-cased): repeated names joined with ", " (RFC 9110 5.3). */
+void ls__http_push_packed(lua_State *L, const char *s, size_t len) {
+  const char *end = s + len;
+  int n = 0;
+  for (const char *q = s; (q = memchr(q, 0, (size_t)(end - q))) != NULL; q++)
+    n++;
+  lua_createtable(L, 0, n / 2);
+  while (s < end) {
+    const char *nz = memchr(s, 0, (size_t)(end - s));
+    if (nz == NULL) break;
+    const char *v = nz + 1;
+    const char *vz = v < end ? memchr(v, 0, (size_t)(end - v)) : NULL;
+    if (vz == NULL) break;
+    lua_pushlstring(L, s, (size_t)(nz - s));
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3);
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+      lua_pushlstring(L, v, (size_t)(vz - v));
+    } else {
+      lua_pushliteral(L, ", ");
+      lua_pushlstring(L, v, (size_t)(vz - v));
+      lua_concat(L, 3);
+    }
+    lua_rawset(L, -3);
+    s = vz + 1;
+  }
+}
+
+
+/* core.unpack_headers(packed): the table of a request's packed headers. */
+int ls__lua_unpack_headers(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  ls__http_push_packed(L, s, len);
+  return 1;
+}
+
+
+/* Push method, target, headers, body. The headers are the packed string
+ * the parser callbacks built after the target ("name\0value\0...", names
+ * lower-cased, values trimmed): Lua makes its table only if the request
+ * reads req.headers (core.unpack_headers). */
 int ls__http_push_request(lua_State *L, ls_conn_t *c) {
   ls_runtime_t *rt = c->server->rt;
   unsigned m = c->parser.method;
@@ -313,8 +385,10 @@ int ls__http_push_request(lua_State *L, ls_conn_t *c) {
     lua_pushstring(L, llhttp_method_name((llhttp_method_t)m));
   }
   lua_pushlstring(L, c->req.data ? c->req.data : "", c->url_len);
-  ls__http_push_headers(L, c->req.data, (const ls_hdr_t *)c->hdrs.data,
-                        c->nheaders);
+  if (c->req.len > c->url_len)
+    lua_pushlstring(L, c->req.data + c->url_len, c->req.len - c->url_len);
+  else
+    lua_pushliteral(L, "");
   if (c->body_stream)   /* streamed: Lua reads it with body_read */
     lua_pushboolean(L, 0);
   else

@@ -499,7 +499,11 @@ void ls__http_reset(ls_conn_t *c);
  * lower-cased, repeated ones joined with ", ". */
 void ls__http_push_headers(lua_State *L, const char *base, const ls_hdr_t *h,
                            unsigned n);
-/* ls__http_push_request: push method, target, headers table, body on L;
+/* ls__http_push_packed: push a table of headers packed as
+ * "name\0value\0..." (what ls__http_push_request gives Lua). */
+void ls__http_push_packed(lua_State *L, const char *s, size_t len);
+int ls__lua_unpack_headers(lua_State *L);
+/* ls__http_push_request: push method, target, packed headers, body on L;
  * returns the number pushed (4). */
 int ls__http_push_request(lua_State *L, ls_conn_t *c);
 /* body_len of a streamed response: chunked (or close-delimited) */

@@ -361,6 +361,7 @@ static const luaL_Reg core_functions[] = {
   {"write_chunk", ls__lua_write_chunk},
   {"respond_end", ls__lua_respond_end},
   {"peer", ls__lua_peer},
+  {"unpack_headers", ls__lua_unpack_headers},
   {"tls_info", ls__lua_tls_info},
   {"tls_server_context", ls__lua_tls_server_context},
   {"tls_client_context", ls__lua_tls_client_context},

@@ -202,6 +202,54 @@ describe("luaserve.request", function()
     end)
   end)
 
+  describe("headers from the core", function()
+    -- The core hands them packed ("name\0value\0...", names lower-cased):
+    -- the table is made when the request first reads req.headers.
+    local packed = "host\0b\0x-empty\0\0x-r\0one\0content-type\0text/plain\0x-r\0two\0"
+
+    it("are made on first read, every field in pairs()", function()
+      local req = request.new(nil, "GET", "/a?x=1", packed, "")
+      assert.is_nil(rawget(req, "headers"))
+      local h = req.headers
+      assert.equal(h, rawget(req, "headers"))
+      assert.equal(h, req.headers)
+      local seen = {}
+      for k, v in pairs(h) do seen[k] = v end
+      assert.same({ host = "b", ["x-empty"] = "", ["x-r"] = "one, two",
+        ["content-type"] = "text/plain" }, seen)
+      assert.equal("text/plain", h["Content-Type"])
+    end)
+
+    it("may be none", function()
+      local req = request.new(nil, "GET", "/a", "", "")
+      assert.same({}, req.headers)
+      assert.is_nil(req.headers.host)
+    end)
+
+    it("may still come as a table (a pool state's request)", function()
+      local req = request.new(nil, "GET", "/a", { ["x-a"] = "1" }, "")
+      assert.equal("1", req.headers["X-A"])
+    end)
+
+    it("unpack_headers makes the same table", function()
+      local core = require "luaserve.core"
+      assert.same({ host = "b", ["x-empty"] = "", ["x-r"] = "one, two",
+        ["content-type"] = "text/plain" }, core.unpack_headers(packed))
+      assert.same({}, core.unpack_headers(""))
+    end)
+  end)
+
+  describe("query_string", function()
+    it("is what follows ? in the target, or nil", function()
+      assert.equal("x=1&y", request.new(nil, "GET", "/a?x=1&y", "", "").query_string)
+      assert.equal("", request.new(nil, "GET", "/a?", "", "").query_string)
+      assert.is_nil(request.new(nil, "GET", "/a", "", "").query_string)
+      local req = request.new(nil, "GET", "/a?k=v&k=w", "", "")
+      assert.same({ k = "v" }, req.query)
+      assert.same({ "v", "w" }, req:query_all("k"))
+    end)
+  end)
+
   describe("client", function()
     it("gives the client's address and port", function()
       local c = client:get("/client"):json()

@@ -187,14 +187,20 @@ class HeadAndHeadersTest(unittest.TestCase):
     def test_headers_reach_the_handler(self):
         with Client(self.inspect.port) as c:
             c.send(b"GET /inspect?a=1&b=x%20y HTTP/1.1\r\nHost: t\r\n"
-                   b"X-Mixed-Case: Value  \r\nX-Rep: a\r\nx-rep: b\r\n\r\n")
+                   b"X-Mixed-Case: Value  \r\nX-Rep: a\r\nx-rep: b\r\n"
+                   b"X-Empty:\r\nX-Tab:\tt \t\r\nX-Fold: a\r\n  b\r\n"
+                   b"X-Inner:  two  words\r\n\r\n")
             r = c.response().json()
         self.assertEqual(r["method"], "GET")
         self.assertEqual(r["path"], "/inspect")
         self.assertEqual(r["target"], "/inspect?a=1&b=x%20y")
-        self.assertEqual(r["headers"]["x-mixed-case"], "Value")
-        self.assertEqual(r["headers"]["x-rep"], "a, b")
-        self.assertEqual(r["headers"]["host"], "t")
+        self.assertEqual(r["query_string"], "a=1&b=x%20y")
+        # Every field, as pairs() sees it: names lower-cased, blanks around
+        # values cut (inside kept), repeats joined, empty values kept.
+        self.assertEqual(r["headers"], {
+            "host": "t", "x-mixed-case": "Value", "x-rep": "a, b",
+            "x-empty": "", "x-tab": "t", "x-fold": "a  b",
+            "x-inner": "two  words"})
 
     def test_upgrade_request_is_answered_then_closed(self):
         # No upgrades here: the request gets a normal answer and the

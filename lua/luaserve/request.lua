@@ -1,8 +1,9 @@
 -- luaserve.request: the request object a handler gets. Fields: method, path,
 -- target (path and query as sent), headers (case-insensitive), body,
 -- params (typed path parameters), route (the matched template), scheme
--- ("http" or "https"); lazily: query (percent-decoded, first value of each
--- key), client {host, port}, tls ({version, cipher, alpn, peer_subject,
+-- ("http" or "https"); lazily: headers (the table is made on first read),
+-- query (percent-decoded, first value of each key), query_string,
+-- client {host, port}, tls ({version, cipher, alpn, peer_subject,
 -- peer_verified} over TLS, false over plain TCP).
 --
 -- client and tls come from the connection, which Lua knows by a checked
@@ -96,9 +97,33 @@ local parse_query = M.parse_query
 local lazy = {}
 
 function lazy.query(req)
-  local q = parse_query(rawget(req, "query_string"))
+  local q = parse_query(req.query_string)
   req.query = q
   return q
+end
+
+
+--- req.query_string: what follows "?" in the target, or nil. Read from
+-- the target each time (kept off the request table: see new()).
+function lazy.query_string(req)
+  local target = rawget(req, "target")
+  local q = target and find(target, "?", 1, true)
+  if q then return sub(target, q + 1) end
+end
+
+
+--- req.headers: the table, made on first read. The core hands a request
+-- its headers packed in one string ("name\0value\0...", names lower-cased):
+-- a request that never reads them costs no table and no string per field.
+local unpack_headers = core.unpack_headers
+
+function lazy.headers(req)
+  local raw = rawget(req, "_hraw")
+  local h
+  if type(raw) == "string" then h = unpack_headers(raw) else h = raw or {} end
+  setmetatable(h, headers_mt)
+  req.headers = h
+  return h
 end
 
 local FINISHED = "the request has finished: read req.%s while it runs " ..
@@ -156,7 +181,7 @@ local body_stream = require "luaserve.body"
 
 --- req.cookies: { name = value } of the Cookie header (percent-decoded).
 function lazy.cookies(req)
-  local c = cookies.parse(rawget(req, "headers").cookie)
+  local c = cookies.parse(req.headers.cookie)
   req.cookies = c
   return c
 end
@@ -226,7 +251,7 @@ end
 function Request:query_all(key)
   local all = rawget(self, "_query_all")
   if all == nil then
-    all = parse_query(rawget(self, "query_string"), true)
+    all = parse_query(self.query_string, true)
     self._query_all = all
   end
   return all[key] or {}
@@ -251,13 +276,13 @@ function Request:json()
 end
 
 
---- new(conn, method, target, headers, body, scheme): a request. The
--- headers table is taken over (names already lower-cased by the core).
+--- new(conn, method, target, headers, body, scheme): a request. headers:
+-- the core's packed string, or a table (taken over; names lower-case).
 -- conn is the core's handle of the request (nil in a pool state).
 function M.new(conn, method, target, headers, body, scheme)
   local q = find(target, "?", 1, true)
-  local path, qs = target, nil
-  if q then path, qs = sub(target, 1, q - 1), sub(target, q + 1) end
+  local path = target
+  if q then path = sub(target, 1, q - 1) end
   if byte(path, 1) ~= 47 then   -- not "/"
     -- absolute-form (RFC 9112 3.2.2, "GET http://host/x"): the path is what
     -- follows the authority; "*" (OPTIONS) and the rest stay as they are
@@ -265,22 +290,20 @@ function M.new(conn, method, target, headers, body, scheme)
     if rest then path = rest ~= "" and rest or "/" end
   end
   if find(path, "%", 1, true) then path = gsub(path, "%%(%x%x)", hex_char) end
-  setmetatable(headers, headers_mt)
   -- Made, then returned: a tail call out of a root trace is not compiled
   -- ("leaving loop in root trace").
   local req = setmetatable({
     method = method,
     path = path,
     target = target,
-    query_string = qs,
-    headers = headers,
+    _hraw = headers,   -- req.headers is made from it when first read
     body = body,
     scheme = scheme or "http",
     _conn = conn,
     -- Set during the request; named here so the table is made at its full
-    -- size once, not grown (rehashed) as they are added. These 15 keys
-    -- make 16 slots: one lazy field (req.query) still fits, a 17th key
-    -- doubles the table (384 B more per request waiting).
+    -- size once, not grown (rehashed) as they are added. These 14 keys
+    -- make 16 slots: two lazy fields (req.headers, req.query) still fit,
+    -- a 17th key doubles the table (384 B more per request waiting).
     _task = false,
     _route = false,
     _t0 = 0,

@@ -38,6 +38,7 @@ local sleep = future.sleep
 local on_cancel = future.on_cancel
 local co_resume = future.coroutine_resume
 local new_request = request.new
+local find = string.find
 local normalize = response.normalize
 local to_object = response.object
 local is_sync = sync.is_sync
@@ -797,8 +798,7 @@ function M.serve(app, opts)
     if timed then req._t0 = hrtime() end
     -- Behind a balancer: only a request that carries forwarding headers
     -- pays for them.
-    if proxy and (rawget(headers, "x-forwarded-for") or rawget(headers,
-        "x-forwarded-proto") or rawget(headers, "forwarded")) then
+    if proxy and find(headers, "forwarded", 1, true) then
       proxy(req)
     end
     if root then strip_root(req, root) end

@@ -12,6 +12,7 @@ app:route({ "GET", "POST", "PUT", "DELETE" }, "/inspect", function(req)
     method = req.method,
     path = req.path,
     target = req.target,
+    query_string = req.query_string,
     headers = req.headers,
     body = req.body,
     body_len = #req.body,
