@@ -55,7 +55,11 @@ SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer \
 CFLAGS = -O1 -g
 else
 BUILD = build/release
+# Link-time optimization: the core's small helpers (buffers, handle slots,
+# the stream's writes) inline across files: about 3 % fewer instructions
+# per request (tests/bench/instructions.sh).
 SANFLAGS =
+LTOFLAGS = -flto=auto
 endif
 
 CORE_SRCS = core/body.c \
@@ -138,17 +142,17 @@ luaserve: $(BUILD)/luaserve
 	@if [ "$(SAN)" != 1 ]; then cp $(BUILD)/luaserve luaserve.tmp && mv -f luaserve.tmp luaserve; fi
 
 $(BIN): $(CORE_OBJS) $(LLHTTP_OBJS)
-	$(CC) $(SANFLAGS) -o $@ $^ $(PKG_LIBS) -lm -Wl,-E
+	$(CC) $(SANFLAGS) $(LTOFLAGS) -o $@ $^ $(PKG_LIBS) -lm -Wl,-E
 
 $(BUILD)/core/%.o: core/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(SANFLAGS) $(WARN) -MMD -MP -I$(LLHTTP_INC) $(PKG_CFLAGS) \
+	$(CC) $(CFLAGS) $(SANFLAGS) $(LTOFLAGS) $(WARN) -MMD -MP -I$(LLHTTP_INC) $(PKG_CFLAGS) \
 	  -DLS_LUA_DIR='"$(LUADIR)"' -c -o $@ $<
 
 # llhttp's generated sources, compiled from where node-llhttp puts them.
 $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(SANFLAGS) -w -I$(LLHTTP_INC) -c -o $@ $<
+	$(CC) $(CFLAGS) $(SANFLAGS) $(LTOFLAGS) -w -I$(LLHTTP_INC) -c -o $@ $<
 
 -include $(CORE_OBJS:.o=.d)
 

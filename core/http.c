@@ -64,14 +64,22 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n) {
     c->nheaders++;
     c->last_was_value = 0;
   }
-  /* llhttp 8.1 takes "Name : value" except for its own framing headers;
-   * RFC 9112 5.1 requires a 400 (the name would reach Lua as "name "). */
-  if (memchr(at, ' ', n) || memchr(at, '\t', n))
-    return fail(p, 400, "whitespace in a header field name");
   ls_hdr_t *h = (ls_hdr_t *)(c->hdrs.data + c->hdrs.len) - 1;
   if (ls__buf_append(&c->req, at, n))
     return fail(p, 503, "out of memory");
   h->name_len += (uint32_t)n;
+  return 0;
+}
+
+
+/* End a name or value of the packed headers. */
+static int append_nul(llhttp_t *p, ls_conn_t *c) {
+  if (c->req.len < c->req.cap) {
+    c->req.data[c->req.len++] = '\0';
+    return 0;
+  }
+  if (ls__buf_append(&c->req, "", 1))
+    return fail(p, 503, "out of memory");
   return 0;
 }
 
@@ -85,18 +93,21 @@ static int on_header_field_complete(llhttp_t *p) {
   ls_hdr_t *h = (ls_hdr_t *)(c->hdrs.data + c->hdrs.len) - 1;
   if (h->name_len == 0)
     return fail(p, 400, "empty header field name");
-  if (h->name_len == 4 &&
-      strncasecmp(c->req.data + h->name_off, "host", 4) == 0 &&
-      c->host_seen++ > 0)
-    return fail(p, 400, "more than one Host header");
   /* The packed form Lua gets (ls__http_push_request): the name lower-cased
-   * in place, a NUL after it. */
+   * in place, a NUL after it. llhttp 8.1 takes "Name : value" except for
+   * its own framing headers; RFC 9112 5.1 requires a 400 (the name would
+   * reach Lua as "name "). */
   char *name = c->req.data + h->name_off;
-  for (uint32_t k = 0; k < h->name_len; k++)
-    if (name[k] >= 'A' && name[k] <= 'Z') name[k] = (char)(name[k] + 32);
-  if (ls__buf_append(&c->req, "", 1))
-    return fail(p, 503, "out of memory");
-  return 0;
+  for (uint32_t k = 0; k < h->name_len; k++) {
+    char ch = name[k];
+    if (ch >= 'A' && ch <= 'Z')
+      name[k] = (char)(ch + 32);
+    else if (ch == ' ' || ch == '\t')
+      return fail(p, 400, "whitespace in a header field name");
+  }
+  if (h->name_len == 4 && memcmp(name, "host", 4) == 0 && c->host_seen++ > 0)
+    return fail(p, 400, "more than one Host header");
+  return append_nul(p, c);
 }
 
 
@@ -132,9 +143,7 @@ static int on_header_value_complete(llhttp_t *p) {
     h->value_len--;
     c->req.len--;
   }
-  if (ls__buf_append(&c->req, "", 1))
-    return fail(p, 503, "out of memory");
-  return 0;
+  return append_nul(p, c);
 }
 
 
@@ -501,10 +510,12 @@ int ls__http_format_head(lua_State *L, ls_conn_t *c, int status,
                          const char *ctype, size_t ctype_len, size_t body_len,
                          int headers) {
   /* The content type goes in as it is: it may not end the line. */
-  if (ctype && (memchr(ctype, '\r', ctype_len) || memchr(ctype, '\n', ctype_len))) {
-    if (L == NULL)
-      return UV_EINVAL;
-    return luaL_error(L, "content type: CR or LF not allowed");
+  for (size_t k = 0; ctype && k < ctype_len; k++) {
+    if (ctype[k] == '\r' || ctype[k] == '\n') {
+      if (L == NULL)
+        return UV_EINVAL;
+      return luaL_error(L, "content type: CR or LF not allowed");
+    }
   }
   size_t dlen;
   const char *date = http_date(&dlen);

@@ -734,6 +734,72 @@ describe("luaserve.future", function()
     end)
   end)
 
+  describe("a request's task", function()
+    -- start_request(fn, on_fail, req): what the server runs per request.
+    -- A task that ends in its first step, leaving nothing behind, is the
+    -- next request's task (one table less per answer).
+    local function task_of(fn)
+      local req, seen = {}, nil
+      future.start_request(function(r)
+        seen = future.current()
+        r._task = seen
+        if fn then fn(r) end
+      end, nil, req)
+      return seen, req
+    end
+
+    it("is reused when it ended in its first step; its request forgets it", function()
+      local t1, r1 = task_of()
+      local t2, r2 = task_of()
+      assert.equal(t1, t2)
+      assert.is_false(r1._task)
+      assert.is_false(r2._task)
+      assert.is_false(t2._finished == false)   -- ended
+    end)
+
+    it("is not reused when it waited", function()
+      local t1 = task_of(function() await(sleep(0)) end)
+      await(sleep(0.02))   -- the first one ends
+      local t2 = task_of()
+      assert.are_not.equal(t1, t2)
+    end)
+
+    it("is not reused when it left cleanups, a future or a semaphore hold", quietly(function()
+      local t1 = task_of(function() luaserve.on_cancel(function() end) end)
+      assert.are_not.equal(t1, task_of())
+      local t2 = task_of(function(r) r._task:future() end)
+      assert.are_not.equal(t2, task_of())
+      local sem = Semaphore(1)
+      local t3 = task_of(function() sem:acquire() end)   -- never released
+      assert.are_not.equal(t3, task_of())
+    end))
+
+    it("is not reused when it raised (its failure handler ran in it)", quietly(function()
+      local req, seen = {}, nil
+      local failed_with
+      future.start_request(function() seen = future.current() error("boom") end,
+        function(_, err) failed_with = err end, req)
+      assert.matches("boom", tostring(failed_with))
+      assert.are_not.equal(seen, task_of())
+    end))
+
+    it("a cancelled child of the old request leaves the new one's children alone", function()
+      local old_child
+      local t1 = task_of(function() old_child = spawn(function() await(sleep(10)) end) end)
+      assert.is_true(old_child:done())   -- cancelled with its request
+      local new_child, kept
+      local t2 = task_of(function(r)
+        new_child = spawn(function() await(sleep(0.01)) return "new" end)
+        old_child:detach()
+        old_child:cancel()
+        kept = rawget(r._task, "_children")[new_child]
+      end)
+      assert.equal(t1, t2)
+      assert.is_true(kept)   -- the reused task still had its own child
+      assert.is_true(new_child:done())   -- cancelled when its request ended
+    end)
+  end)
+
   describe("the scheduler stays healthy", function()
     -- Each in a fresh process: a broken scheduler would break every spec
     -- after it.

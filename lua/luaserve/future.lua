@@ -639,15 +639,47 @@ end
 M.start = start
 
 
+-- A request's task that ended in its first step (it never waited), with
+-- nothing left on it that outlives it: the next request's task. Nobody
+-- can hold it: it was never a future's waiter or the parent of a live
+-- task (its children are cancelled when it finishes), nobody asked for
+-- its future, its request's _task is cleared; only M.current() handed it
+-- out (to the framework, which does not keep it). A plain answer then
+-- makes one table per request instead of two.
+local spare_task = nil
+
+
+-- Can a finished request task be reused? Only if all it got beyond its
+-- first fields is gone.
+local function reusable(task)
+  return task._finished == true and task._waiting == false and
+    rawget(task, "_cancelled") == nil and rawget(task, "_args") == nil and
+    rawget(task, "_fut") == nil and rawget(task, "_r") == nil and
+    rawget(task, "_cleanups") == nil and rawget(task, "_holds") == nil and
+    rawget(task, "_loose") == nil and rawget(task, "_deadline") == nil and
+    rawget(task, "_root") == nil
+end
+
+
 --- start_request(fn, on_fail, req): a task with no parent running fn(req)
 -- now; if fn raises, on_fail(req, err) runs in its place (in the same
 -- task: cancelling the task cancels it too).
 function M.start_request(fn, on_fail, req)
-  local task = setmetatable({ _fn = fn, _a1 = req, _co = false,
-    _waiting = false, _finished = false, _on_fail = on_fail }, Task)
+  local task = spare_task
+  if task then
+    spare_task = nil
+    task._fn, task._a1, task._finished, task._on_fail = fn, req, false, on_fail
+    if rawget(task, "_chk") ~= nil then task._chk = nil end
+  else
+    task = setmetatable({ _fn = fn, _a1 = req, _co = false,
+      _waiting = false, _finished = false, _on_fail = on_fail }, Task)
+  end
   task._co = take_runner()
   step(task, task)
-  return task
+  if reusable(task) then
+    if rawget(req, "_task") == task then req._task = false end
+    spare_task = task
+  end
 end
 
 

@@ -16,6 +16,16 @@ local type = type
 local getmetatable = getmetatable
 local setmetatable = setmetatable
 local tostring = tostring
+-- How many keys a table has: luajit2's table.nkeys (compiled: no next()
+-- calls in the trace), else counted.
+local ok_nkeys, nkeys = pcall(require, "table.nkeys")
+if not ok_nkeys then
+  nkeys = function(t)
+    local n = 0
+    for _ in pairs(t) do n = n + 1 end
+    return n
+  end
+end
 
 local M = {}
 
@@ -222,7 +232,7 @@ function M.normalize(a, b, c)
       ctype = nil
       -- Headers that are only the content type travel as it: the answer
       -- then has no header table (the core's fast path, luaserve.ffi).
-      if type(hct) == "string" and next(c, (next(c))) == nil then
+      if type(hct) == "string" and nkeys(c) == 1 then
         ctype, c = hct, nil
       end
     end
