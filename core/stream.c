@@ -193,7 +193,7 @@ static int stream_start_write(ls_stream_t *s) {
   s->out.len = 0;
   uv_buf_t b = uv_buf_init(s->flight.data, (unsigned)s->flight.len);
   /* Made only when the socket is full (the usual write goes out at once
-   * through uv_try_write): an idle connection does not carry it. The
+   * through stream_try_send): an idle connection does not carry it. The
    * callback always runs, UV_ECANCELED when closed first, and frees it. */
   uv_write_t *w = malloc(sizeof(*w));
   int err = w ? uv_write(w, (uv_stream_t *)&s->tcp, &b, 1, stream_on_write)
@@ -212,6 +212,37 @@ static int stream_start_write(ls_stream_t *s) {
     stream_timer_update(s);
   }
   return 0;
+}
+
+
+/* uv_try_write's work with send(2)/sendmsg(2), which skip write(2)'s VFS
+ * layer on a socket (as recv does for reads, stream_on_read): the bytes
+ * the socket took, UV_EAGAIN (none now: connecting, or libuv has writes
+ * queued, or the socket is full) or an error. On Unix a uv_buf_t is laid
+ * out as a struct iovec (uv-unix.h). */
+static int stream_try_send(ls_stream_t *s, const uv_buf_t *bufs, unsigned n) {
+  if (s->tcp.connect_req != NULL || s->tcp.write_queue_size != 0)
+    return UV_EAGAIN;
+  uv_os_fd_t fd;
+  if (uv_fileno((uv_handle_t *)&s->tcp, &fd) != 0)
+    return UV_EBADF;
+  ssize_t r;
+  do {
+    if (n == 1) {
+      r = send(fd, bufs[0].base, bufs[0].len, MSG_NOSIGNAL);
+    } else {
+      struct msghdr msg;
+      memset(&msg, 0, sizeof(msg));
+      msg.msg_iov = (struct iovec *)(void *)bufs;
+      msg.msg_iovlen = n;
+      r = sendmsg(fd, &msg, MSG_NOSIGNAL);
+    }
+  } while (r < 0 && errno == EINTR);
+  if (r >= 0)
+    return (int)r;
+  if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
+    return UV_EAGAIN;
+  return uv_translate_sys_error(errno);
 }
 
 
@@ -234,7 +265,7 @@ static int stream_flush(ls_stream_t *s) {
     return 0;
   if (s->out.len) {
     uv_buf_t b = uv_buf_init(s->out.data, (unsigned)s->out.len);
-    int n = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
+    int n = stream_try_send(s, &b, 1);
     if (n < 0 && n != UV_EAGAIN) {
       s->wfailed = 1;
       s->out.len = 0;
@@ -274,7 +305,7 @@ static int stream_write_now(ls_stream_t *s, const uv_buf_t *bufs,
       v[k++] = bufs[i];
   if (k == 0)
     return 0;
-  int n = uv_try_write((uv_stream_t *)&s->tcp, v, k);
+  int n = stream_try_send(s, v, k);
   if (n < 0 && n != UV_EAGAIN) {
     s->wfailed = 1;
     s->out.len = 0;
