@@ -250,6 +250,9 @@ void ls__stream_send_timeout(ls_stream_t *s, uint64_t ms);
 /* ls__stream_close: close now (queued output is dropped; TLS sends its
  * close_notify if the socket takes it). Idempotent. */
 void ls__stream_close(ls_stream_t *s);
+/* ls__stream_reset: the close that follows sends a reset (SO_LINGER 0),
+ * not a FIN. For a peer that is gone. */
+void ls__stream_reset(ls_stream_t *s);
 /* ls__stream_end: close once the queued output is written. */
 void ls__stream_end(ls_stream_t *s);
 /* ls__stream_shutdown: half-close once the queued output is written;

@@ -163,6 +163,13 @@ void ls__conn_close(ls_conn_t *c) {
   c->prev = c->next = NULL;
   if (c->send)
     ls__send_detach(c);   /* a file mid-send: it stops */
+  /* The client left while its request was in Lua: nothing more goes to
+   * it, and a reset frees both ends at once. A FIN would leave the
+   * client's port in TIME_WAIT, and a client that reconnects at once (a
+   * pool, a benchmark's next run) reuses such ports on loopback: a SYN
+   * that meets this end still closing waits a second to be resent. */
+  if (was_busy && c->stream.eof)
+    ls__stream_reset(&c->stream);
   ls__stream_close(&c->stream);
   if (!c->rt->closing) {
     if (c->drain_ref > 0)

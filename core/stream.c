@@ -656,6 +656,14 @@ static void stream_on_close(uv_handle_t *h) {
 }
 
 
+void ls__stream_reset(ls_stream_t *s) {
+  uv_os_fd_t fd;
+  struct linger lg = {1, 0};
+  if (!s->closing && uv_fileno((uv_handle_t *)&s->tcp, &fd) == 0)
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
+
 void ls__stream_close(ls_stream_t *s) {
   if (s->closing)
     return;

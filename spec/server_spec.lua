@@ -340,15 +340,16 @@ describe("luaserve.server", function()
     local function live_kb() collectgarbage() return collectgarbage("count") end
     after_each(function() server.gc_headroom(0) end)
 
-    it("lets a small heap gather the headroom in garbage, a big one double", function()
+    it("lets a small heap gather the headroom in garbage, a big one triple", function()
       local kb = live_kb()
       server.gc_headroom(kb * 4 * 1024)   -- four times what is live
       assert.is_true(pause() >= 450 and pause() <= 550, tostring(pause()))
-      -- The live heap grows past the headroom: it doubles, as by default.
+      -- The live heap grows past the headroom: it may triple (LuaJIT's
+      -- default doubles).
       local big = {}
       for i = 1, math.floor(kb * 5) do big[i] = string.rep("x", 1000) .. i end
       collectgarbage()   -- the sentinel's finalizer paces from what is live
-      assert.equal(200, pause())
+      assert.equal(300, pause())
       big = nil
       collectgarbage()
       assert.is_true(pause() >= 450, tostring(pause()))

@@ -111,15 +111,49 @@ class CancelTest(unittest.TestCase):
 
     def test_half_close_during_await(self):
         # A client that shuts down its sending side mid-request is treated
-        # as gone, like uvicorn does: the wait is cancelled.
+        # as gone, like uvicorn does: the wait is cancelled, and the
+        # connection reset (nothing more will be sent on it).
         c = Client(self.srv.port)
         c.request("GET", "/sleep?ms=600")
         self.wait_started(1)
         c.sock.shutdown(socket.SHUT_WR)
-        self.assertTrue(c.wait_closed(5))
+        c.sock.settimeout(5)
+        with self.assertRaises(ConnectionResetError):
+            while c.sock.recv(65536):
+                pass
         c.close()
         st = self.state()
         self.assertEqual((st["started"], st["cancelled"]), (1, 1))
+
+    def test_client_gone_leaves_no_time_wait(self):
+        # The server resets a connection whose client left mid-request: the
+        # client's port is free at once, not held in TIME_WAIT (a client
+        # that reconnects at once on loopback reuses such ports, and its
+        # SYN would wait a second to be resent).
+        c = Client(self.srv.port)
+        c.request("GET", "/sleep?ms=800")
+        self.wait_started(1)
+        port = c.sock.getsockname()[1]
+        c.close()
+        deadline = time.time() + 5
+        while self.state()["cancelled"] < 1 and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self.state()["cancelled"], 1)
+        time.sleep(0.2)
+        self.assertEqual(tcp_states(port), [], "the client's port after the server closed")
+
+
+def tcp_states(port):
+    """The TCP states (hex, as /proc/net/tcp has them) of sockets whose local
+    port is `port` (IPv4 loopback here)."""
+    found = []
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == port:
+                found.append(fields[3])
+    return found
 
 
 if __name__ == "__main__":
