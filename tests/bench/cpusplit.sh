@@ -4,9 +4,10 @@
 # (utime and stime of /proc/PID/stat over the measured run), for plaintext,
 # json (64 connections) and /sleep?ms=100 (1,000 connections). Server on
 # CPU 0, wrk on CPU 1, ROUNDS (default 4) alternating rounds, medians.
-# The kernel's part is the same work for both (one read and one writev per
-# request): a ratio of total CPU far below 1 needs a user-space part far
-# below OpenResty's. Everything listens on 127.0.0.1; servers are stopped
+# The kernel's part is nearly the same work for both (one receive and one
+# send per request; luaserve's recv/send skip read/writev's VFS layer, but
+# libuv's level-triggered epoll polls each socket once more): a ratio of
+# total CPU far below 1 needs a user-space part far below OpenResty's. Everything listens on 127.0.0.1; servers are stopped
 # by pid, also on Ctrl-C.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
