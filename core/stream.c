@@ -290,7 +290,11 @@ static int stream_done_now(ls_stream_t *s) {
 }
 
 
-/* Write `out` and bufs (total bytes) at once with one writev; what the
+/* Gathered into one buffer up to this many bytes (stream_write_now). */
+#define LS_GATHER_MAX 2048
+
+
+/* Write `out` and bufs (total bytes) at once with one send; what the
  * socket does not take is copied behind. Plain streams with nothing in
  * flight only. */
 static int stream_write_now(ls_stream_t *s, const uv_buf_t *bufs,
@@ -305,6 +309,20 @@ static int stream_write_now(ls_stream_t *s, const uv_buf_t *bufs,
       v[k++] = bufs[i];
   if (k == 0)
     return 0;
+  /* A small answer in pieces (a head and its body) goes out in one piece:
+   * send(2) of one buffer costs the kernel less than sendmsg(2)'s iovec,
+   * for a copy of a few hundred bytes. What is not taken is copied behind
+   * from the pieces, as below. */
+  char gathered[LS_GATHER_MAX];
+  if (k > 1 && total <= sizeof(gathered)) {
+    size_t at = 0;
+    for (unsigned i = 0; i < k; i++) {
+      memcpy(gathered + at, v[i].base, v[i].len);
+      at += v[i].len;
+    }
+    v[0] = uv_buf_init(gathered, (unsigned)at);
+    k = 1;
+  }
   int n = stream_try_send(s, v, k);
   if (n < 0 && n != UV_EAGAIN) {
     s->wfailed = 1;
