@@ -734,6 +734,31 @@ describe("luaserve.future", function()
     end)
   end)
 
+  describe("runners", function()
+    it("a wave of a thousand tasks runs in the coroutines of the wave before", function()
+      -- Idle runners are kept for the next wave (up to 4,096): a server's
+      -- sleeps end in batches of hundreds, and a coroutine made anew
+      -- grows its stack again.
+      local function wave()
+        local seen, tasks = {}, {}
+        for i = 1, 1000 do
+          tasks[i] = spawn(function()
+            seen[coroutine.running()] = true
+            await(sleep(0.01))
+          end)
+        end
+        for i = 1, 1000 do await(tasks[i]) end
+        return seen
+      end
+      local first = wave()
+      local again = 0
+      for co in pairs(wave()) do
+        if first[co] then again = again + 1 end
+      end
+      assert.equal(1000, again)
+    end)
+  end)
+
   describe("a request's task", function()
     -- start_request(fn, on_fail, req): what the server runs per request.
     -- A task that ends in its first step, leaving nothing behind, is the
@@ -815,13 +840,13 @@ describe("luaserve.future", function()
         end)
         await(sleep(0.02))
         local n = 0
-        for i = 1, 300 do     -- more than the idle runners kept
+        for i = 1, 5000 do    -- more than the idle runners kept
           n = n + await(spawn(function() await(sleep(0)) return 1 end))
         end
         print("tasks " .. n)
       ]])
       assert.is_true(ok, out)
-      assert.matches("tasks 300", out)
+      assert.matches("tasks 5000", out)
     end)
 
     it("when a resolve callback raises: logged, and the other waiters wake", function()
