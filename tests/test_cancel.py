@@ -135,23 +135,26 @@ class CancelTest(unittest.TestCase):
         self.wait_started(1)
         port = c.sock.getsockname()[1]
         c.close()
-        deadline = time.time() + 5
-        while self.state()["cancelled"] < 1 and time.time() < deadline:
-            time.sleep(0.05)
+        # Waited for on the access log, not with a request: a new
+        # connection could take the freed port (and leave its own
+        # TIME_WAIT on it).
+        m = self.srv.wait_log(r'"GET /sleep\?ms=800" 499 ', 5)
+        self.assertIsNotNone(m, self.srv.log())
+        self.assertEqual(tcp_states(port, self.srv.port), [],
+                         "the client's end after the server closed")
         self.assertEqual(self.state()["cancelled"], 1)
-        time.sleep(0.2)
-        self.assertEqual(tcp_states(port), [], "the client's port after the server closed")
 
 
-def tcp_states(port):
-    """The TCP states (hex, as /proc/net/tcp has them) of sockets whose local
-    port is `port` (IPv4 loopback here)."""
+def tcp_states(port, peer_port):
+    """The TCP states (hex, as /proc/net/tcp has them) of the sockets from
+    local port `port` to `peer_port` (IPv4 loopback here)."""
     found = []
     with open("/proc/net/tcp") as f:
         next(f)
         for line in f:
             fields = line.split()
-            if int(fields[1].split(":")[1], 16) == port:
+            if (int(fields[1].split(":")[1], 16) == port and
+                    int(fields[2].split(":")[1], 16) == peer_port):
                 found.append(fields[3])
     return found
 
