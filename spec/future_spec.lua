@@ -779,7 +779,7 @@ describe("luaserve.future", function()
       assert.equal(t1, t2)
       assert.is_false(r1._task)
       assert.is_false(r2._task)
-      assert.is_false(t2._finished == false)   -- ended
+      assert.is_true(t2:done())
     end)
 
     it("is not reused when it waited", function()

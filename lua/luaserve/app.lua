@@ -25,6 +25,7 @@ local sub = string.sub
 local byte = string.byte
 local concat = table.concat
 local sort = table.sort
+local unpack = unpack
 local error = error
 local floor = math.floor
 local HUGE = math.huge
@@ -466,17 +467,16 @@ end
 -- wins). An app with many routes then tries a few templates, not all.
 local function index_dynamic(self)
   local dyn, open, by = self.dynamic, {}, {}
-  for i = 1, #dyn do
+  for i = 1, #dyn do   -- a template with a parameter first goes everywhere
     local seg = first_segment(dyn[i].template, true)
-    if seg then by[seg] = true else open[#open + 1] = dyn[i] end
-  end
-  for seg in pairs(by) do
-    local list = {}
-    for i = 1, #dyn do
-      local other = first_segment(dyn[i].template, true)
-      if other == seg or other == nil then list[#list + 1] = dyn[i] end
+    if seg then
+      local list = by[seg]
+      if list == nil then list = { unpack(open) } by[seg] = list end
+      list[#list + 1] = dyn[i]
+    else
+      open[#open + 1] = dyn[i]
+      for _, list in pairs(by) do list[#list + 1] = dyn[i] end
     end
-    by[seg] = list
   end
   self._by_segment, self._open = by, open
   return by

@@ -23,7 +23,6 @@ local select = select
 local setmetatable = setmetatable
 local traceback = debug.traceback
 local unpack = unpack
-local xpcall = xpcall
 local error = error
 local type = type
 local tostring = tostring
