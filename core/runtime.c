@@ -469,6 +469,9 @@ static int core_open(lua_State *L) {
   luaL_openlib(L, NULL, core_functions, 1);
   lua_pushliteral(L, LS_VERSION);
   lua_setfield(L, -2, "version");
+  /* a handle's slot is handle % SLOT_SPAN: stable across its generations */
+  lua_pushnumber(L, LS__SLOT_SPAN);
+  lua_setfield(L, -2, "SLOT_SPAN");
   ls__server_open(L);
   ls__timer_open(L);
   ls__tcp_open(L);
