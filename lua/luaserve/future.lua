@@ -924,23 +924,23 @@ M.await = await
 -- The toolkit
 
 -- The sleeping futures: a binary min-heap of (deadline, sequence) in
--- parallel arrays; f._timer is f's index in it (false once out). One core
--- timer is armed for the earliest deadline (core.sleep_arm): a sleep costs
--- a table and a few array writes, no handle or allocation in C. Equal
--- deadlines fire in the order the sleeps started.
+-- parallel arrays. One core timer is armed for the earliest deadline
+-- (core.sleep_arm): a sleep costs a table and a few array writes, no
+-- handle or allocation in C. Equal deadlines fire in the order the sleeps
+-- started. f._timer is true while f is in the heap. A cancelled sleep
+-- stays in it, dead (f._timer false), until it comes to the top or dead
+-- ones are half the heap (then the live ones are heaped again): moving an
+-- entry then writes only the heap's arrays, not the futures' tables
+-- (with 10,000 sleeping, each wake-up would otherwise write the index into
+-- a dozen futures scattered in memory).
 
 local heap_at, heap_seq, heap_f = {}, {}, {}
-local nheap, seq = 0, 0
+local nheap, ndead, seq = 0, 0, 0
 local armed_at = nil       -- what the core's timer is armed for, or nil
 local now_ms = require("luaserve.ffi").now_ms   -- compiled in line
 local sleep_arm = core.sleep_arm
 local floor = math.floor
-
-
-local function heap_set(i, at, sq, f)
-  heap_at[i], heap_seq[i], heap_f[i] = at, sq, f
-  f._timer = i
-end
+local COMPACT_MIN = 64     -- dead entries below this are left to expire
 
 
 local function sift_up(i, at, sq, f)
@@ -948,10 +948,10 @@ local function sift_up(i, at, sq, f)
     local p = floor(i / 2)
     local pat = heap_at[p]
     if pat < at or (pat == at and heap_seq[p] < sq) then break end
-    heap_set(i, pat, heap_seq[p], heap_f[p])
+    heap_at[i], heap_seq[i], heap_f[i] = pat, heap_seq[p], heap_f[p]
     i = p
   end
-  heap_set(i, at, sq, f)
+  heap_at[i], heap_seq[i], heap_f[i] = at, sq, f
 end
 
 
@@ -966,41 +966,55 @@ local function sift_down(i, at, sq, f)
       if rat < cat or (rat == cat and rsq < csq) then c, cat, csq = c + 1, rat, rsq end
     end
     if at < cat or (at == cat and sq < csq) then break end
-    heap_set(i, cat, csq, heap_f[c])
+    heap_at[i], heap_seq[i], heap_f[i] = cat, csq, heap_f[c]
     i = c
   end
-  heap_set(i, at, sq, f)
+  heap_at[i], heap_seq[i], heap_f[i] = at, sq, f
 end
 
 
--- Take the entry at i out of the heap.
-local function heap_remove(i)
+-- Take the top entry out of the heap; returns its future.
+local function heap_pop()
   local n = nheap
-  heap_f[i]._timer = false
-  if i == n then
-    heap_at[n], heap_seq[n], heap_f[n] = nil, nil, nil
-    nheap = n - 1
-    return
-  end
+  local top = heap_f[1]
   local at, sq, f = heap_at[n], heap_seq[n], heap_f[n]
   heap_at[n], heap_seq[n], heap_f[n] = nil, nil, nil
   nheap = n - 1
-  if i > 1 and (at < heap_at[floor(i / 2)] or
-      (at == heap_at[floor(i / 2)] and sq < heap_seq[floor(i / 2)])) then
-    sift_up(i, at, sq, f)
-  else
-    sift_down(i, at, sq, f)
+  if n > 1 then sift_down(1, at, sq, f) end
+  return top
+end
+
+
+-- Keep the live entries only, and make them a heap again.
+local function heap_compact()
+  local n = 0
+  for i = 1, nheap do
+    local f = heap_f[i]
+    if f._timer then
+      n = n + 1
+      heap_at[n], heap_seq[n], heap_f[n] = heap_at[i], heap_seq[i], f
+    end
+  end
+  for i = n + 1, nheap do heap_at[i], heap_seq[i], heap_f[i] = nil, nil, nil end
+  nheap, ndead = n, 0
+  for i = floor(n / 2), 1, -1 do
+    sift_down(i, heap_at[i], heap_seq[i], heap_f[i])
   end
 end
 
 
--- A sleep cancelled: out of the heap (the core's timer stays armed unless
--- nothing sleeps any more; firing early just arms it again).
+-- A sleep cancelled: dead in the heap (the core's timer stays armed
+-- unless nothing sleeps any more; firing early just arms it again).
 local function stop_timer(f)
-  local i = f._timer
-  if i then
-    heap_remove(i)
-    if nheap == 0 and armed_at then armed_at = nil sleep_arm(nil) end
+  if not f._timer then return end
+  f._timer = false
+  ndead = ndead + 1
+  if ndead == nheap then
+    for i = 1, nheap do heap_at[i], heap_seq[i], heap_f[i] = nil, nil, nil end
+    nheap, ndead = 0, 0
+    if armed_at then armed_at = nil sleep_arm(nil) end
+  elseif ndead >= COMPACT_MIN and ndead * 2 > nheap then
+    heap_compact()
   end
 end
 
@@ -1010,9 +1024,13 @@ end
 local function fire_sleeps(now)
   armed_at = nil
   while nheap > 0 and heap_at[1] <= now do
-    local f = heap_f[1]
-    heap_remove(1)
-    if not f._done then settle(f, nil, 0) end
+    local f = heap_pop()
+    if f._timer then
+      f._timer = false
+      if not f._done then settle(f, nil, 0) end
+    else
+      ndead = ndead - 1
+    end
   end
   if nheap > 0 then
     armed_at = heap_at[1]
@@ -1034,7 +1052,7 @@ local function make_sleep(seconds, note)
   local ms = seconds * 1000
   ms = ms > 0 and floor(ms + 0.5) or 0
   local f = setmetatable({ _cancel = stop_timer, _done = false,
-    _waiters = false, _timer = false }, Future)
+    _waiters = false, _timer = true }, Future)
   local at = now_ms() + ms
   seq = seq + 1
   nheap = nheap + 1
