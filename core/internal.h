@@ -58,6 +58,16 @@ struct ls_runtime_s {
   struct ls_server_s *servers;     /* this runtime's listening servers */
   struct ls_shutdown_s *shutdown;  /* signal watchers (shutdown.c), or NULL */
   uv_timer_t sleep_timer;  /* the one timer behind every sleep() (timer.c) */
+  /* The streams' deadlines (stream.c): a min-heap of the streams that have
+   * one, by timer_due (1-based; [0] unused), behind one libuv timer. A
+   * connection then holds no timer handle of its own (152 bytes). */
+  uv_timer_t stream_timer;
+  struct ls_stream_s **deadlines;
+  uint32_t ndeadlines, deadlines_cap;
+  uint32_t deadlines_strong;  /* of them, those that keep the loop alive */
+  uint64_t stream_timer_due;  /* when stream_timer fires, if it runs */
+  int stream_timer_on;
+  int deadlines_firing;       /* inside stream_timer's callback */
   int sleep_ref;           /* Lua fire(now_ms) that sleep_timer calls, or 0 */
   uv_idle_t defer_idle;    /* runs the deferred queue before the loop waits */
   uv_check_t defer_check;  /* and after the I/O callbacks of an iteration */
@@ -180,10 +190,10 @@ typedef struct {
 /* A TCP byte stream, embedded in its owner. Reads are pulled (nothing is
  * read while the owner does not read); writes go through one queue: `out`
  * collects bytes (ciphertext under TLS) while `flight` is with uv_write.
- * One timer serves the owner's deadline and the send timeout. */
+ * The owner's deadline and the send timeout are one entry in the
+ * runtime's deadline heap. */
 struct ls_stream_s {
   uv_tcp_t tcp;             /* tcp.data = the stream */
-  uv_timer_t timer;
   ls_runtime_t *rt;
   const ls_stream_ops_t *ops;
   ls_tls_t *tls;            /* the TLS filter, or NULL: plain TCP */
@@ -197,12 +207,11 @@ struct ls_stream_s {
   uint64_t send_deadline;   /* loop ms while output waits; 0: none */
   uint64_t bytes_in;        /* bytes ever queued for the socket */
   uint64_t send_mark;       /* bytes the kernel had taken at the last check */
-  uint64_t timer_due;       /* when the libuv timer is set to fire */
+  uint64_t timer_due;       /* its key in the runtime's deadline heap */
   int corked;               /* writes collect until uncorked */
   int cork_open;            /* the next write goes out now, with what the
                                cork holds (the last answer of a batch) */
-  int timer_armed;          /* the libuv timer runs, due at timer_due */
-  int handles_open;         /* 2 until both close callbacks ran */
+  uint32_t heap_idx;        /* its place in the deadline heap; 0: none */
   unsigned reading : 1;     /* the owner reads */
   unsigned uv_reading : 1;  /* libuv reads */
   unsigned writing : 1;     /* flight is with uv_write */
@@ -212,9 +221,16 @@ struct ls_stream_s {
   unsigned tls_ready : 1;   /* handshake done */
   unsigned end_pending : 1; /* close once output is written */
   unsigned shut_pending : 1;/* half-close once output is written */
+  unsigned timer_weak : 1;  /* its deadline never keeps the loop alive */
 };
 
-/* ls__stream_init: handles on rt's loop; the owner zeroed s. */
+/* ls__stream_deadlines_init / _close / _free: the runtime's deadline heap
+ * and its timer (runtime.c: at start; close with the other handles; free
+ * once the loop has run their close callbacks). */
+void ls__stream_deadlines_init(ls_runtime_t *rt);
+void ls__stream_deadlines_close(ls_runtime_t *rt);
+void ls__stream_deadlines_free(ls_runtime_t *rt);
+/* ls__stream_init: the handle on rt's loop; the owner zeroed s. */
 void ls__stream_init(ls_runtime_t *rt, ls_stream_t *s,
                      const ls_stream_ops_t *ops);
 /* ls__stream_read_start / _stop: the owner wants bytes, or not now.

@@ -511,6 +511,7 @@ ls_runtime_t *ls_runtime_new(uv_loop_t *loop, const char *lua_dir) {
   loop->data = rt;
   uv_timer_init(loop, &rt->sleep_timer);
   rt->sleep_timer.data = rt;
+  ls__stream_deadlines_init(rt);
   uv_idle_init(loop, &rt->defer_idle);
   uv_check_init(loop, &rt->defer_check);
   rt->defer_idle.data = rt->defer_check.data = rt;
@@ -567,6 +568,7 @@ void ls_runtime_free(ls_runtime_t *rt) {
   lua_close(rt->L);
   rt->L = NULL;
   uv_close((uv_handle_t *)&rt->sleep_timer, NULL);
+  ls__stream_deadlines_close(rt);
   uv_close((uv_handle_t *)&rt->defer_idle, NULL);
   uv_close((uv_handle_t *)&rt->defer_check, NULL);
   uv_run(rt->loop, UV_RUN_DEFAULT);
@@ -578,6 +580,7 @@ void ls_runtime_free(ls_runtime_t *rt) {
   ls__shared_release(rt);
   ls__compress_free(rt);
   ls__ws_zfree(rt);
+  ls__stream_deadlines_free(rt);
   free(rt->slots);
   free(rt->read_buf);
   free(rt->lua_dir);

@@ -4,9 +4,10 @@
  * its bytes in the kernel. Writes go through one queue, drained in one
  * place (stream_flush): `out` collects what waits, `flight` is with
  * uv_write; a corked stream collects writes and sends them in one system
- * call when uncorked. One timer serves the owner's deadline (header, body,
+ * call when uncorked. One deadline serves the owner's (header, body,
  * keep-alive, connect, read, idle) and the send timeout, which cuts off a
- * peer that takes no bytes for that long. TLS (tls.c) is a filter inside:
+ * peer that takes no bytes for that long; the runtime keeps every stream's
+ * in one heap behind one libuv timer. TLS (tls.c) is a filter inside:
  * bytes from the socket go through it before the owner sees them, and
  * everything written goes through it before the socket; above, plain TCP
  * and TLS look the same. A close runs its cleanup once, in the close
@@ -35,9 +36,7 @@ void ls__stream_init(ls_runtime_t *rt, ls_stream_t *s,
   s->rt = rt;
   s->ops = ops;
   uv_tcp_init(rt->loop, &s->tcp);
-  uv_timer_init(rt->loop, &s->timer);
-  s->tcp.data = s->timer.data = s;
-  s->handles_open = 2;
+  s->tcp.data = s;
 }
 
 
@@ -502,33 +501,132 @@ static void stream_on_write(uv_write_t *req, int status) {
 
 /* ---- deadlines ---------------------------------------------------------- */
 
-static void stream_on_timer(uv_timer_t *t);
+/* Every stream with a deadline is in its runtime's min-heap by timer_due;
+ * one libuv timer (rt->stream_timer) is set for the top. Deadlines move
+ * often (each request moves its connection's several times), so a stream
+ * is only moved up when its deadline comes earlier than its key; one that
+ * comes due early finds its later deadline and goes back in. */
 
+static void deadlines_fire(uv_timer_t *t);
 
-/* Arm the timer for the earliest deadline. Deadlines move often (each
- * request moves the owner's several times), so the libuv timer is only
- * restarted when a deadline comes earlier than it is due; a timer that
- * fires early finds the later deadline and re-arms. */
-static void stream_timer_update(ls_stream_t *s) {
-  uint64_t due = s->deadline;
-  if (s->send_deadline && (due == 0 || s->send_deadline < due))
-    due = s->send_deadline;
-  if (due == 0 || s->closing || (s->timer_armed && s->timer_due <= due))
-    return;
-  uint64_t now = uv_now(s->timer.loop);
-  s->timer_due = due;
-  s->timer_armed = 1;
-  uv_timer_start(&s->timer, stream_on_timer, due > now ? due - now : 0, 0);
+static void heap_place(ls_runtime_t *rt, uint32_t i, ls_stream_t *s) {
+  rt->deadlines[i] = s;
+  s->heap_idx = i;
 }
 
 
-/* Send timeout: output that waits must make progress: the bytes the
- * kernel took (all that came in, less what is still queued here or in
- * libuv) are compared with the last check's. */
-static void stream_on_timer(uv_timer_t *t) {
-  ls_stream_t *s = t->data;
-  uint64_t now = uv_now(t->loop);
-  s->timer_armed = 0;
+static void heap_up(ls_runtime_t *rt, uint32_t i, ls_stream_t *s) {
+  while (i > 1) {
+    ls_stream_t *p = rt->deadlines[i / 2];
+    if (p->timer_due <= s->timer_due)
+      break;
+    heap_place(rt, i, p);
+    i /= 2;
+  }
+  heap_place(rt, i, s);
+}
+
+
+static void heap_down(ls_runtime_t *rt, uint32_t i, ls_stream_t *s) {
+  uint32_t n = rt->ndeadlines;
+  for (;;) {
+    uint32_t c = 2 * i;
+    if (c > n)
+      break;
+    if (c < n && rt->deadlines[c + 1]->timer_due < rt->deadlines[c]->timer_due)
+      c++;
+    if (s->timer_due <= rt->deadlines[c]->timer_due)
+      break;
+    heap_place(rt, i, rt->deadlines[c]);
+    i = c;
+  }
+  heap_place(rt, i, s);
+}
+
+
+static void heap_remove(ls_runtime_t *rt, ls_stream_t *s) {
+  uint32_t i = s->heap_idx;
+  if (i == 0)
+    return;
+  s->heap_idx = 0;
+  if (!s->timer_weak)
+    rt->deadlines_strong--;
+  ls_stream_t *last = rt->deadlines[rt->ndeadlines--];
+  if (last == s)
+    return;
+  if (i > 1 && last->timer_due < rt->deadlines[i / 2]->timer_due)
+    heap_up(rt, i, last);
+  else
+    heap_down(rt, i, last);
+}
+
+
+/* Set the libuv timer for the top of the heap; it keeps the loop alive
+ * while a stream whose deadline should does (not a pooled client socket's
+ * idle timeout). */
+static void deadlines_arm(ls_runtime_t *rt) {
+  uv_timer_t *t = &rt->stream_timer;
+  if (uv_is_closing((uv_handle_t *)t))   /* the runtime is going */
+    return;
+  if (rt->ndeadlines == 0) {
+    if (rt->stream_timer_on)
+      uv_timer_stop(t);
+    rt->stream_timer_on = 0;
+    return;
+  }
+  uint64_t due = rt->deadlines[1]->timer_due;
+  if (!rt->stream_timer_on || due != rt->stream_timer_due) {
+    uint64_t now = uv_now(rt->loop);
+    rt->stream_timer_due = due;
+    rt->stream_timer_on = 1;
+    uv_timer_start(t, deadlines_fire, due > now ? due - now : 0, 0);
+  }
+  if (rt->deadlines_strong)
+    uv_ref((uv_handle_t *)t);
+  else
+    uv_unref((uv_handle_t *)t);
+}
+
+
+/* Put s in the heap for its earliest deadline (or move it up). */
+static void stream_timer_update(ls_stream_t *s) {
+  ls_runtime_t *rt = s->rt;
+  uint64_t due = s->deadline;
+  if (s->send_deadline && (due == 0 || s->send_deadline < due))
+    due = s->send_deadline;
+  if (due == 0 || s->closing || (s->heap_idx && s->timer_due <= due))
+    return;
+  /* One set while its deadlines fire comes due at the next turn at the
+   * earliest: the loop over due streams always ends. */
+  if (rt->deadlines_firing && due <= uv_now(rt->loop))
+    due = uv_now(rt->loop) + 1;
+  s->timer_due = due;
+  if (s->heap_idx) {
+    heap_up(rt, s->heap_idx, s);
+  } else {
+    if (rt->ndeadlines + 1 >= rt->deadlines_cap) {
+      uint32_t cap = rt->deadlines_cap ? rt->deadlines_cap * 2 : 64;
+      ls_stream_t **d = realloc(rt->deadlines, cap * sizeof(*d));
+      if (d == NULL) {   /* no room: the deadline is lost, not the stream */
+        ls__log("error", "stream deadline: out of memory");
+        return;
+      }
+      rt->deadlines = d;
+      rt->deadlines_cap = cap;
+    }
+    if (!s->timer_weak)
+      rt->deadlines_strong++;
+    heap_up(rt, ++rt->ndeadlines, s);
+  }
+  if (!rt->deadlines_firing)
+    deadlines_arm(rt);
+}
+
+
+/* s came due at now. Send timeout: output that waits must make progress:
+ * the bytes the kernel took (all that came in, less what is still queued
+ * here or in libuv) are compared with the last check's. */
+static void stream_due(ls_stream_t *s, uint64_t now) {
   if (s->send_deadline && now >= s->send_deadline) {
     size_t left = ls__stream_queued(s);
     uint64_t written = s->bytes_in - left;
@@ -554,8 +652,23 @@ static void stream_on_timer(uv_timer_t *t) {
 }
 
 
+static void deadlines_fire(uv_timer_t *t) {
+  ls_runtime_t *rt = t->data;
+  uint64_t now = uv_now(t->loop);
+  rt->stream_timer_on = 0;
+  rt->deadlines_firing = 1;
+  while (rt->ndeadlines && rt->deadlines[1]->timer_due <= now) {
+    ls_stream_t *s = rt->deadlines[1];
+    heap_remove(rt, s);
+    stream_due(s, now);
+  }
+  rt->deadlines_firing = 0;
+  deadlines_arm(rt);
+}
+
+
 void ls__stream_deadline_at(ls_stream_t *s, uint64_t ms) {
-  s->deadline = uv_now(s->timer.loop) + ms;
+  s->deadline = uv_now(s->rt->loop) + ms;
   stream_timer_update(s);
 }
 
@@ -565,10 +678,29 @@ void ls__stream_send_timeout(ls_stream_t *s, uint64_t ms) {
   if (ms == 0)
     s->send_deadline = 0;
   else if (s->writing && s->send_deadline == 0) {
-    s->send_deadline = uv_now(s->timer.loop) + ms;
+    s->send_deadline = uv_now(s->rt->loop) + ms;
     s->send_mark = s->bytes_in - ls__stream_queued(s);
     stream_timer_update(s);
   }
+}
+
+
+void ls__stream_deadlines_init(ls_runtime_t *rt) {
+  uv_timer_init(rt->loop, &rt->stream_timer);
+  rt->stream_timer.data = rt;
+  uv_unref((uv_handle_t *)&rt->stream_timer);
+}
+
+
+void ls__stream_deadlines_close(ls_runtime_t *rt) {
+  uv_close((uv_handle_t *)&rt->stream_timer, NULL);
+}
+
+
+void ls__stream_deadlines_free(ls_runtime_t *rt) {
+  free(rt->deadlines);
+  rt->deadlines = NULL;
+  rt->ndeadlines = rt->deadlines_cap = rt->deadlines_strong = 0;
 }
 
 
@@ -662,8 +794,6 @@ const char *ls__stream_error(const ls_stream_t *s) {
 
 static void stream_on_close(uv_handle_t *h) {
   ls_stream_t *s = h->data;
-  if (--s->handles_open > 0)
-    return;
   ls__buf_free(&s->out);
   ls__buf_free(&s->flight);
   ls__buf_free(&s->plain);
@@ -697,8 +827,8 @@ void ls__stream_close(ls_stream_t *s) {
   s->closing = 1;
   s->reading = 0;
   ls__defer_cancel(s->rt, &s->defer);
+  heap_remove(s->rt, s);
   uv_close((uv_handle_t *)&s->tcp, stream_on_close);
-  uv_close((uv_handle_t *)&s->timer, stream_on_close);
 }
 
 

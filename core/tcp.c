@@ -380,7 +380,7 @@ int ls__lua_tcp_connect(lua_State *L) {
   s->connect_ref = s->read_ref = s->idle_ref = s->drain_ref = s->hs_ref =
       LUA_NOREF;
   ls__stream_init(rt, &s->stream, &tcp_ops);
-  uv_unref((uv_handle_t *)&s->stream.timer);   /* never keeps the loop alive */
+  s->stream.timer_weak = 1;   /* its deadline never keeps the loop alive */
   s->stream_open = 1;
 
   int err;
