@@ -160,6 +160,61 @@ class SlowReaderTest(unittest.TestCase):
             srv.stop()
 
 
+class DeadlinesTest(unittest.TestCase):
+    """Every connection's deadline is an entry in one heap per process
+    (stream.c), behind one timer."""
+
+    def test_many_connections_time_out_each_on_its_own_deadline(self):
+        # Three waves of idle keep-alive connections, 0.6 s apart, and one
+        # connection that keeps asking: each idle one is closed about the
+        # keep-alive timeout after its answer (not before, not much after),
+        # the waves in their order; the busy one's deadline keeps moving
+        # and it stays open.
+        import selectors
+        with harness.Server(APP, "--timeout-keep-alive", "1") as srv:
+            busy = Client(srv.port)
+            answered, clients = [], []
+            for wave in range(3):
+                if wave:
+                    time.sleep(0.6)
+                for _ in range(10):
+                    c = Client(srv.port)
+                    c.request("GET", "/state")
+                    self.assertEqual(c.response().status, 200)
+                    answered.append(time.time())
+                    clients.append(c)
+                busy.request("GET", "/state")
+                self.assertEqual(busy.response().status, 200)
+            sel = selectors.DefaultSelector()
+            for i, c in enumerate(clients):
+                sel.register(c.sock, selectors.EVENT_READ, i)
+            closed = {}
+            end = time.time() + 10
+            next_busy = time.time() + 0.3
+            while len(closed) < len(clients) and time.time() < end:
+                for key, _ in sel.select(timeout=0.05):
+                    closed[key.data] = time.time()
+                    sel.unregister(key.fileobj)
+                if time.time() >= next_busy:
+                    busy.request("GET", "/state")
+                    self.assertEqual(busy.response().status, 200)
+                    next_busy = time.time() + 0.3
+            sel.close()
+            self.assertEqual(len(closed), len(clients), "some idle connection stayed open")
+            for i in range(len(clients)):
+                waited = closed[i] - answered[i]
+                self.assertGreater(waited, 0.7, "connection %d closed early" % i)
+                self.assertLess(waited, 4.0, "connection %d closed late" % i)
+                self.assertTrue(clients[i].wait_closed(1), "connection %d" % i)
+            self.assertLess(max(closed[i] for i in range(10)),
+                            min(closed[i] for i in range(20, 30)))
+            # the busy one outlived every idle one: it still answers
+            busy.request("GET", "/state")
+            self.assertEqual(busy.response().status, 200)
+            for c in clients + [busy]:
+                c.close()
+
+
 class ClosedRequestTest(harness.ServerTest):
     SERVER = (APP,)
 
