@@ -393,7 +393,8 @@ int ls__http_push_request(lua_State *L, ls_conn_t *c) {
   } else {
     lua_pushstring(L, llhttp_method_name((llhttp_method_t)m));
   }
-  lua_pushlstring(L, c->req.data ? c->req.data : "", c->url_len);
+  const char *url = c->req.data ? c->req.data : "";
+  lua_pushlstring(L, url, c->url_len);
   if (c->req.len > c->url_len)
     lua_pushlstring(L, c->req.data + c->url_len, c->req.len - c->url_len);
   else
@@ -402,7 +403,13 @@ int ls__http_push_request(lua_State *L, ls_conn_t *c) {
     lua_pushboolean(L, 0);
   else
     lua_pushlstring(L, c->body.data ? c->body.data : "", c->body.len);
-  return 4;
+  /* Where the path ends ('?' or the end), and whether it holds a %-escape:
+   * Lua then searches the target for neither. */
+  const char *q = memchr(url, '?', c->url_len);
+  size_t plen = q ? (size_t)(q - url) : c->url_len;
+  lua_pushinteger(L, (lua_Integer)plen);
+  lua_pushboolean(L, memchr(url, '%', plen) != NULL);
+  return 6;
 }
 
 

@@ -522,8 +522,9 @@ void ls__http_push_headers(lua_State *L, const char *base, const ls_hdr_t *h,
  * "name\0value\0..." (what ls__http_push_request gives Lua). */
 void ls__http_push_packed(lua_State *L, const char *s, size_t len);
 int ls__lua_unpack_headers(lua_State *L);
-/* ls__http_push_request: push method, target, packed headers, body on L;
- * returns the number pushed (4). */
+/* ls__http_push_request: push method, target, packed headers, body (false:
+ * streamed), the path's length in the target and whether the path holds
+ * a %-escape on L; returns the number pushed (6). */
 int ls__http_push_request(lua_State *L, ls_conn_t *c);
 /* body_len of a streamed response: chunked (or close-delimited) */
 #define LS__STREAMED ((size_t)-1)

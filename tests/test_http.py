@@ -184,6 +184,25 @@ class HeadAndHeadersTest(unittest.TestCase):
             self.assertEqual(r.status, 400)
             self.check_date_server(r)
 
+    def test_the_path_is_split_from_the_query_and_decoded(self):
+        # The core says where the path ends and whether it holds escapes:
+        # an escape in the path is decoded, one in the query is left alone;
+        # an absolute-form target's path is what follows the authority.
+        for target, path, query in [
+                (b"/insp%65ct?x=%41", "/inspect", "x=%41"),
+                (b"/inspect?p=/a%2Fb", "/inspect", "p=/a%2Fb"),
+                (b"/inspect?", "/inspect", ""),
+                (b"http://t/insp%65ct?q=1", "/inspect", "q=1"),
+                (b"/%69nspect", "/inspect", None)]:
+            with Client(self.inspect.port) as c:
+                c.send(b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+                r = c.response()
+                self.assertEqual(r.status, 200, target)
+                r = r.json()
+            self.assertEqual(r["path"], path, target)
+            self.assertEqual(r["target"], target.decode(), target)
+            self.assertEqual(r.get("query_string"), query, target)
+
     def test_headers_reach_the_handler(self):
         with Client(self.inspect.port) as c:
             c.send(b"GET /inspect?a=1&b=x%20y HTTP/1.1\r\nHost: t\r\n"

@@ -276,20 +276,27 @@ function Request:json()
 end
 
 
---- new(conn, method, target, headers, body, scheme): a request. headers:
--- the core's packed string, or a table (taken over; names lower-case).
--- conn is the core's handle of the request (nil in a pool state).
-function M.new(conn, method, target, headers, body, scheme)
-  local q = find(target, "?", 1, true)
+--- new(conn, method, target, headers, body, scheme, plen, escaped): a
+-- request. headers: the core's packed string, or a table (taken over;
+-- names lower-case). conn is the core's handle of the request (nil in a
+-- pool state). plen, escaped: from the core, the path's length in target
+-- and whether the path holds a %-escape (else found here).
+function M.new(conn, method, target, headers, body, scheme, plen, escaped)
   local path = target
-  if q then path = sub(target, 1, q - 1) end
+  if plen == nil then   -- not from the core, which says where the path ends
+    local q = find(target, "?", 1, true)
+    if q then path = sub(target, 1, q - 1) end
+    escaped = find(path, "%", 1, true) ~= nil
+  elseif plen < #target then
+    path = sub(target, 1, plen)
+  end
   if byte(path, 1) ~= 47 then   -- not "/"
     -- absolute-form (RFC 9112 3.2.2, "GET http://host/x"): the path is what
     -- follows the authority; "*" (OPTIONS) and the rest stay as they are
     local rest = path:match("^[%a][%w+.-]*://[^/]*(.*)$")
     if rest then path = rest ~= "" and rest or "/" end
   end
-  if find(path, "%", 1, true) then path = gsub(path, "%%(%x%x)", hex_char) end
+  if escaped then path = gsub(path, "%%(%x%x)", hex_char) end
   -- Made, then returned: a tail call out of a root trace is not compiled
   -- ("leaving loop in root trace").
   local req = setmetatable({

@@ -796,12 +796,12 @@ function M.serve(app, opts)
   local scheme = opts.tls and "https" or "http"
   local proxy = opts.proxy and require("luaserve.proxy").new(opts.proxy)
   local root = opts.root_path
-  local function dispatch(conn, method, target, headers, body)
+  local function dispatch(conn, method, target, headers, body, plen, escaped)
     local req
     if body then
-      req = new_request(conn, method, target, headers, body, scheme)
+      req = new_request(conn, method, target, headers, body, scheme, plen, escaped)
     else   -- streamed (false): read as the handler asks (body.lua)
-      req = new_request(conn, method, target, headers, nil, scheme)
+      req = new_request(conn, method, target, headers, nil, scheme, plen, escaped)
       req._max_body, req._max_upload = body_max, upload_max
     end
     if timed then req._t0 = hrtime() end
