@@ -733,12 +733,13 @@ function M.publish_running(on)
   end
   local note = core.worker_running
   note_running = note
-  local published = nil
+  local published, published_req = nil, nil
   future.set_step_hook(function(task)
     local root = task._root or task
-    if root == published then return end
-    published = root
     local req = root._a1
+    -- (a finished request's task object may serve the next request)
+    if root == published and req == published_req then return end
+    published, published_req = root, req
     if type(req) == "table" and req.method then
       -- a new request's route is not matched yet: the handler notes it
       if req.route ~= false then note(req.method, req.path, req.route or "-") end
