@@ -827,7 +827,13 @@ void ls__stream_close(ls_stream_t *s) {
   s->closing = 1;
   s->reading = 0;
   ls__defer_cancel(s->rt, &s->defer);
-  heap_remove(s->rt, s);
+  /* Out of the deadline heap; the timer follows what is left (a closed
+   * stream's deadline must not keep the loop alive). */
+  if (s->heap_idx) {
+    heap_remove(s->rt, s);
+    if (!s->rt->deadlines_firing)
+      deadlines_arm(s->rt);
+  }
   uv_close((uv_handle_t *)&s->tcp, stream_on_close);
 }
 
