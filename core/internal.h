@@ -64,6 +64,7 @@ struct ls_runtime_s {
   uv_timer_t stream_timer;
   struct ls_stream_s **deadlines;
   uint32_t ndeadlines, deadlines_cap;
+  uint32_t nstreams;          /* open streams: each has a place reserved */
   uint32_t deadlines_strong;  /* of them, those that keep the loop alive */
   uint64_t stream_timer_due;  /* when stream_timer fires, if it runs */
   int stream_timer_on;
@@ -222,6 +223,7 @@ struct ls_stream_s {
   unsigned end_pending : 1; /* close once output is written */
   unsigned shut_pending : 1;/* half-close once output is written */
   unsigned timer_weak : 1;  /* its deadline never keeps the loop alive */
+  unsigned counted : 1;     /* its place in the deadline heap is reserved */
 };
 
 /* ls__stream_deadlines_init / _close / _free: the runtime's deadline heap
@@ -230,9 +232,11 @@ struct ls_stream_s {
 void ls__stream_deadlines_init(ls_runtime_t *rt);
 void ls__stream_deadlines_close(ls_runtime_t *rt);
 void ls__stream_deadlines_free(ls_runtime_t *rt);
-/* ls__stream_init: the handle on rt's loop; the owner zeroed s. */
-void ls__stream_init(ls_runtime_t *rt, ls_stream_t *s,
-                     const ls_stream_ops_t *ops);
+/* ls__stream_init: the handle on rt's loop and a place in the deadline
+ * heap; the owner zeroed s. 0, or UV_ENOMEM: the owner closes s (as any
+ * stream: ls__stream_close) and gives up on it. */
+int ls__stream_init(ls_runtime_t *rt, ls_stream_t *s,
+                    const ls_stream_ops_t *ops);
 /* ls__stream_read_start / _stop: the owner wants bytes, or not now.
  * read_start returns 0 or a libuv error. */
 int ls__stream_read_start(ls_stream_t *s);

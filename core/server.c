@@ -586,7 +586,7 @@ static void server_new_conn(ls_server_t *s, uv_stream_t *listener,
   }
   c->rt = s->rt;
   c->server = s;
-  ls__stream_init(s->rt, &c->stream, &conn_ops);
+  int init_err = ls__stream_init(s->rt, &c->stream, &conn_ops);
   c->stream_open = 1;
   c->state = LS_CONN_IDLE;
   c->next = s->conns;
@@ -599,7 +599,7 @@ static void server_new_conn(ls_server_t *s, uv_stream_t *listener,
   llhttp_init(&c->parser, HTTP_REQUEST, &ls__http_settings);
   c->parser.data = c;
   c->slot = ls__slot_new(s->rt, c);
-  int err = c->slot == UINT32_MAX ? UV_ENOMEM
+  int err = init_err || c->slot == UINT32_MAX ? UV_ENOMEM
             : conn_fd >= 0 ? uv_tcp_open(&c->stream.tcp, conn_fd)
                            : uv_accept(listener, (uv_stream_t *)&c->stream.tcp);
   if (err) {

@@ -31,12 +31,25 @@ static void stream_pump(ls_stream_t *s);
 static void stream_timer_update(ls_stream_t *s);
 
 
-void ls__stream_init(ls_runtime_t *rt, ls_stream_t *s,
-                     const ls_stream_ops_t *ops) {
+int ls__stream_init(ls_runtime_t *rt, ls_stream_t *s,
+                    const ls_stream_ops_t *ops) {
   s->rt = rt;
   s->ops = ops;
   uv_tcp_init(rt->loop, &s->tcp);
   s->tcp.data = s;
+  /* Its place in the deadline heap, kept from now until its close (the
+   * heap never grows when a deadline is set). */
+  if (rt->nstreams + 1 >= rt->deadlines_cap) {
+    uint32_t cap = rt->deadlines_cap ? rt->deadlines_cap * 2 : 64;
+    ls_stream_t **d = realloc(rt->deadlines, cap * sizeof(*d));
+    if (d == NULL)
+      return UV_ENOMEM;   /* the owner closes the stream */
+    rt->deadlines = d;
+    rt->deadlines_cap = cap;
+  }
+  rt->nstreams++;
+  s->counted = 1;
+  return 0;
 }
 
 
@@ -603,17 +616,7 @@ static void stream_timer_update(ls_stream_t *s) {
   s->timer_due = due;
   if (s->heap_idx) {
     heap_up(rt, s->heap_idx, s);
-  } else {
-    if (rt->ndeadlines + 1 >= rt->deadlines_cap) {
-      uint32_t cap = rt->deadlines_cap ? rt->deadlines_cap * 2 : 64;
-      ls_stream_t **d = realloc(rt->deadlines, cap * sizeof(*d));
-      if (d == NULL) {   /* no room: the deadline is lost, not the stream */
-        ls__log("error", "stream deadline: out of memory");
-        return;
-      }
-      rt->deadlines = d;
-      rt->deadlines_cap = cap;
-    }
+  } else {   /* its place was reserved by ls__stream_init */
     if (!s->timer_weak)
       rt->deadlines_strong++;
     heap_up(rt, ++rt->ndeadlines, s);
@@ -700,7 +703,7 @@ void ls__stream_deadlines_close(ls_runtime_t *rt) {
 void ls__stream_deadlines_free(ls_runtime_t *rt) {
   free(rt->deadlines);
   rt->deadlines = NULL;
-  rt->ndeadlines = rt->deadlines_cap = rt->deadlines_strong = 0;
+  rt->ndeadlines = rt->deadlines_cap = rt->deadlines_strong = rt->nstreams = 0;
 }
 
 
@@ -794,6 +797,8 @@ const char *ls__stream_error(const ls_stream_t *s) {
 
 static void stream_on_close(uv_handle_t *h) {
   ls_stream_t *s = h->data;
+  if (s->counted)
+    s->rt->nstreams--;
   ls__buf_free(&s->out);
   ls__buf_free(&s->flight);
   ls__buf_free(&s->plain);

@@ -379,12 +379,13 @@ int ls__lua_tcp_connect(lua_State *L) {
   s->rt = rt;
   s->connect_ref = s->read_ref = s->idle_ref = s->drain_ref = s->hs_ref =
       LUA_NOREF;
-  ls__stream_init(rt, &s->stream, &tcp_ops);
+  int err = ls__stream_init(rt, &s->stream, &tcp_ops);
   s->stream.timer_weak = 1;   /* its deadline never keeps the loop alive */
   s->stream_open = 1;
 
-  int err;
-  if (numeric) {
+  if (err) {
+    numeric = 1;   /* reported as it is, not as a DNS failure */
+  } else if (numeric) {
     err = tcp_start_connect(s, (struct sockaddr *)&addr);
   } else {
     char portstr[16];
