@@ -128,6 +128,28 @@ class SleepTest(unittest.TestCase):
         self.assertEqual(p.returncode, 0)
         self.assertLess(took, 20)   # not the 60 s of the cancelled sleep
 
+    def test_a_sleep_cancelled_while_another_runs_does_not_hold_the_loop(self):
+        # Cancelled while a shorter one still waits: it stays in the sleep
+        # heap, dead, but once the shorter one has fired nothing holds the
+        # loop for it.
+        script = ('local luaserve = require "luaserve"\n'
+                  'local f = luaserve.sleep(60)\n'
+                  'local g = luaserve.sleep(0.01)\n'
+                  'f:cancel()\n'
+                  'luaserve.await(g)\n'
+                  'local ok, err = pcall(luaserve.await, luaserve.Future())\n'
+                  'print(err:match("a deadlock") and "done" or err)\n')
+        with tempfile.NamedTemporaryFile("w", suffix=".lua") as f:
+            f.write(script)
+            f.flush()
+            t0 = time.monotonic()
+            p = subprocess.run([harness.LUASERVE, "lua", f.name], cwd=harness.ROOT,
+                               capture_output=True, timeout=90)
+            took = time.monotonic() - t0
+        self.assertEqual(p.stdout, b"done\n", p.stderr)
+        self.assertEqual(p.returncode, 0)
+        self.assertLess(took, 20)   # not the 60 s of the cancelled sleep
+
 
 class LuaDirTest(unittest.TestCase):
     def test_the_binary_finds_its_lua_files_without_the_variable(self):

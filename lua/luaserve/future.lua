@@ -1032,6 +1032,12 @@ local function fire_sleeps(now)
       ndead = ndead - 1
     end
   end
+  -- Cancelled ones that came to the top go now: the timer is armed for a
+  -- live sleep, and never holds the loop for cancelled ones alone.
+  while nheap > 0 and not heap_f[1]._timer do
+    heap_pop()
+    ndead = ndead - 1
+  end
   if nheap > 0 then
     armed_at = heap_at[1]
     sleep_arm(armed_at)
