@@ -67,7 +67,6 @@ struct ls_runtime_s {
   uint32_t nstreams;          /* open streams: each has a place reserved */
   uint32_t deadlines_strong;  /* of them, those that keep the loop alive */
   uint64_t stream_timer_due;  /* when stream_timer fires, if it runs */
-  int stream_timer_on;
   int deadlines_firing;       /* inside stream_timer's callback */
   int sleep_ref;           /* Lua fire(now_ms) that sleep_timer calls, or 0 */
   uv_idle_t defer_idle;    /* runs the deferred queue before the loop waits */

@@ -582,16 +582,13 @@ static void deadlines_arm(ls_runtime_t *rt) {
   if (uv_is_closing((uv_handle_t *)t))   /* the runtime is going */
     return;
   if (rt->ndeadlines == 0) {
-    if (rt->stream_timer_on)
-      uv_timer_stop(t);
-    rt->stream_timer_on = 0;
+    uv_timer_stop(t);
     return;
   }
   uint64_t due = rt->deadlines[1]->timer_due;
-  if (!rt->stream_timer_on || due != rt->stream_timer_due) {
+  if (!uv_is_active((uv_handle_t *)t) || due != rt->stream_timer_due) {
     uint64_t now = uv_now(rt->loop);
     rt->stream_timer_due = due;
-    rt->stream_timer_on = 1;
     uv_timer_start(t, deadlines_fire, due > now ? due - now : 0, 0);
   }
   if (rt->deadlines_strong)
@@ -658,7 +655,6 @@ static void stream_due(ls_stream_t *s, uint64_t now) {
 static void deadlines_fire(uv_timer_t *t) {
   ls_runtime_t *rt = t->data;
   uint64_t now = uv_now(t->loop);
-  rt->stream_timer_on = 0;
   rt->deadlines_firing = 1;
   while (rt->ndeadlines && rt->deadlines[1]->timer_due <= now) {
     ls_stream_t *s = rt->deadlines[1];
