@@ -199,8 +199,8 @@ static int on_headers_complete(llhttp_t *p) {
                             : c->server->lim.max_body;
   if ((p->flags & F_CONTENT_LENGTH) && p->content_length > limit)
     return fail(p, 413, "request body too large");
-  c->keepalive = llhttp_should_keep_alive(p);
-  c->in_body = has_body;
+  c->keepalive = llhttp_should_keep_alive(p) != 0;
+  c->in_body = has_body != 0;
   int expect = has_body && p->http_minor >= 1 && wants_continue(c);
   if (streamed) {   /* 100 Continue when Lua first reads the body */
     c->want_continue = expect;
@@ -245,7 +245,7 @@ static int on_message_complete(llhttp_t *p) {
   c->in_body = 0;
   /* Upgrade and CONNECT: no protocol switch here; the request is answered
    * as a plain one and the connection closes (llhttp parses no further). */
-  c->keepalive = c->keepalive && llhttp_should_keep_alive(p) && !p->upgrade;
+  c->keepalive = c->keepalive && llhttp_should_keep_alive(p) != 0 && !p->upgrade;
   return HPE_PAUSED;   /* one request at a time: server.c dispatches it */
 }
 

@@ -197,11 +197,11 @@ struct ls_stream_s {
   ls_runtime_t *rt;
   const ls_stream_ops_t *ops;
   ls_tls_t *tls;            /* the TLS filter, or NULL: plain TCP */
+  struct ls_stream_tx_s *tx;/* with tls only: what TLS alone needs (apart:
+                               48 bytes less per plain connection) */
   ls_buf_t out;             /* bytes waiting behind the write in flight */
   ls_buf_t flight;          /* bytes handed to uv_write (one write in
                                flight at most; its request is malloc'd) */
-  ls_buf_t plain;           /* TLS: plaintext to seal into records at once */
-  ls_defer_t defer;         /* delivers plaintext TLS holds after a pause */
   uint64_t deadline;        /* the owner's, loop ms; 0: none */
   uint64_t send_ms;         /* send timeout; 0: none */
   uint64_t send_deadline;   /* loop ms while output waits; 0: none */
@@ -390,22 +390,22 @@ typedef struct ls_conn_s {
   llhttp_t parser;
   ls_defer_t notify;        /* tells Lua what happened, from the loop */
   uint32_t slot;            /* the handle slot */
+  uint16_t error_status;    /* status chosen by a parser callback, or 0 */
+  uint8_t state;            /* LS_CONN_* */
+  uint8_t in_process;       /* parsing (nested calls): answers are corked,
+                               the parse loop goes on by itself */
   double handle;            /* the request in Lua's handle */
-  int state;                /* LS_CONN_* */
-  int stream_open;          /* until the stream's on_close */
-  int lua_holds;            /* 1 while Lua has a request of this connection */
-  int in_process;           /* parsing: answers are corked, the parse loop
-                               goes on by itself */
-  int in_notify;            /* inside the notify callback: do not free */
-  int keepalive;            /* the current request allows keep-alive */
-  int close_after_write;    /* close once queued writes are done */
-  int is_head;              /* the request in Lua is HEAD */
-  int error_status;         /* status chosen by a parser callback, or 0 */
   const char *error_reason; /* and its detail (static): llhttp replaces
                                the reason of non-span callbacks */
-  int last_was_value;       /* header callbacks: last span was a value */
-  int in_body;              /* headers done, body being read */
-  int host_seen;            /* Host header fields in the request */
+  uint8_t host_seen;        /* Host header fields in the request */
+  unsigned stream_open : 1;       /* until the stream's on_close */
+  unsigned lua_holds : 1;         /* Lua has a request of this connection */
+  unsigned in_notify : 1;         /* inside the notify callback: do not free */
+  unsigned keepalive : 1;         /* the current request allows keep-alive */
+  unsigned close_after_write : 1; /* close once queued writes are done */
+  unsigned is_head : 1;           /* the request in Lua is HEAD */
+  unsigned last_was_value : 1;    /* header callbacks: last span was a value */
+  unsigned in_body : 1;           /* headers done, body being read */
   unsigned nheaders;
   size_t header_bytes;      /* request line + headers so far */
   ls_buf_t req;             /* url and header bytes of the request */
@@ -414,7 +414,7 @@ typedef struct ls_conn_s {
   ls_buf_t pending;         /* unparsed bytes read ahead (pipelining) */
   ls_buf_t out;             /* the response head being formatted */
   uint32_t url_len;
-  int streaming;            /* a streamed response is being written */
+  unsigned streaming : 1;   /* a streamed response is being written */
   uint16_t peer_port;       /* the client's address, read once at accept */
   char peer_host[46];       /* (INET6_ADDRSTRLEN); "" if unknown */
   int drain_ref;            /* target waiting for the write queue, or 0 */

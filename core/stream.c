@@ -19,6 +19,13 @@
 
 #include "internal.h"
 
+/* What only a TLS stream needs, allocated with its filter. */
+struct ls_stream_tx_s {
+  ls_stream_t *s;
+  ls_buf_t plain;           /* plaintext to seal into records at once */
+  ls_defer_t defer;         /* delivers plaintext TLS holds after a pause */
+};
+
 /* A corked stream writes at once when this much is collected: big bodies
  * are not copied into the queue only to be written right after. */
 #define LS_CORK_MAX (64 * 1024)
@@ -54,7 +61,7 @@ int ls__stream_init(ls_runtime_t *rt, ls_stream_t *s,
 
 
 size_t ls__stream_queued(const ls_stream_t *s) {
-  return s->plain.len + s->out.len + s->tcp.write_queue_size;
+  return (s->tx ? s->tx->plain.len : 0) + s->out.len + s->tcp.write_queue_size;
 }
 
 
@@ -88,7 +95,8 @@ static int stream_uv_read(ls_stream_t *s, int on) {
 
 
 static void stream_on_defer(ls_defer_t *d) {
-  ls_stream_t *s = (ls_stream_t *)((char *)d - offsetof(ls_stream_t, defer));
+  ls_stream_t *s = ((struct ls_stream_tx_s *)
+                    ((char *)d - offsetof(struct ls_stream_tx_s, defer)))->s;
   if (!s->closing && s->reading)
     stream_pump(s);
 }
@@ -101,7 +109,7 @@ int ls__stream_read_start(ls_stream_t *s) {
   /* TLS may hold plaintext from bytes read before the pause: no socket
    * event will come for it, so the loop delivers it. */
   if (s->tls && s->tls_ready && ls__tls_pending(s->tls))
-    ls__defer(s->rt, &s->defer, stream_on_defer);
+    ls__defer(s->rt, &s->tx->defer, stream_on_defer);
   return stream_uv_read(s, 1);
 }
 
@@ -367,12 +375,13 @@ static int stream_write_now(ls_stream_t *s, const uv_buf_t *bufs,
 /* TLS: seal the collected plaintext into records (one SSL_write: a head
  * and its body, or pipelined answers, share records) and queue them. */
 static int stream_seal(ls_stream_t *s) {
-  if (s->plain.len == 0)
+  ls_buf_t *plain = &s->tx->plain;
+  if (plain->len == 0)
     return 0;
-  int err = ls__tls_write(s->tls, s->plain.data, s->plain.len);
-  s->plain.len = 0;
-  if (s->plain.cap > LS_KEEP_BUF)
-    ls__buf_free(&s->plain);
+  int err = ls__tls_write(s->tls, plain->data, plain->len);
+  plain->len = 0;
+  if (plain->cap > LS_KEEP_BUF)
+    ls__buf_free(plain);
   if (err)
     return err;
   return tls_take(s) ? UV_ENOMEM : 0;
@@ -392,9 +401,9 @@ static int stream_write_tls(ls_stream_t *s, const uv_buf_t *bufs,
     total += bufs[i].len;
   int corked = s->corked && !s->cork_open;
   s->cork_open = 0;
-  if (s->plain.len + total <= LS_CORK_MAX) {
+  if (s->tx->plain.len + total <= LS_CORK_MAX) {
     for (unsigned i = 0; i < nbufs; i++)
-      if (ls__buf_append(&s->plain, bufs[i].base, bufs[i].len))
+      if (ls__buf_append(&s->tx->plain, bufs[i].base, bufs[i].len))
         return UV_ENOMEM;
     if (corked)
       return 0;
@@ -448,7 +457,7 @@ void ls__stream_cork(ls_stream_t *s) {
 int ls__stream_uncork(ls_stream_t *s) {
   if (--s->corked > 0)
     return 0;
-  if (s->tls && s->plain.len && !s->closing && !s->wfailed) {
+  if (s->tls && s->tx->plain.len && !s->closing && !s->wfailed) {
     int err = stream_seal(s);
     if (err)
       return err;
@@ -769,6 +778,10 @@ static void stream_pump(ls_stream_t *s) {
 
 int ls__stream_tls(ls_stream_t *s, void *ssl_ctx, int server,
                    const char *name, int check_name) {
+  s->tx = calloc(1, sizeof(*s->tx));
+  if (s->tx == NULL)
+    return UV_ENOMEM;
+  s->tx->s = s;
   s->tls = ls__tls_new(ssl_ctx, server, name, check_name);
   if (s->tls == NULL)
     return UV_ENOMEM;
@@ -797,10 +810,14 @@ static void stream_on_close(uv_handle_t *h) {
     s->rt->nstreams--;
   ls__buf_free(&s->out);
   ls__buf_free(&s->flight);
-  ls__buf_free(&s->plain);
   if (s->tls)
     ls__tls_free(s->tls);
   s->tls = NULL;
+  if (s->tx) {
+    ls__buf_free(&s->tx->plain);
+    free(s->tx);
+    s->tx = NULL;
+  }
   s->ops->on_close(s);
 }
 
@@ -827,7 +844,8 @@ void ls__stream_close(ls_stream_t *s) {
   }
   s->closing = 1;
   s->reading = 0;
-  ls__defer_cancel(s->rt, &s->defer);
+  if (s->tx)
+    ls__defer_cancel(s->rt, &s->tx->defer);
   /* Out of the deadline heap; the timer follows what is left (a closed
    * stream's deadline must not keep the loop alive). */
   if (s->heap_idx) {
