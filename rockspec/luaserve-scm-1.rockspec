@@ -67,6 +67,7 @@ build = {
       ["luaserve.proxy"] = "lua/luaserve/proxy.lua",
       ["luaserve.reload"] = "lua/luaserve/reload.lua",
       ["luaserve.request"] = "lua/luaserve/request.lua",
+      ["luaserve.request_slots"] = "lua/luaserve/request_slots.lua",
       ["luaserve.schema"] = "lua/luaserve/schema.lua",
       ["luaserve.inputs"] = "lua/luaserve/inputs.lua",
       ["luaserve.openapi"] = "lua/luaserve/openapi.lua",

@@ -6,6 +6,7 @@ local luaserve = require "luaserve"
 local testing = require "luaserve.testing"
 local core = require "luaserve.core"
 local cffi = require "luaserve.ffi"
+local CONN = require("luaserve.request_slots").CONN
 
 describe("luaserve.ffi", function()
   it("reaches the core's exported functions in the luaserve binary", function()
@@ -40,9 +41,9 @@ describe("luaserve.ffi", function()
     local app = luaserve.app()
     local seen = {}
     app:get("/peer", function(req)
-      local ffi_host, ffi_port = cffi.peer(req._conn)
-      local host, port = core.peer(req._conn)
-      seen.handle = req._conn
+      local ffi_host, ffi_port = cffi.peer(req[CONN])
+      local host, port = core.peer(req[CONN])
+      seen.handle = req[CONN]
       return { ffi = { ffi_host, ffi_port }, classic = { host, port },
         client = { req.client.host, req.client.port } }
     end)

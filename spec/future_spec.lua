@@ -779,6 +779,7 @@ describe("luaserve.future", function()
   end)
 
   describe("a request's task", function()
+    local TASK = require("luaserve.request_slots").TASK
     -- start_request(fn, on_fail, req): what the server runs per request.
     -- A task that ends in its first step, leaving nothing behind, is the
     -- next request's task (one table less per answer).
@@ -786,7 +787,7 @@ describe("luaserve.future", function()
       local req, seen = {}, nil
       future.start_request(function(r)
         seen = future.current()
-        r._task = seen
+        r[TASK] = seen
         if fn then fn(r) end
       end, nil, req)
       return seen, req
@@ -796,8 +797,8 @@ describe("luaserve.future", function()
       local t1, r1 = task_of()
       local t2, r2 = task_of()
       assert.equal(t1, t2)
-      assert.is_false(r1._task)
-      assert.is_false(r2._task)
+      assert.is_false(r1[TASK])
+      assert.is_false(r2[TASK])
       assert.is_true(t2:done())
     end)
 
@@ -811,7 +812,7 @@ describe("luaserve.future", function()
     it("is not reused when it left cleanups, a future or a semaphore hold", quietly(function()
       local t1 = task_of(function() luaserve.on_cancel(function() end) end)
       assert.are_not.equal(t1, task_of())
-      local t2 = task_of(function(r) r._task:future() end)
+      local t2 = task_of(function(r) r[TASK]:future() end)
       assert.are_not.equal(t2, task_of())
       local sem = Semaphore(1)
       local t3 = task_of(function() sem:acquire() end)   -- never released
@@ -836,7 +837,7 @@ describe("luaserve.future", function()
         new_child = spawn(function() await(sleep(0.01)) return "new" end)
         old_child:detach()
         old_child:cancel()
-        kept = rawget(r._task, "_children")[new_child]
+        kept = rawget(r[TASK], "_children")[new_child]
       end)
       assert.equal(t1, t2)
       assert.is_true(kept)   -- the reused task still had its own child

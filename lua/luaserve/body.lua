@@ -11,6 +11,7 @@
 local core = require "luaserve.core"
 local errors = require "luaserve.errors"
 local future = require "luaserve.future"
+local CONN = require("luaserve.request_slots").CONN
 
 local body_read = core.body_read
 local new_future = future.new_internal   -- the body_read target: ours alone
@@ -26,7 +27,7 @@ local M = {}
 --- streamed(req): true while the body still comes from the client (not
 -- read whole into req.body).
 function M.streamed(req)
-  return rawget(req, "body") == nil and rawget(req, "_conn") ~= nil
+  return rawget(req, "body") == nil and rawget(req, CONN) ~= nil
 end
 
 
@@ -51,7 +52,7 @@ function M.read(req)
     st.received = #whole
     return whole
   end
-  local conn = rawget(req, "_conn")
+  local conn = rawget(req, CONN)
   if conn == nil then st.done = true return nil end
   local f = new_future()
   local data, err, status = body_read(conn, f)

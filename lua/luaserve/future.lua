@@ -13,6 +13,9 @@
 -- the top, so resumes never nest.
 
 local core = require "luaserve.core"
+-- (where a request keeps its task and route: tasks serve requests)
+local slots = require "luaserve.request_slots"
+local REQ_TASK, REQ_ROUTE = slots.TASK, slots.ROUTE
 
 local co_create = coroutine.create
 local co_resume = coroutine.resume
@@ -442,8 +445,9 @@ end
 -- a request's by its route's count, anything else always.
 local function sampled(root)
   if check_unawaited == "all" then return true end
-  local req = root._a1
-  local route = type(req) == "table" and rawget(req, "_route")
+  -- (a request's task has a failure handler; its _a1 is the request)
+  local req = root._on_fail and root._a1
+  local route = type(req) == "table" and rawget(req, REQ_ROUTE)
   if not route then return true end
   local n = (rawget(route, "_nchecked") or 0) + 1
   route._nchecked = n
@@ -647,7 +651,7 @@ M.start = start
 -- nothing left on it that outlives it: the next request's task. Nobody
 -- can hold it: it was never a future's waiter or the parent of a live
 -- task (its children are cancelled when it finishes), nobody asked for
--- its future, its request's _task is cleared; only M.current() handed it
+-- its future, its request's task slot is cleared; only M.current() handed it
 -- out (to the framework, which does not keep it). A plain answer then
 -- makes one table per request instead of two.
 local spare_task = nil
@@ -681,7 +685,7 @@ function M.start_request(fn, on_fail, req)
   task._co = take_runner()
   step(task, task)
   if reusable(task) then
-    if rawget(req, "_task") == task then req._task = false end
+    if rawget(req, REQ_TASK) == task then req[REQ_TASK] = false end
     spare_task = task
   end
 end

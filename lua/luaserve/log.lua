@@ -18,6 +18,7 @@
 -- keeps the order in which things happened.
 
 local core = require "luaserve.core"
+local PEER = require("luaserve.request_slots").PEER
 
 local format = string.format
 local concat = table.concat
@@ -132,7 +133,7 @@ local flusher = { _done = false, resolve = function(self) flush_timer = nil flus
 local function client_host(req)
   local client = rawget(req, "client")
   if client then return client.host end
-  local peer = rawget(req, "_peer")
+  local peer = rawget(req, PEER)
   if peer then return peer ~= "" and peer or nil end
   return req.client.host
 end

@@ -10,6 +10,8 @@
 -- wrote to the left of it cannot be believed (uvicorn's rule).
 
 local core = require "luaserve.core"
+local slots = require "luaserve.request_slots"
+local CONN, SCHEME = slots.CONN, slots.SCHEME
 
 local rawget = rawget
 local tonumber = tonumber
@@ -198,7 +200,7 @@ function M.new(spec)
   local trusted = assert(M.parse_allow(spec))
   return function(req)
     local headers = req.headers
-    local peer, peer_port = core.peer(req._conn)
+    local peer, peer_port = core.peer(req[CONN])
     if not trusted(peer) then return end
     local fwd = rawget(headers, "forwarded")
     local fors, protos
@@ -225,7 +227,7 @@ function M.new(spec)
       proto = (#protos == #fors and chosen) and protos[chosen] or protos[#protos]
     end
     if proto == "https" or proto == "http" or proto == "wss" or proto == "ws" then
-      req.scheme = (proto == "wss" and "https") or (proto == "ws" and "http") or proto
+      req[SCHEME] = (proto == "wss" and "https") or (proto == "ws" and "http") or proto
     end
     return peer, peer_port
   end

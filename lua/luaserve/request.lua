@@ -15,6 +15,9 @@ local core = require "luaserve.core"
 local errors = require "luaserve.errors"
 local json = require "luaserve.json"
 local peer = require("luaserve.ffi").peer
+local slots = require "luaserve.request_slots"
+local CONN, HRAW, PEER = slots.CONN, slots.HRAW, slots.PEER
+local SCHEME, APP = slots.SCHEME, slots.APP
 
 local setmetatable = setmetatable
 local rawget = rawget
@@ -118,7 +121,7 @@ end
 local unpack_headers = core.unpack_headers
 
 function lazy.headers(req)
-  local raw = rawget(req, "_hraw")
+  local raw = rawget(req, HRAW)
   local h
   if type(raw) == "string" then h = unpack_headers(raw) else h = raw or {} end
   setmetatable(h, headers_mt)
@@ -133,7 +136,7 @@ local FINISHED = "the request has finished: read req.%s while it runs " ..
 -- What the core knows of the request's connection: fn(handle)'s values;
 -- nothing in a pool state (no connection there).
 local function from_conn(req, fn, field)
-  local conn = rawget(req, "_conn")
+  local conn = rawget(req, CONN)
   if not conn then return end
   local a, b = fn(conn)
   if a == nil and b == "closed" then error(FINISHED:format(field), 3) end
@@ -144,12 +147,12 @@ end
 -- Once the request is over, the address the access line read (no port),
 -- if it read one.
 function lazy.client(req)
-  local conn = rawget(req, "_conn")
+  local conn = rawget(req, CONN)
   local c = {}
   if conn then
     local host, port = peer(conn)
     if host == nil and port == "closed" then
-      local seen = rawget(req, "_peer")
+      local seen = rawget(req, PEER)
       if not seen then error(FINISHED:format("client"), 2) end
       if seen ~= "" then c.host = seen end
     else
@@ -158,6 +161,18 @@ function lazy.client(req)
   end
   req.client = c
   return c
+end
+
+
+--- req.scheme and req.app: kept in the request's array part (see
+-- luaserve.request_slots), read through here; a value set on the request
+-- (req.scheme = "https" behind a proxy) is read before this.
+function lazy.scheme(req)
+  return rawget(req, SCHEME)
+end
+
+function lazy.app(req)
+  return rawget(req, APP)
 end
 
 
@@ -190,7 +205,7 @@ end
 --- req.body of a streamed request: read whole on first use, within the
 -- route's max_body (413 beyond).
 function lazy.body(req)
-  if rawget(req, "_conn") == nil then return nil end
+  if rawget(req, CONN) == nil then return nil end
   local body = body_stream.read_all(req, rawget(req, "_max_body"))
   return body   -- not a tail call: read_all's errors name the handler's line
 end
@@ -298,26 +313,19 @@ function M.new(conn, method, target, headers, body, scheme, plen, escaped)
   end
   if escaped then path = gsub(path, "%%(%x%x)", hex_char) end
   -- Made, then returned: a tail call out of a root trace is not compiled
-  -- ("leaving loop in root trace").
+  -- ("leaving loop in root trace"). The framework's fields first, in the
+  -- array part (luaserve.request_slots: CONN, HRAW, TASK, ROUTE, T0,
+  -- PEER, SCHEME, APP); then the six keys handlers read, made at
+  -- once so the table is not grown (rehashed) key by key: they and the
+  -- lazy req.headers and req.query fill its 8 hash slots.
   local req = setmetatable({
+    conn, headers, false, false, 0, false, scheme or "http", false,
     method = method,
     path = path,
     target = target,
-    _hraw = headers,   -- req.headers is made from it when first read
     body = body,
-    scheme = scheme or "http",
-    _conn = conn,
-    -- Set during the request; named here so the table is made at its full
-    -- size once, not grown (rehashed) as they are added. These 14 keys
-    -- make 16 slots: two lazy fields (req.headers, req.query) still fit,
-    -- a 17th key doubles the table (384 B more per request waiting).
-    _task = false,
-    _route = false,
-    _t0 = 0,
-    _peer = false,   -- the client's address, read for the access line
     route = false,
     params = false,
-    app = false,
   }, Request)
   return req
 end

@@ -45,6 +45,9 @@ local sleep = future.sleep
 local on_cancel = future.on_cancel
 local co_resume = future.coroutine_resume
 local new_request = request.new
+local slots = require "luaserve.request_slots"
+local CONN, TASK, ROUTE, T0 = slots.CONN, slots.TASK, slots.ROUTE, slots.T0
+local PEER, APP = slots.PEER, slots.APP
 local find = string.find
 local normalize = response.normalize
 local to_object = response.object
@@ -213,7 +216,7 @@ end
 -- upstream calls, queued sync jobs) and the request answers 504. Calls it
 -- makes inherit what is left of the deadline (future.deadline()).
 local function call_with_deadline(req, route, seconds)
-  local task = req._task
+  local task = req[TASK]
   -- The deadline's timer first, and the deadline read from its clock:
   -- calls bounded by the deadline end with it, not before it (on a tie
   -- the older timer, this one, fires first: the answer is the 504).
@@ -257,7 +260,7 @@ end
 -- The innermost step: the router's answer, or the route's handler within
 -- the route's body limit and deadline. Raises what the handler raises.
 local function endpoint(ctx, req)
-  local route = req._route
+  local route = req[ROUTE]
   if not route then
     local m = req._nomatch
     error(new_http_error(m[1], m[2], m[3]), 0)
@@ -403,7 +406,7 @@ end
 -- written yet, a future resolved once it is.
 local function send_stream(requests, req, status, ctype, headers, stream,
                            want_written)
-  local conn = req._conn
+  local conn = req[CONN]
   local ok, started = pcall(respond_start, conn, status, ctype, headers)
   if not ok then   -- a bad header table: nothing was sent yet
     log_handler_error(req, started)
@@ -452,7 +455,7 @@ end
 -- abortable until the last byte; nothing pipelined is answered before.
 -- Returns the body bytes sent.
 local function send_file(requests, req, status, ctype, headers, body)
-  local conn = req._conn
+  local conn = req[CONN]
   local f = new_future()
   local ok, r = pcall(respond_file, conn, status, ctype, headers, body.file,
     body.offset, body.length, f)
@@ -478,7 +481,7 @@ end
 -- when it returns, 1011 (and a log line naming the route) when it raises.
 -- The client vanishing cancels the task like any request's.
 local function run_session(requests, req, session, headers)
-  local conn = req._conn
+  local conn = req[CONN]
   local ud = core.ws_accept(conn, headers, session.core)
   if ud then
     local ws = websocket._wrap(ud, session.subprotocol)
@@ -500,7 +503,7 @@ end
 -- Send a whole answer; returns the status and the body sent and, when the
 -- answer is not written yet, a future resolved once it is.
 local function send_whole(req, status, body, ctype, headers, want_written)
-  local conn = req._conn
+  local conn = req[CONN]
   -- The usual answer (no header table, nobody waiting for it to be
   -- written) through the FFI: the trace goes on through the call.
   if headers == nil and not want_written and type(status) == "number" and
@@ -534,21 +537,21 @@ end
 -- Match the request's route and note it on the request. A function of its
 -- own: what it holds is not on the stack of a request that waits.
 local function route_request(app, req, access_log)
-  req._task = current()
-  req.app = app
+  req[TASK] = current()
+  req[APP] = app
   -- The access line names the client: read its address while the
   -- request holds its connection ("" if unknown; req.client falls back
   -- on it once the request is over). Through the FFI: a classic call here
   -- would end the request's trace.
-  if access_log then req._peer = peer(req._conn) or "" end
+  if access_log then req[PEER] = peer(req[CONN]) or "" end
   local route, params, detail, extra, near = app:match(req.method, req.path)
   if route then
-    req._route = route
+    req[ROUTE] = route
     req.params = params or EMPTY_PARAMS
     req.route = route.path
   else
     req.params = EMPTY_PARAMS
-    req._nomatch = { params, detail, extra }
+    req._nomatch = { params, detail, extra }   -- (a 9th key: the table grows, on this path only)
     if near then req.route = near.path end   -- a 422: its parameter did not convert
   end
   if note_running then note_running(req.method, req.path, req.route or "-") end
@@ -577,7 +580,7 @@ local function make_handler(app, opts)
 
   -- Send the answer, then what comes after it.
   local function answer(req, status, body, ctype, headers, stream, bg, ws)
-    local conn = req._conn
+    local conn = req[CONN]
     if requests[conn % SLOT_SPAN] ~= req then return end   -- aborted meanwhile
     local nbytes, written
     local want_written = bg or rawget(req, "_background")
@@ -602,7 +605,7 @@ local function make_handler(app, opts)
       after_written(req, bg)
     end
     if access_log or metrics then
-      local seconds = hrtime() - req._t0
+      local seconds = hrtime() - req[T0]
       if access_log then log.access(req, status, nbytes, seconds) end
       if metrics then metrics(req, status, seconds) end
     end
@@ -614,7 +617,7 @@ local function make_handler(app, opts)
   end
 
   local function failed(req, err)
-    if requests[req._conn % SLOT_SPAN] ~= req then   -- answered already
+    if requests[req[CONN] % SLOT_SPAN] ~= req then   -- answered already
       log_handler_error(req, err, " after its answer")
       return
     end
@@ -805,7 +808,7 @@ function M.serve(app, opts)
       req = new_request(conn, method, target, headers, nil, scheme, plen, escaped)
       req._max_body, req._max_upload = body_max, upload_max
     end
-    if timed then req._t0 = hrtime() end
+    if timed then req[T0] = hrtime() end
     -- Behind a balancer: only a request that carries forwarding headers
     -- pays for them.
     if proxy and find(headers, "forwarded", 1, true) then
@@ -820,14 +823,14 @@ function M.serve(app, opts)
   local metrics = opts.metrics and require("luaserve.metrics").observe
   local function abort(conn)
     local req = requests[conn % SLOT_SPAN]
-    if req == nil or req._conn ~= conn then return end
+    if req == nil or req[CONN] ~= conn then return end
     requests[conn % SLOT_SPAN] = nil
-    local task = req._task
+    local task = req[TASK]
     if task then task:cancel() end
     if opts.access_log ~= false then
-      log.access(req, 499, 0, hrtime() - req._t0)
+      log.access(req, 499, 0, hrtime() - req[T0])
     end
-    if metrics then metrics(req, 499, hrtime() - req._t0) end
+    if metrics then metrics(req, 499, hrtime() - req[T0]) end
     release(conn)
     drain()
   end
