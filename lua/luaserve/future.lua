@@ -61,6 +61,15 @@ local IDLE = setmetatable({}, { __tostring = function() return "idle" end })
 
 local Future = {}
 local Task = {}   -- defined below; futures wake tasks
+
+-- A task's own fields, in its table's array part: a waiting task is 112
+-- bytes instead of 256 (six keys would take an 8-slot hash part). The
+-- function, its one argument (a request's task: the request), its runner
+-- coroutine (false before it starts), the future it waits on (false: none
+-- yet; nil once woken), whether it finished, and its failure handler
+-- (a request's task: falsy for any other). Fields that few tasks get
+-- (_root, _children, _fut, _cleanups...) are named keys.
+local FN, A1, CO, WAITING, FINISHED, ON_FAIL = 1, 2, 3, 4, 5, 6
 Future.__index = Future
 Future.__name = "luaserve.Future"
 M.Future = Future
@@ -200,13 +209,13 @@ local function settle(self, r, n)
   if not w or w == true then return end
   self._waiters = true
   if getmetatable(w) == Task then
-    w._waiting = nil
+    w[WAITING] = nil
     schedule(w, self)
   else
     for i = 1, #w do
       local x = w[i]
       if type(x) == "table" then
-        x._waiting = nil
+        x[WAITING] = nil
         schedule(x, self)
       else
         -- A callback (gather, wait_for, on_done): one that raises is
@@ -342,7 +351,7 @@ M.Task = Task
 
 
 function Task.__tostring(t)
-  return "luaserve.Task (" .. (t._finished and "done" or "running") .. ")"
+  return "luaserve.Task (" .. (t[FINISHED] and "done" or "running") .. ")"
 end
 
 
@@ -369,13 +378,13 @@ local finish   -- forward
 
 local function runner_body(task)
   while true do
-    local args, a1 = task._args, task._a1
+    local args, a1 = task._args, task[A1]
     if args then
-      finish(task, true, task._fn(unpack(args, 1, args.n)))
+      finish(task, true, task[FN](unpack(args, 1, args.n)))
     elseif a1 ~= nil then
-      finish(task, true, task._fn(a1))
+      finish(task, true, task[FN](a1))
     else
-      finish(task, true, task._fn())
+      finish(task, true, task[FN]())
     end
     task = co_yield(IDLE)
   end
@@ -445,8 +454,8 @@ end
 -- a request's by its route's count, anything else always.
 local function sampled(root)
   if check_unawaited == "all" then return true end
-  -- (a request's task has a failure handler; its _a1 is the request)
-  local req = root._on_fail and root._a1
+  -- (a request's task has a failure handler; its A1 is the request)
+  local req = root[ON_FAIL] and root[A1]
   local route = type(req) == "table" and rawget(req, REQ_ROUTE)
   if not route then return true end
   local n = (rawget(route, "_nchecked") or 0) + 1
@@ -521,7 +530,7 @@ end
 
 -- What a root task was doing, for the report: its request, if any.
 local function describe(task)
-  local req = task._a1
+  local req = task[A1]
   if type(req) == "table" and rawget(req, "method") and rawget(req, "path") then
     return ("request %s %s, route %s"):format(req.method, req.path,
       tostring(rawget(req, "route") or "-"))
@@ -570,21 +579,21 @@ end
 -- other task ends with the error.
 local function task_failed(task, co, err)
   if type(err) ~= "table" then err = dead_traceback(co, tostring(err)) end
-  if task._co == co then task._co = nil end
-  if task._finished then   -- cancelled meanwhile, or failed in finish()
+  if task[CO] == co then task[CO] = nil end
+  if task[FINISHED] then   -- cancelled meanwhile, or failed in finish()
     if not task._cancelled then safe_log("task runner failed: " .. tostring(err)) end
     return
   end
-  local on_fail = task._on_fail
+  local on_fail = task[ON_FAIL]
   if not on_fail then
     finish(task, false, err)
     return
   end
-  task._on_fail = false
-  task._args = { n = 2, task._a1, err }
-  task._a1 = nil
-  task._fn = on_fail
-  task._co = take_runner()
+  task[ON_FAIL] = false
+  task._args = { n = 2, task[A1], err }
+  task[A1] = nil
+  task[FN] = on_fail
+  task[CO] = take_runner()
   step(task, task)
 end
 
@@ -592,11 +601,11 @@ end
 -- Resume task's coroutine with the values; what comes back decides where
 -- the coroutine goes.
 -- The coroutine is taken before the resume: a task may cancel itself
--- while it runs (which drops task._co), and its runner must still go back
+-- while it runs (which drops task[CO]), and its runner must still go back
 -- to the idle list when it finishes.
 function step(task, ...)
   local prev = current
-  local co = task._co
+  local co = task[CO]
   current = task
   last_stepped = task
   if step_hook then step_hook(task) end
@@ -610,7 +619,7 @@ function step(task, ...)
       nrunners = nrunners + 1
       runners[nrunners] = co
     end
-    task._co = nil
+    task[CO] = nil
   elseif tag ~= AWAIT then
     -- A yield that got past the guard on coroutine.yield (a library that
     -- kept the original): nothing will resume this task.
@@ -627,11 +636,10 @@ end
 -- task, which nobody awaits, costs no future.
 local function start(fn, opts, ...)
   local n = select("#", ...)
-  -- Every field a task gets is named here, so the table is made once at
-  -- its full size instead of growing (rehashing) per field.
-  local task = setmetatable({ _fn = fn, _a1 = (...), _co = false,
-    _waiting = false, _finished = false, _on_fail = false }, Task)
-  if n > 1 then task._a1 = nil task._args = { n = n, ... } end
+  -- Every field a task always has is set here, so the table is made once
+  -- at its full size instead of growing per field.
+  local task = setmetatable({ fn, (...), false, false, false, false }, Task)
+  if n > 1 then task[A1] = nil task._args = { n = n, ... } end
   local parent = opts ~= false and current or nil
   if parent and not (opts and opts.detached) then
     local root = parent._root or parent
@@ -640,7 +648,7 @@ local function start(fn, opts, ...)
     if kids == nil then kids = {} root._children = kids end
     kids[task] = true
   end
-  task._co = take_runner()
+  task[CO] = take_runner()
   step(task, task)
   return task
 end
@@ -660,7 +668,7 @@ local spare_task = nil
 -- Can a finished request task be reused? Only if all it got beyond its
 -- first fields is gone.
 local function reusable(task)
-  return task._finished == true and task._waiting == false and
+  return task[FINISHED] == true and task[WAITING] == false and
     rawget(task, "_cancelled") == nil and rawget(task, "_args") == nil and
     rawget(task, "_fut") == nil and rawget(task, "_r") == nil and
     rawget(task, "_cleanups") == nil and rawget(task, "_holds") == nil and
@@ -676,13 +684,12 @@ function M.start_request(fn, on_fail, req)
   local task = spare_task
   if task then
     spare_task = nil
-    task._fn, task._a1, task._finished, task._on_fail = fn, req, false, on_fail
+    task[FN], task[A1], task[FINISHED], task[ON_FAIL] = fn, req, false, on_fail
     if rawget(task, "_chk") ~= nil then task._chk = nil end
   else
-    task = setmetatable({ _fn = fn, _a1 = req, _co = false,
-      _waiting = false, _finished = false, _on_fail = on_fail }, Task)
+    task = setmetatable({ fn, req, false, false, false, on_fail }, Task)
   end
-  task._co = take_runner()
+  task[CO] = take_runner()
   step(task, task)
   if reusable(task) then
     if rawget(req, REQ_TASK) == task then req[REQ_TASK] = false end
@@ -694,7 +701,7 @@ end
 -- The task's function returned (ok) or raised: record the outcome, detach
 -- from the request, cancel what it spawned, wake whoever awaits it.
 function finish(task, ok, ...)
-  task._finished = true
+  task[FINISHED] = true
   local root = task._root
   if root == nil then
     if nmade > 0 then sweep_created() end
@@ -737,13 +744,13 @@ end
 -- cancelled too (if nothing else waits on it); its children are cancelled;
 -- its cleanups run; its future resolves with nil, "cancelled".
 function Task:cancel()
-  if self._cancelled or self._finished then return false end
+  if self._cancelled or self[FINISHED] then return false end
   self._cancelled = true
-  self._finished = true
-  local f = self._waiting
-  self._waiting = nil
+  self[FINISHED] = true
+  local f = self[WAITING]
+  self[WAITING] = nil
   if f and remove_waiter(f, self) and f._waiters == true then f:cancel() end
-  self._co = nil
+  self[CO] = nil
   self:_cancel_children()
   local cleanups = self._cleanups
   self._cleanups = nil
@@ -785,7 +792,7 @@ end
 function Task:future()
   local fut = self._fut
   if fut then return fut end
-  if self._finished then
+  if self[FINISHED] then
     local r = self._r
     fut = r and M.resolved(unpack(r, 1, self._rn)) or M.resolved()
   else
@@ -798,7 +805,7 @@ end
 
 
 function Task:done()
-  return self._finished == true
+  return self[FINISHED] == true
 end
 
 
@@ -821,6 +828,14 @@ end
 
 function M.current()
   return current
+end
+
+
+--- request_of(task): the request a task serves (its root is a request's
+-- task, started by start_request), or nil.
+function M.request_of(task)
+  local root = task and (task._root or task)
+  if root and root[ON_FAIL] then return root[A1] end
 end
 
 
@@ -909,7 +924,7 @@ local function await(f)
       run_until(f)
     else
       add_waiter(f, task)
-      task._waiting = f
+      task[WAITING] = f
       return after_wait(f, co_yield(AWAIT))
     end
   end
@@ -1321,7 +1336,7 @@ end
 -- It raises at that line instead, so the request answers 500 at once.
 local function guarded_yield(...)
   local task = current
-  if task ~= nil and task._co == co_running() then
+  if task ~= nil and task[CO] == co_running() then
     error("coroutine.yield() called in a task outside a coroutine of its " ..
       "own: to wait, use luaserve.await(future); to yield from a " ..
       "generator, run it with coroutine.wrap", 2)

@@ -679,8 +679,7 @@ function M.watch_blocking(seconds)
   end
   core.watch_blocking(seconds, function(held)
     local task = future.last_task()
-    local root = task and (task._root or task)
-    local req = root and root._a1
+    local req = future.request_of(task)
     local who = "a task"
     if type(req) == "table" and req.method and req.path then
       who = ("%s %s (route %s)"):format(req.method, req.path, req.route or "-")
@@ -739,7 +738,7 @@ function M.publish_running(on)
   local published, published_req = nil, nil
   future.set_step_hook(function(task)
     local root = task._root or task
-    local req = root._a1
+    local req = future.request_of(root)
     -- (a finished request's task object may serve the next request)
     if root == published and req == published_req then return end
     published, published_req = root, req

@@ -145,9 +145,7 @@ end
 
 -- The request of the running task (FileResponse is called in a handler).
 local function current_request()
-  local task = future.current()
-  local root = task and (task._root or task)
-  local req = root and root._a1
+  local req = future.request_of(future.current())
   if type(req) == "table" and req.method and req.headers then return req end
   return nil
 end
