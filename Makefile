@@ -13,7 +13,7 @@ PORT ?= 8080
 # npm packages (issue 12), fetched with curl into the build tree and
 # checked against the registry's sha512 `integrity` (npm is not needed).
 # swagger-ui-dist: the files /docs serves (installed by `make install`
-# beside the Lua folder); @seriousme/openapi-schema-validator: the
+# beside the Lua folder); redoc: the bundle /redoc serves (likewise); @seriousme/openapi-schema-validator: the
 # OpenAPI 3.1 JSON Schema that tests/test_openapi.py validates against.
 NPM_REGISTRY ?= https://registry.npmjs.org
 SWAGGER_UI_VERSION = 5.35.0
@@ -22,6 +22,12 @@ SWAGGER_UI = build/swagger-ui
 SWAGGER_UI_FILES = swagger-ui.css swagger-ui-bundle.js swagger-ui-standalone-preset.js \
                    oauth2-redirect.html oauth2-redirect.js favicon-16x16.png \
                    favicon-32x32.png LICENSE NOTICE
+# redoc: the one file /redoc serves (its standalone bundle), installed
+# beside swagger-ui.
+REDOC_VERSION = 2.5.4
+REDOC_SHA512 = M6jWhG1qoBnH6TFmzJnstyCZ87HmOY/UzDm78mHiYihEdlV/YcS9ogOo1NlElnJMeLsyxHFe2yFc4sNjHTrABQ==
+REDOC = build/redoc
+REDOC_FILES = bundles/redoc.standalone.js LICENSE
 OAS_VALIDATOR_VERSION = 2.11.0
 OAS_VALIDATOR_SHA512 = DL8TjmjkUS76OaK/TinoRtf6PrirsWfMZiv62ifP9eq3UOpoLqSGZKpCErxMzz0i1pjECSPYY+qZ1SRYEgiEvg==
 OAS_SCHEMA = build/openapi/schema-3.1.json
@@ -118,7 +124,7 @@ endif
 all: deps
 	@$(MAKE) --no-print-directory build
 
-build: luaserve $(SWAGGER_UI)/swagger-ui-bundle.js
+build: luaserve $(SWAGGER_UI)/swagger-ui-bundle.js $(REDOC)/redoc.standalone.js
 
 # Install what a fresh machine lacks (apt-get, through sudo when not root).
 deps:
@@ -183,6 +189,12 @@ $(SWAGGER_UI)/swagger-ui-bundle.js:
 	@cd $(SWAGGER_UI).tmp/package && cp $(SWAGGER_UI_FILES) $(CURDIR)/$(SWAGGER_UI)/
 	@rm -rf $(SWAGGER_UI).tmp
 
+$(REDOC)/redoc.standalone.js:
+	$(call npm_fetch,$(NPM_REGISTRY)/redoc/-/redoc-$(REDOC_VERSION).tgz,$(REDOC_SHA512),$(REDOC))
+	@mkdir -p $(REDOC)
+	@cd $(REDOC).tmp/package && cp $(REDOC_FILES) $(CURDIR)/$(REDOC)/
+	@rm -rf $(REDOC).tmp
+
 $(OAS_SCHEMA):
 	$(call npm_fetch,$(NPM_REGISTRY)/@seriousme/openapi-schema-validator/-/openapi-schema-validator-$(OAS_VALIDATOR_VERSION).tgz,$(OAS_VALIDATOR_SHA512),build/openapi)
 	@mkdir -p $(dir $(OAS_SCHEMA))
@@ -214,6 +226,8 @@ install: install-bin
 	install -m 644 lua/luaserve/middleware/*.lua $(DESTDIR)$(LUADIR)/luaserve/middleware/
 	install -d $(DESTDIR)$(LUADIR)/../swagger-ui
 	install -m 644 $(addprefix $(SWAGGER_UI)/,$(SWAGGER_UI_FILES)) $(DESTDIR)$(LUADIR)/../swagger-ui/
+	install -d $(DESTDIR)$(LUADIR)/../redoc
+	install -m 644 $(addprefix $(REDOC)/,$(notdir $(REDOC_FILES))) $(DESTDIR)$(LUADIR)/../redoc/
 
 # The binary alone (luarocks installs the modules itself, from the rockspec).
 install-bin: all
@@ -224,6 +238,7 @@ uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/luaserve
 	rm -rf $(DESTDIR)$(LUADIR)/luaserve
 	rm -rf $(DESTDIR)$(LUADIR)/../swagger-ui
+	rm -rf $(DESTDIR)$(LUADIR)/../redoc
 
 clean:
 	rm -rf build luaserve

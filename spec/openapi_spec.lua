@@ -1,5 +1,5 @@
 -- luaserve.openapi: the document of a small app, compared key by key;
--- /openapi.json and /docs through the real core; docs = false.
+-- /openapi.json, /docs and /redoc through the real core; docs = false.
 
 local luaserve = require "luaserve"
 local schema = require "luaserve.schema"
@@ -104,18 +104,41 @@ describe("luaserve.openapi", function()
     assert.truthy(#js.body > 100000)
     assert.equal(404, client:get("/docs/assets/../../README.md").status)
     assert.equal(404, client:get("/docs/assets/package.json").status)   -- only its own files
+    assert.is_nil(res:json().paths["/redoc"])
     client:close()
   end)
 
-  it("docs = false leaves both out; an app's own /docs wins", function()
+  it("serves ReDoc at /redoc, its bundle from luaserve, no image from elsewhere", function()
+    local client = testing.client(small_app())
+    local page = client:get("/redoc")
+    assert.equal(200, page.status)
+    assert.matches("^text/html", page.headers["content-type"])
+    assert.matches('<redoc spec-url="/openapi.json"></redoc>', page.body, 1, true)
+    assert.matches('<script src="/redoc/assets/redoc.standalone.js"></script>', page.body, 1, true)
+    assert.matches("<title>Pets %- ReDoc</title>", page.body)
+    assert.equal("img-src 'self' data:", page.headers["content-security-policy"])
+    local js = client:get("/redoc/assets/redoc.standalone.js")
+    assert.equal(200, js.status)
+    assert.matches("javascript", js.headers["content-type"])
+    assert.truthy(#js.body > 100000)
+    assert.equal(404, client:get("/redoc/assets/LICENSE").status)   -- the bundle only
+    assert.equal(404, client:get("/redoc/assets/..%2fLICENSE").status)
+    client:close()
+  end)
+
+  it("docs = false leaves all three out; an app's own /docs or /redoc wins", function()
     local client = testing.client(small_app({ docs = false }))
     assert.equal(404, client:get("/openapi.json").status)
     assert.equal(404, client:get("/docs").status)
+    assert.equal(404, client:get("/redoc").status)
     client:close()
     local app = luaserve.app()
     app:get("/docs", function() return "mine" end)
+    app:get("/redoc", function() return "my redoc" end)
     client = testing.client(app)
     assert.equal("mine", client:get("/docs").body)
+    assert.equal("my redoc", client:get("/redoc").body)
+    assert.equal(404, client:get("/redoc/assets/redoc.standalone.js").status)
     assert.equal(200, client:get("/openapi.json").status)
     client:close()
   end)

@@ -51,7 +51,7 @@ local OPTIONS = {
   { "forwarded-allow-ips", "string", "127.0.0.1", "proxies whose forwarding headers are trusted: addresses and CIDRs, comma-separated, or *" },
   { "root-path", "string", "", "the path prefix the app is mounted under behind a proxy, e.g. /api" },
   -- issue 12: declared inputs, OpenAPI and docs
-  { "no-docs", "flag", false, "do not serve /openapi.json and /docs" },
+  { "no-docs", "flag", false, "do not serve /openapi.json, /docs and /redoc" },
   { "validate-responses", "flag", false, "development: a handler's answer that does not match its declared response schema is a logged 500" },
 }
 M.OPTIONS = OPTIONS
