@@ -842,6 +842,7 @@ int ls__lua_respond_end(lua_State *L);     /* respond.c: last chunk */
 int ls__lua_peer(lua_State *L);            /* respond.c: peer(handle) */
 int ls__lua_tls_info(lua_State *L);        /* respond.c: tls_info(handle) */
 int ls__lua_file_open(lua_State *L);       /* static.c: file_open(root, path, t) */
+int ls__lua_dir_list(lua_State *L);        /* static.c: dir_list(root, path, t, max) */
 int ls__lua_respond_file(lua_State *L);    /* static.c: respond_file(handle, ...) */
 void ls__static_open(lua_State *L);        /* static.c: metatables */
 int ls__lua_tls_server_context(lua_State *L); /* tls.c: server context */

@@ -454,6 +454,7 @@ static const luaL_Reg core_functions[] = {
   {"metrics_snapshot", ls__lua_metrics_snapshot},
   {"cpus", ls__lua_cpus},
   {"file_open", ls__lua_file_open},
+  {"dir_list", ls__lua_dir_list},
   {"respond_file", ls__lua_respond_file},
   /* issue 13: JSON encoding in C */
   {"json_encoder", ls__lua_json_encoder},

@@ -20,6 +20,7 @@
  * the send: the work in flight finishes alone and frees everything.
  * Loop thread, except the work functions (pool threads, no Lua). */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -322,6 +323,180 @@ int ls__lua_file_open(lua_State *L) {
   int err = uv_queue_work(rt->loop, &r->work, open_work, open_after);
   if (err) {
     open_req_free(r);
+    return ls__push_error(L, err);
+  }
+  lua_pushvalue(L, 3);
+  r->target_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+
+/* ---- listing a folder, on the pool --------------------------------------- */
+
+typedef struct {
+  char *name;
+  int kind;                 /* 1 file, 2 folder, 3 symlink, 4 other */
+  int64_t size, mtime;
+} dir_entry_t;
+
+/* One dir_list on the pool. */
+typedef struct {
+  uv_work_t work;
+  ls_runtime_t *rt;
+  int target_ref;
+  char *root;
+  char *path;
+  size_t max;               /* entries kept at most */
+  int err;                  /* 0 or a negative errno */
+  int truncated;            /* more than max */
+  dir_entry_t *entries;
+  size_t n, cap;
+} dir_req_t;
+
+
+static void dir_req_free(dir_req_t *r) {
+  for (size_t i = 0; i < r->n; i++)
+    free(r->entries[i].name);
+  free(r->entries);
+  free(r->root);
+  free(r->path);
+  free(r);
+}
+
+
+/* The folder is opened beneath the root as file_open opens a file; its
+ * entries are stat'ed without following symlinks (a link's target, which
+ * may lie outside the root, is not looked at: serving it resolves it
+ * beneath the root, or answers 404). Names starting with "." are left
+ * out. */
+static void dir_work(uv_work_t *w) {
+  dir_req_t *r = w->data;
+  int rootfd = open(r->root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (rootfd < 0) {
+    r->err = -errno;
+    return;
+  }
+  int fd = open_beneath(rootfd, r->path);
+  if (fd < 0 && (errno == ENOSYS || errno == EPERM))
+    fd = open_checked(r->root, r->path);
+  close(rootfd);
+  if (fd < 0) {
+    r->err = -errno;
+    return;
+  }
+  DIR *d = fdopendir(fd);
+  if (d == NULL) {
+    r->err = -errno;
+    close(fd);
+    return;
+  }
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.')
+      continue;   /* ".", "..", and hidden files */
+    if (r->n == r->max) {
+      r->truncated = 1;
+      break;
+    }
+    if (r->n == r->cap) {
+      size_t cap = r->cap ? r->cap * 2 : 64;
+      dir_entry_t *grown = realloc(r->entries, cap * sizeof(*grown));
+      if (grown == NULL) {
+        r->err = UV_ENOMEM;
+        break;
+      }
+      r->entries = grown;
+      r->cap = cap;
+    }
+    struct stat st;
+    dir_entry_t *de = &r->entries[r->n];
+    memset(de, 0, sizeof(*de));
+    if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+      de->kind = S_ISREG(st.st_mode) ? 1 : S_ISDIR(st.st_mode) ? 2
+               : S_ISLNK(st.st_mode) ? 3 : 4;
+      de->size = (int64_t)st.st_size;
+      de->mtime = (int64_t)st.st_mtim.tv_sec;
+    } else {
+      continue;   /* gone meanwhile */
+    }
+    de->name = strdup(e->d_name);
+    if (de->name == NULL) {
+      r->err = UV_ENOMEM;
+      break;
+    }
+    r->n++;
+  }
+  closedir(d);
+}
+
+
+/* Back on the loop: the target gets a list of { name, kind, size, mtime }
+ * (kind "file", "dir", "link" or "other") and whether it was cut at max;
+ * or nil, errno name ("ENOTDIR" for a file). */
+static void dir_after(uv_work_t *w, int status) {
+  dir_req_t *r = w->data;
+  ls_runtime_t *rt = r->rt;
+  lua_State *L = rt->L;
+  if (rt->closing || L == NULL) {
+    dir_req_free(r);
+    return;
+  }
+  int ref = r->target_ref;
+  int err = status < 0 ? status : r->err;
+  if (err < 0) {
+    dir_req_free(r);
+    lua_pushnil(L);
+    lua_pushstring(L, uv_err_name(err));
+    ls__resolve(rt, ref, 2);
+    return;
+  }
+  static const char *const kinds[] = {"other", "file", "dir", "link", "other"};
+  lua_createtable(L, (int)r->n, 0);
+  for (size_t i = 0; i < r->n; i++) {
+    dir_entry_t *de = &r->entries[i];
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, de->name);
+    lua_setfield(L, -2, "name");
+    lua_pushstring(L, kinds[de->kind]);
+    lua_setfield(L, -2, "kind");
+    lua_pushnumber(L, (double)de->size);
+    lua_setfield(L, -2, "size");
+    lua_pushnumber(L, (double)de->mtime);
+    lua_setfield(L, -2, "mtime");
+    lua_rawseti(L, -2, (int)i + 1);
+  }
+  lua_pushboolean(L, r->truncated);
+  dir_req_free(r);
+  ls__resolve(rt, ref, 2);
+}
+
+
+/* dir_list(root, path, target, max): the entries of the folder at path
+ * beneath root, read on the thread pool (see dir_work and dir_after). */
+int ls__lua_dir_list(lua_State *L) {
+  ls_runtime_t *rt = LS__RT(L);
+  const char *root = luaL_checkstring(L, 1);
+  const char *path = luaL_checkstring(L, 2);
+  luaL_checkany(L, 3);
+  lua_Number max = luaL_checknumber(L, 4);
+  if (max < 1 || max > 1e6)
+    return luaL_argerror(L, 4, "expected 1 to 1,000,000 entries");
+  dir_req_t *r = calloc(1, sizeof(*r));
+  if (r == NULL)
+    return ls__push_error(L, UV_ENOMEM);
+  r->rt = rt;
+  r->max = (size_t)max;
+  r->root = strdup(root);
+  r->path = strdup(path);
+  if (r->root == NULL || r->path == NULL) {
+    dir_req_free(r);
+    return ls__push_error(L, UV_ENOMEM);
+  }
+  r->work.data = r;
+  int err = uv_queue_work(rt->loop, &r->work, dir_work, dir_after);
+  if (err) {
+    dir_req_free(r);
     return ls__push_error(L, err);
   }
   lua_pushvalue(L, 3);

@@ -66,6 +66,8 @@ describe("luaserve.static", function()
     assert.has_error(function() app:static("/s", DIR .. "/hello.txt") end)
     assert.has_error(function() app:static("/s", "/nonexistent/folder") end)
     assert.has_error(function() app:static("s", DIR) end)
+    assert.has_error(function() app:static("/s", DIR, { listing = "yes" }) end,
+      "app:static: listing must be true or false")
   end)
 
   it("serves a folder and answers FileResponse through the core", function()

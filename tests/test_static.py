@@ -244,6 +244,93 @@ class StaticFiles(TreeTest):
         self.assertTrue(self.srv.alive())
 
 
+class Listings(TreeTest):
+    """listing = true: a folder without its index answers with a page that
+    lists it: folders first, then files, by name; names escaped in the
+    text and percent-encoded in the links; hidden files left out; links
+    that a browser follows back to the files."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        odd = os.path.join(cls.root, "noindex")
+        for name in ["with space.txt", "<b>&amp;.txt", "100%.txt", ".hidden", "é.txt"]:
+            with open(os.path.join(odd, name), "w") as f:
+                f.write(name)
+        os.makedirs(os.path.join(odd, "zdir"))
+        os.makedirs(os.path.join(odd, "adir"))
+
+    def req(self, target, method="GET"):
+        with Client(self.srv.port) as c:
+            c.request(method, target, [])
+            return c.response(head=method == "HEAD")
+
+    def links(self, body):
+        import re
+        return re.findall(r'<a href="([^"]*)">([^<]*)</a>', body.decode())
+
+    def test_a_folder_without_index_is_listed(self):
+        r = self.req("/listed/noindex/")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers["content-type"], "text/html; charset=utf-8")
+        self.assertIn(b"<title>Index of /listed/noindex/</title>", r.body)
+        self.assertEqual(self.links(r.body), [
+            ("../", "../"), ("adir/", "adir/"), ("zdir/", "zdir/"),   # folders first
+            ("100%25.txt", "100%.txt"), ("%3Cb%3E%26amp%3B.txt", "&lt;b&gt;&amp;amp;.txt"),
+            ("with%20space.txt", "with space.txt"), ("%C3%A9.txt", "é.txt")])   # by bytes
+        self.assertNotIn(b".hidden", r.body)
+        self.assertNotIn(b"<b>", r.body)   # a name never becomes markup
+        # every link the page gives leads to its file
+        for href, name in self.links(r.body):
+            if href.endswith(".txt"):
+                got = self.req("/listed/noindex/" + href)
+                self.assertEqual((got.status, got.body.decode()), (200, name.replace(
+                    "&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")))
+
+    def test_an_index_still_wins_and_the_root_has_no_parent(self):
+        self.assertEqual(self.req("/listed/").body, b"<h1>root</h1>\n")
+        r = self.req("/listed-all/")
+        names = [name for _, name in self.links(r.body)]
+        self.assertNotIn("../", names)                      # the mount's root
+        folders = [n for n in names if n.endswith("/")]
+        self.assertEqual(names[:len(folders)], folders)     # folders first
+        self.assertIn("noindex/", folders)
+        self.assertIn("sub/", folders)
+        for name in ["a.txt", "big.bin", "index.html", "inside.txt", "out", "etc", "fifo"]:
+            self.assertIn(name, names)
+        self.assertIn(b"3.0 MB", r.body)   # big.bin's size
+        # listed symlinks that leave the root still answer 404 when followed
+        for target in ["/listed-all/out", "/listed-all/etc/", "/listed-all/etc/passwd"]:
+            got = self.req(target)
+            self.assertEqual(got.status, 404, target)
+            self.assertNotIn(b"outside the root", got.body)
+            self.assertNotIn(b"passwd", got.body)
+
+    def test_folders_redirect_to_their_slash_and_head_and_misses(self):
+        r = self.req("/listed/noindex")
+        self.assertEqual((r.status, r.headers["location"]), (301, "/listed/noindex/"))
+        r = self.req("/listed/noindex/", method="HEAD")
+        self.assertEqual((r.status, r.body), (200, b""))
+        self.assertEqual(self.req("/listed/nope/").status, 404)
+        self.assertEqual(self.req("/listed/a.txt/").status, 404)
+        self.assertEqual(self.req("/listed/%2e%2e/").status, 404)
+        self.assertEqual(self.req("/static/noindex/").status, 404)   # not asked for: no listing
+
+    def test_a_huge_folder_is_cut_at_ten_thousand(self):
+        big = os.path.join(self.root, "many")
+        os.makedirs(big)
+        try:
+            for i in range(10005):
+                open(os.path.join(big, "f%05d" % i), "w").close()
+            r = self.req("/listed/many/")
+            self.assertEqual(r.status, 200)
+            self.assertEqual(len(self.links(r.body)), 10000 + 1)   # and ../
+            self.assertIn(b"Only the first 10000 entries are listed.", r.body)
+            self.assertEqual(self.req("/hello").body, b"hello")
+        finally:
+            shutil.rmtree(big)
+
+
 class StaticCache(TreeTest):
     """app:static's open-file cache (luaserve.filecache): small files
     answered from memory, checked again on the pool after `valid` seconds

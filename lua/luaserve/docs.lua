@@ -65,10 +65,7 @@ function M.redoc_dir()
 end
 
 
-local function html_escape(s)
-  return (tostring(s):gsub("[&<>\"']", { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;",
-    ['"'] = "&quot;", ["'"] = "&#39;" }))
-end
+local html_escape = static.html_escape
 
 
 local PAGE = [[<!DOCTYPE html>

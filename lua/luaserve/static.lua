@@ -18,7 +18,8 @@
 -- hit is answered from the loop. Content-Type from Debian's /etc/mime.types,
 -- ETag and Last-Modified with 304 for If-None-Match / If-Modified-Since,
 -- one byte range (206, 416 when it cannot be met; If-Range), HEAD,
--- index.html for folders, Cache-Control.
+-- index.html for folders (or, when asked, a page listing the folder),
+-- Cache-Control.
 
 local core = require "luaserve.core"
 local errors = require "luaserve.errors"
@@ -39,6 +40,7 @@ local find = string.find
 local match = string.match
 local lower = string.lower
 local sub = string.sub
+local gsub = string.gsub
 local floor = math.floor
 local os_date = os.date
 
@@ -230,16 +232,22 @@ function M.respond(req, root, path, opts)
     not_found()
   end
   if kind == "dir" then
-    local index = opts.index
-    if not index then not_found() end
+    local index, listed = opts.index, opts.listing and root
+    if not index and not listed then not_found() end
     if opts.redirect_dir and sub(req.path, -1) ~= "/" then
       local q = req.query_string
       return response.new{ status = 301, body = "",
         headers = { Location = req.path .. "/" .. (q and ("?" .. q) or "") } }
     end
-    path = (path == "" or sub(path, -1) == "/") and path .. index or path .. "/" .. index
-    kind, size, mtime, data, entry = lookup(root, path, cache)
+    local folder = path
+    if index then
+      path = (path == "" or sub(path, -1) == "/") and path .. index or path .. "/" .. index
+      kind, size, mtime, data, entry = lookup(root, path, cache)
+    end
     if kind ~= "file" then
+      if listed and (not index or size == "ENOENT") then
+        return M.listing(req, root, folder)
+      end
       if FORBIDDEN[size] then error(errors.new(403, "Forbidden"), 0) end
       not_found()
     end
@@ -337,6 +345,97 @@ end
 -- ---------------------------------------------------------------------------
 -- app:static
 
+-- ---------------------------------------------------------------------------
+-- Folder listings (app:static's listing = true)
+
+local dir_list = core.dir_list
+local MAX_LISTED = 10000   -- entries shown at most (the rest are counted out)
+
+local HTML_ESCAPES = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;",
+  ['"'] = "&quot;", ["'"] = "&#39;" }
+
+--- html_escape(s): s as HTML text or attribute value.
+local function html_escape(s)
+  return (gsub(tostring(s), "[&<>\"']", HTML_ESCAPES))
+end
+M.html_escape = html_escape
+
+-- A name as one path segment of a link: every byte but unreserved ones
+-- percent-encoded.
+local function url_segment(s)
+  return (gsub(s, "[^%w%-%._~]", function(c) return format("%%%02X", byte(c)) end))
+end
+
+local function listed_before(a, b)
+  local ad, bd = a.kind == "dir", b.kind == "dir"
+  if ad ~= bd then return ad end   -- folders first
+  return a.name < b.name
+end
+
+local function size_text(n)
+  if n < 1024 then return format("%d B", n) end
+  if n < 1024 * 1024 then return format("%.1f KB", n / 1024) end
+  if n < 1024 ^ 3 then return format("%.1f MB", n / 1024 ^ 2) end
+  return format("%.1f GB", n / 1024 ^ 3)
+end
+
+local LISTING_HEAD = [[<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Index of %s</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2em; }
+table { border-collapse: collapse; }
+th, td { padding: 0.2em 1.5em 0.2em 0; text-align: left; }
+td.size { text-align: right; }
+</style>
+</head>
+<body>
+<h1>Index of %s</h1>
+<table>
+<tr><th>Name</th><th>Size</th><th>Modified (UTC)</th></tr>
+]]
+
+
+--- listing(req, root, folder): an HTML page listing the folder beneath
+-- root (read on the pool: core.dir_list). Names starting with "." are
+-- left out; folders come first, then files, each by name; a symlink is
+-- listed by its name (following it resolves it beneath the root, as any
+-- path: one that leaves answers 404). At most 10,000 entries.
+function M.listing(req, root, folder)
+  local f = new_future()
+  local ok, err = dir_list(root, folder, filecache.target(f), MAX_LISTED)
+  if not ok then error(errors.new(503, "cannot list the folder: " .. tostring(err)), 0) end
+  local entries, cut = await(f)
+  if entries == nil then
+    if FORBIDDEN[cut] then error(errors.new(403, "Forbidden"), 0) end
+    not_found()
+  end
+  table.sort(entries, listed_before)
+  local where = html_escape(req.path)
+  local out = { format(LISTING_HEAD, where, where) }
+  if folder ~= "." and folder ~= "" then
+    out[#out + 1] = '<tr><td><a href="../">../</a></td><td></td><td></td></tr>\n'
+  end
+  for i = 1, #entries do
+    local e = entries[i]
+    local slash = e.kind == "dir" and "/" or ""
+    out[#out + 1] = format('<tr><td><a href="%s%s">%s%s</a></td><td class="size">%s</td><td>%s</td></tr>\n',
+      url_segment(e.name), slash, html_escape(e.name), slash,
+      e.kind == "file" and size_text(e.size) or "", os_date("!%Y-%m-%d %H:%M", e.mtime))
+  end
+  out[#out + 1] = "</table>\n"
+  if cut then
+    out[#out + 1] = format("<p>Only the first %d entries are listed.</p>\n", MAX_LISTED)
+  end
+  out[#out + 1] = "</body>\n</html>\n"
+  return response.new{ status = 200, body = table.concat(out),
+    headers = { ["Content-Type"] = "text/html; charset=utf-8", ["Cache-Control"] = "no-cache" } }
+end
+
+
 -- A path a client may ask for beneath the root, or nil: no NUL, no
 -- backslash, no empty, "." or ".." segment, not absolute; nothing encoded
 -- in the target that decoding turned into a separator.
@@ -378,8 +477,10 @@ end
 
 --- mount(app, prefix, dir, opts, caller): the routes of app:static. dir
 -- relative: beside the file that called app:static (caller: its
--- debug.getinfo source). opts: index, cache_control or max_age, cache
--- (false, or luaserve.filecache's options: max_bytes, max_file, valid).
+-- debug.getinfo source). opts: index, listing (true: a folder without
+-- its index answers with a page listing it), cache_control or max_age,
+-- cache (false, or luaserve.filecache's options: max_bytes, max_file,
+-- valid).
 function M.mount(app, prefix, dir, opts, caller)
   if type(prefix) ~= "string" or sub(prefix, 1, 1) ~= "/" then
     error("app:static: the prefix must be a path starting with '/'", 3)
@@ -399,8 +500,12 @@ function M.mount(app, prefix, dir, opts, caller)
   if opts.cache ~= false then
     cache = filecache.new(dir, filecache.options(opts.cache, "app:static", 3))
   end
+  if opts.listing ~= nil and type(opts.listing) ~= "boolean" then
+    error("app:static: listing must be true or false", 3)
+  end
   local o = { index = opts.index == nil and "index.html" or opts.index,
-    cache_control = cache_control, redirect_dir = true, cache = cache }
+    cache_control = cache_control, redirect_dir = true, cache = cache,
+    listing = opts.listing }
   prefix = prefix:gsub("/+$", "")
   local function handler(req)
     local rel = safe_path(req, req.params.path)

@@ -5,6 +5,10 @@ local app = luaserve.app()
 local dir = assert(os.getenv("LUASERVE_TEST_STATIC"), "LUASERVE_TEST_STATIC")
 app:static("/static", dir, { cache_control = "public, max-age=60" })
 app:static("/plain", dir, { index = false })
+-- folder listings (tests/test_static.py Listings): where a folder has no
+-- index.html, and with no index at all
+app:static("/listed", dir, { listing = true })
+app:static("/listed-all", dir, { listing = true, index = false, cache = false })
 -- the open-file cache (tests/test_static.py StaticCache): held for an
 -- hour, checked after 0.3 s, a bound of two 1 KB files, none
 app:static("/held", dir, { cache = { valid = 3600 } })
