@@ -2,7 +2,7 @@
 -- only): whether a path exists, what a file holds.
 --
 --   local files = dofile("spec/files_helper.lua")
---   files.exists(path), files.read(path)
+--   files.exists(path), files.read(path), files.multipart(parts, boundary)
 
 local M = {}
 
@@ -21,6 +21,26 @@ function M.read(path)
   local s = f:read("*a")
   f:close()
   return s
+end
+
+
+--- multipart(parts, boundary): a multipart/form-data body of parts:
+-- { name=, value= } or { name=, filename=, value=, type= }.
+function M.multipart(parts, boundary)
+  local out = {}
+  for _, p in ipairs(parts) do
+    out[#out + 1] = "--" .. boundary .. "\r\n"
+    if p.filename then
+      out[#out + 1] = ('Content-Disposition: form-data; name="%s"; filename="%s"\r\n')
+        :format(p.name, p.filename)
+      out[#out + 1] = "Content-Type: " .. (p.type or "application/octet-stream") .. "\r\n"
+    else
+      out[#out + 1] = ('Content-Disposition: form-data; name="%s"\r\n'):format(p.name)
+    end
+    out[#out + 1] = "\r\n" .. p.value .. "\r\n"
+  end
+  out[#out + 1] = "--" .. boundary .. "--\r\n"
+  return table.concat(out)
 end
 
 return M

@@ -15,29 +15,10 @@ local B = "----luaserveTestBoundary7MA4YWxk"
 local MP = "multipart/form-data; boundary=" .. B
 
 
--- A multipart body of parts: { name=, value= } or { name=, filename=,
--- value=, type= }.
-local function multipart_body(parts)
-  local out = {}
-  for _, p in ipairs(parts) do
-    out[#out + 1] = "--" .. B .. "\r\n"
-    if p.filename then
-      out[#out + 1] = ('Content-Disposition: form-data; name="%s"; filename="%s"\r\n')
-        :format(p.name, p.filename)
-      out[#out + 1] = "Content-Type: " .. (p.type or "application/octet-stream") .. "\r\n"
-    else
-      out[#out + 1] = ('Content-Disposition: form-data; name="%s"\r\n'):format(p.name)
-    end
-    out[#out + 1] = "\r\n" .. p.value .. "\r\n"
-  end
-  out[#out + 1] = "--" .. B .. "--\r\n"
-  return table.concat(out)
-end
-
-
 local files = dofile((debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec")
   .. "/files_helper.lua")
 local exists, read_file = files.exists, files.read
+local function multipart_body(parts) return files.multipart(parts, B) end
 
 
 describe("application/x-www-form-urlencoded", function()

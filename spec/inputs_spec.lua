@@ -154,6 +154,108 @@ describe("declared inputs", function()
 end)
 
 
+describe("declared forms", function()
+  local B = "----luaserveInputsBoundary"
+  local MP = "multipart/form-data; boundary=" .. B
+  local files = dofile((debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec")
+    .. "/files_helper.lua")
+  local function multipart(parts) return files.multipart(parts, B) end
+
+  local fapp = luaserve.app()
+  fapp:post("/profile", { form = {
+    name = schema.string{ min_length = 1 },
+    age = schema.integer{ min = 0 },
+    tags = schema.array{ items = schema.string(), optional = true },
+    newsletter = schema.boolean{ default = false },
+    photo = schema.file{ optional = true, max_size = 10, content_types = { "image/png" } },
+  } }, function(req)
+    local v = req.valid.form
+    local photo = v.photo
+    local text
+    if photo then
+      local f = luaserve.await(photo:open())
+      text = luaserve.await(f:read(1024))
+      luaserve.await(f:close())
+    end
+    return { name = v.name, age = v.age, tags = v.tags, newsletter = v.newsletter,
+      photo = photo and { filename = photo.filename, size = photo.size, text = text } }
+  end)
+  fapp:post("/optional-form", { form = { q = schema.string{ default = "none" } } },
+    function(req) return req.valid.form end)
+  local fc
+  setup(function() fc = testing.client(fapp) end)
+  teardown(function() fc:close() end)
+  local URLENC = { ["Content-Type"] = "application/x-www-form-urlencoded" }
+
+  it("convert urlencoded fields like query values", function()
+    local res = fc:post("/profile", { body = "name=Ann%20B&age=42&tags=a&tags=b&newsletter=on",
+      headers = URLENC })
+    assert.equal(200, res.status)
+    assert.same({ name = "Ann B", age = 42, tags = { "a", "b" }, newsletter = true }, res:json())
+  end)
+
+  it("give a multipart file field as its upload", function()
+    local res = fc:post("/profile", { headers = { ["Content-Type"] = MP }, body = multipart{
+      { name = "name", value = "Bo" }, { name = "age", value = "7" },
+      { name = "photo", filename = "p.png", type = "image/png", value = "PNGDATA" } } })
+    assert.equal(200, res.status)
+    assert.same({ name = "Bo", age = 7, newsletter = false,
+      photo = { filename = "p.png", size = 7, text = "PNGDATA" } }, res:json())
+  end)
+
+  it("answer 422 at body.<field> for every problem", function()
+    local res = fc:post("/profile", { body = "age=-1&age=x", headers = URLENC })
+    assert.equal(422, res.status)
+    local d = res:json().detail
+    assert.same({ "body", "age" }, d[1].loc)
+    assert.equal("greater_than_equal", d[1].type)
+    assert.same({ "body", "name" }, d[2].loc)
+    assert.equal("missing", d[2].type)
+    -- a file field sent as text, a file too big, a file of another type
+    for _, case in ipairs{
+      { { name = "photo", value = "not a file" }, "file_type" },
+      { { name = "photo", filename = "big.png", type = "image/png", value = "0123456789AB" },
+        "file_too_large" },
+      { { name = "photo", filename = "p.gif", type = "image/gif", value = "GIF" },
+        "file_type_not_allowed" },
+    } do
+      res = fc:post("/profile", { headers = { ["Content-Type"] = MP }, body = multipart{
+        { name = "name", value = "Bo" }, { name = "age", value = "7" }, case[1] } })
+      assert.equal(422, res.status)
+      assert.equal(case[2], res:json().detail[1].type)
+      assert.same({ "body", "photo" }, res:json().detail[1].loc)
+    end
+  end)
+
+  it("a JSON body is 415; no body at all is an empty form", function()
+    local res = fc:post("/profile", { body = '{"name":"x"}',
+      headers = { ["Content-Type"] = "application/json" } })
+    assert.equal(415, res.status)
+    res = fc:post("/optional-form", { body = "" })
+    assert.equal(200, res.status)
+    assert.same({ q = "none" }, res:json())
+    res = fc:post("/profile", { body = "" })
+    assert.equal(422, res.status)
+    assert.equal(2, #res:json().detail)   -- name and age missing
+  end)
+
+  it("are documented as the request body's fields", function()
+    local doc = require("luaserve.openapi").document(fapp)
+    local rb = doc.paths["/profile"].post.requestBody
+    assert.is_true(rb.required)
+    local s = rb.content["multipart/form-data"].schema   -- it has a file
+    assert.same({ "age", "name" }, s.required)
+    assert.same({ type = "string", format = "binary" },
+      { type = s.properties.photo.type, format = s.properties.photo.format })
+    assert.equal("integer", s.properties.age.type)
+    local opt = doc.paths["/optional-form"].post.requestBody
+    assert.is_false(opt.required)
+    assert.truthy(opt.content["application/x-www-form-urlencoded"])
+    assert.truthy(doc.paths["/profile"].post.responses["422"])
+  end)
+end)
+
+
 describe("declarations", function()
   it("are checked when the route is added", function()
     local a = luaserve.app()
@@ -164,6 +266,11 @@ describe("declarations", function()
     assert.has_error(function() a:get("/y", { query = { o = schema.object{ fields = {} } } }, function() end) end,
       "route GET /y: query.o: objects cannot come from a query")
     assert.has_error(function() a:get("/z", { response = { ok = schema.integer() } }, function() end) end)
+    assert.has_error(function() a:post("/f", { body = schema.object{ fields = {} },
+      form = { a = schema.string() } }, function() end) end,
+      "route POST /f: a route declares a body or a form, not both")
+    assert.has_error(function() a:get("/q", { query = { f = schema.file() } }, function() end) end,
+      "route GET /q: query.f: files come only in a form (form = {...})")
   end)
 
   it("cost nothing on routes that declare none", function()

@@ -484,6 +484,22 @@ class DemoTest(unittest.TestCase):
                 self.assertEqual(t["size"], len(data))
                 self.assertEqual(t["sha256"], hashlib.sha256(data).hexdigest())
                 self.assertEqual(t["filename"], "up.bin")
+                # a declared form (POST /profile): curl's fields converted, the file
+                # checked; a wrong field is a 422 at ["body", name]
+                png = os.path.join(d, "p.png")
+                with open(png, "wb") as f:
+                    f.write(b"\x89PNG" + os.urandom(100))
+                t = json.loads(curl("-F", "name=Ann", "-F", "age=30", "-F",
+                                    "photo=@%s;type=image/png" % png, url + "/profile"))
+                self.assertEqual(t, {"name": "Ann", "age": 30, "photo": {
+                    "filename": "p.png", "size": 104, "content_type": "image/png"}})
+                t = json.loads(curl("-d", "name=Bo&age=7", url + "/profile"))
+                self.assertEqual(t, {"name": "Bo", "age": 7, "photo": None})
+                t = json.loads(curl("-F", "name=", "-F", "age=old", "-F",
+                                    "photo=@%s;type=text/plain" % png, url + "/profile"))
+                self.assertEqual([(e["loc"], e["type"]) for e in t["detail"]], [
+                    (["body", "age"], "int_parsing"), (["body", "name"], "string_too_short"),
+                    (["body", "photo"], "file_type_not_allowed")])
             left = [n for n in os.listdir(d) if n.startswith("luaserve-upload-")]
             self.assertEqual(left, [])
         finally:

@@ -1,7 +1,8 @@
 -- apps/demo/forms.lua: cookies, forms and uploads as routes. A login form
--- that sets a signed session cookie, a page that reads it, and an upload
+-- that sets a signed session cookie, a page that reads it, an upload
 -- whose size and SHA-256 are computed by a sync function once the file is
--- on disk (streamed there: never whole in memory).
+-- on disk (streamed there: never whole in memory), and a form whose
+-- fields are declared (checked, converted, in /docs).
 --
 -- app.lua: require("forms")(app). Sessions are signed with
 -- $LUASERVE_SECRET (at least 16 bytes); without it, with a random secret
@@ -10,6 +11,7 @@
 
 local luaserve = require "luaserve"
 local crypto = require "luaserve.crypto"
+local schema = require "luaserve.schema"
 local log = require "luaserve.log"
 
 local await, sync = luaserve.await, luaserve.sync
@@ -107,6 +109,22 @@ return function(app)
 
   app:get("/upload", { summary = "The upload form (HTML)", tags = { "forms" } }, function(req)
     return page("Upload a file", UPLOAD_FORM)
+  end)
+
+  -- A declared form: its fields checked and converted (req.valid.form),
+  -- a 422 naming each problem, and the fields in /docs (multipart, for
+  -- the file field).
+  app:post("/profile", { summary = "A declared form: typed fields and an optional file",
+    tags = { "forms" }, form = {
+      name = schema.string{ min_length = 1, max_length = 50, description = "who you are" },
+      age = schema.integer{ min = 0, max = 150 },
+      photo = schema.file{ optional = true, max_size = 1024 * 1024,
+        content_types = { "image/png", "image/jpeg" }, description = "a PNG or JPEG up to 1 MB" },
+    } }, function(req)
+    local f = req.valid.form
+    return { name = f.name, age = f.age,
+      photo = f.photo and { filename = f.photo.filename, size = f.photo.size,
+        content_type = f.photo.content_type } or luaserve.null }
   end)
 
   -- The file streams into a temp file (bounded memory, whatever its size);

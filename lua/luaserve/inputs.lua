@@ -6,9 +6,13 @@
 --     query = { limit = schema.integer{ min = 1, max = 100, default = 10 } },
 --     headers = { x_token = schema.string{ optional = true } },
 --     response = { [201] = Item } }, handler)
+--   app:post("/profile", { form = { name = schema.string{ min_length = 1 },
+--     age = schema.integer{ min = 0 }, photo = schema.file{ optional = true } } }, handler)
 --
 -- The handler finds the converted values in req.valid.path, .query,
--- .headers and .body (defaults applied; req.params holds the converted
+-- .headers and .body, or .form (a urlencoded or multipart/form-data body's
+-- fields, converted like query values; a schema.file field is its
+-- luaserve.Upload) (defaults applied; req.params holds the converted
 -- path parameters too). Any problem answers 422 {"detail": [...]} listing
 -- every problem in FastAPI's shape; a body whose Content-Type is not JSON
 -- answers 415. A route that declares nothing gets no validator and pays
@@ -66,9 +70,13 @@ local function params_of(where, decl, what)
   local list = {}
   for name, s in pairs(fields) do
     local kind = schema.resolve(s).kind
-    if kind == "object" or (kind == "array" and schema.resolve(s).items and
-        schema.resolve(schema.resolve(s).items).kind == "object") then
+    local items = kind == "array" and schema.resolve(s).items
+    local item_kind = items and schema.resolve(items).kind
+    if kind == "object" or item_kind == "object" then
       error(format("%s: %s.%s: objects cannot come from a %s", where, what, name, what), 0)
+    end
+    if (kind == "file" or item_kind == "file") and what ~= "form" then
+      error(format("%s: %s.%s: files come only in a form (form = {...})", where, what, name), 0)
     end
     list[#list + 1] = { name = name, schema = s, required = req[name] }
   end
@@ -143,6 +151,23 @@ local function emit_param(gen, p, mode, out)
 end
 
 
+-- Emit the named inputs of list (query values, form fields) into out:
+-- each read from the table variable one, or for an array every value,
+-- through all_fmt (a format taking the name).
+local function emit_named(gen, list, one, all_fmt, out)
+  for _, p in ipairs(list) do
+    if schema.resolve(p.schema).kind == "array" then
+      gen:emit(format("do local x = " .. all_fmt .. " if x[1] == nil then x = nil end",
+        gen:k(p.name)))
+    else
+      gen:emit(format("do local x = %s[%s]", one, gen:k(p.name)))
+    end
+    emit_param(gen, p, "string", out)
+    gen:emit("end")
+  end
+end
+
+
 --- compile(route, names, types): the validator of a route's declared
 -- inputs, validate(req) -> nil (req.valid set) or the list of problems;
 -- nil when it declares none. Raises on a bad declaration (naming the
@@ -156,6 +181,10 @@ function M.compile(method, path, opts, names, types)
   if body ~= nil and not is_schema(body) then
     error(where .. ": body must be a schema", 0)
   end
+  local form = params_of(where, opts.form, "form")
+  if form and body then
+    error(where .. ": a route declares a body or a form, not both", 0)
+  end
   local known = {}
   for i, n in ipairs(names or {}) do known[n] = types[i] end
   for _, p in ipairs(path_decl or {}) do
@@ -164,7 +193,7 @@ function M.compile(method, path, opts, names, types)
     end
     p.required = true
   end
-  if not (path_decl or query or headers or body) then return nil end
+  if not (path_decl or query or headers or body or form) then return nil end
 
   local gen = schema.new_gen()
   gen:emit("return function(req)")
@@ -183,16 +212,7 @@ function M.compile(method, path, opts, names, types)
   if query then
     gen:emit(format("P = %s", gen:k({ "query" })))
     gen:emit("local q, vq = req.query, {}")
-    for _, p in ipairs(query) do
-      if schema.resolve(p.schema).kind == "array" then
-        gen:emit(format("do local x = req:query_all(%s) if x[1] == nil then x = nil end",
-          gen:k(p.name)))
-      else
-        gen:emit(format("do local x = q[%s]", gen:k(p.name)))
-      end
-      emit_param(gen, p, "string", "vq")
-      gen:emit("end")
-    end
+    emit_named(gen, query, "q", "req:query_all(%s)", "vq")
     gen:emit("valid.query = vq")
   end
   if headers then
@@ -234,12 +254,23 @@ function M.compile(method, path, opts, names, types)
     gen:emit("valid.body = x")
     gen:emit("end end")
   end
+  if form then
+    -- FastAPI's locations: ["body", name]. No body and no content type:
+    -- an empty form (its fields missing); another content type: 415.
+    gen:emit(format("P = %s", gen:k({ "body" })))
+    gen:emit("local f, vf = EMPTY, {}")
+    gen:emit("if req.headers['content-type'] ~= nil or req.body ~= '' then f = req:form() end")
+    emit_named(gen, form, "f", "(f == EMPTY and {} or req:form_all(%s))", "vf")
+    gen:emit("valid.form = vf")
+  end
   gen:emit("if errs[1] then return errs end")
   gen:emit("req.valid = valid")
   gen:emit("end")
   -- The route's own helpers ride in as constants.
-  local extra = gen:k({ is_json = is_json, unsupported = unsupported, decode = json.decode })
-  local head = format("local X = %s\nlocal is_json, unsupported, decode = X.is_json, X.unsupported, X.decode\n", extra)
+  local extra = gen:k({ is_json = is_json, unsupported = unsupported, decode = json.decode,
+    EMPTY = {} })
+  local head = format("local X = %s\nlocal is_json, unsupported, decode, EMPTY = " ..
+    "X.is_json, X.unsupported, X.decode, X.EMPTY\n", extra)
   return (schema.load_code(gen, head .. table.concat(gen.out, "\n"), where))
 end
 

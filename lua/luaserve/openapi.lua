@@ -89,6 +89,26 @@ local function declared(decl)
 end
 
 
+-- A declared form: one object schema of its fields, as
+-- multipart/form-data when a field is a file, else urlencoded.
+local function form_body(decl, comp)
+  local props, required, files = {}, {}, false
+  for _, p in ipairs(declared(decl)) do
+    local r = schema.resolve(p[2])
+    if r.kind == "file" or (r.kind == "array" and r.items and
+        schema.resolve(r.items).kind == "file") then
+      files = true
+    end
+    props[p[1]] = schema.to_json(p[2], comp)
+    if p[3] then required[#required + 1] = p[1] end
+  end
+  local body = { type = "object", properties = props }
+  if required[1] then body.required = required end
+  local ctype = files and "multipart/form-data" or "application/x-www-form-urlencoded"
+  return { required = required[1] ~= nil, content = { [ctype] = { schema = body } } }
+end
+
+
 local function operation(entry, comp)
   local route, method = entry.route, entry.method
   local opts = route.opts
@@ -118,6 +138,8 @@ local function operation(entry, comp)
   if opts.body then
     op.requestBody = { required = not (opts.body.optional or opts.body.default ~= nil),
       content = { ["application/json"] = { schema = schema.to_json(opts.body, comp) } } }
+  elseif opts.form then
+    op.requestBody = form_body(opts.form, comp)
   end
   local responses = {}
   for status, r in pairs(route.responses or {}) do
@@ -131,7 +153,7 @@ local function operation(entry, comp)
     responses["200"] = { description = "Successful Response",
       content = { ["application/json"] = { schema = {} } } }
   end
-  if (params[1] or opts.body) and not responses["422"] then
+  if (params[1] or opts.body or opts.form) and not responses["422"] then
     comp.schemas.ValidationError = VALIDATION_ERROR
     comp.schemas.HTTPValidationError = HTTP_VALIDATION_ERROR
     responses["422"] = { description = "Validation Error",

@@ -40,6 +40,7 @@ local find = string.find
 local match = string.match
 local gsub = string.gsub
 local byte = string.byte
+local lower = string.lower
 local floor = math.floor
 local huge = math.huge
 
@@ -85,6 +86,7 @@ local OPTIONS = {
     unique = "boolean" },
   object = { fields = "fields", required = "list", additional = "additional" },
   one_of = {},
+  file = { max_size = "count", content_types = "list" },
 }
 
 local FORMATS = {}   -- name -> function(s) -> true when s is well-formed
@@ -197,6 +199,11 @@ function M.boolean(opts) return node("boolean", opts) end
 function M.any(opts) return node("any", opts) end
 --- array{items = schema, min_items=, max_items=, unique=}
 function M.array(opts) return node("array", opts) end
+--- file{max_size= (bytes), content_types= {"image/png", ...}}: an
+-- uploaded file of a multipart/form-data body (a form = {...}
+-- declaration: req.valid.form.<name> is its luaserve.Upload). OpenAPI
+-- shows it as {type = "string", format = "binary"}.
+function M.file(opts) return node("file", opts) end
 --- object{fields = {name = schema}, required = {names}, additional =
 -- false | true | schema}. Without `required`, every field without a
 -- default and without optional = true is required. additional defaults
@@ -545,6 +552,8 @@ function Gen:node_body(s, x, path, mode)
     self:object(s, x, path, mode)
   elseif kind == "one_of" then
     self:one_of(s, x, path, mode)
+  elseif kind == "file" then
+    self:file(s, x, path)
   end
   self:emit("until true")
 end
@@ -656,6 +665,37 @@ function Gen:number(s, x, path, mode)
     self:emit("end end")
   end
   if s.enum then self:enum(s, x, path, input) end
+end
+
+
+-- An upload (luaserve.form's Upload: the form module is looked up when a
+-- check runs, so that a schema does not load it).
+local function is_upload(x)
+  local mt = getmetatable(x)
+  return mt ~= nil and mt == require("luaserve.form").Upload
+end
+
+
+function Gen:file(s, x, path)
+  self:emit(format("if not %s(%s) then", self:k(is_upload), x))
+  self:err(path, x, "file_type", "Input should be a file (a multipart/form-data upload)")
+  self:emit("break end")
+  if s.max_size then
+    self:emit(format("if %s.size > %s then", x, self:k(s.max_size)))
+    self:err(path, x .. ".filename", "file_too_large",
+      format("File should be at most %d bytes", s.max_size), { max_size = s.max_size })
+    self:emit("break end")
+  end
+  if s.content_types then
+    local set = {}
+    for _, t in ipairs(s.content_types) do set[lower(t)] = true end
+    local expected = quote_list(s.content_types)
+    self:emit(format("if not %s[lower((%s.content_type or ''):match('^%%s*([^;%%s]*)'))] then",
+      self:k(set), x))
+    self:err(path, x .. ".content_type", "file_type_not_allowed",
+      "File should be of type " .. expected, { expected = expected })
+    self:emit("break end")
+  end
 end
 
 
@@ -976,6 +1016,8 @@ function M.to_json(s, components)
       for i, b in ipairs(x.of) do list[i] = conv(b) end
       j.oneOf = list
       if x.nullable then j.oneOf[#list + 1] = { type = "null" } end
+    elseif x.kind == "file" then
+      j.type, j.format = "string", "binary"
     elseif x.kind ~= "any" then
       local t = JSON_TYPE[x.kind]
       j.type = x.nullable and { t, "null" } or t
