@@ -6,16 +6,21 @@
 
 
 int ls__buf_reserve(ls_buf_t *b, size_t n) {
-  if (b->len + n <= b->cap)
+  if (n <= (size_t)(b->cap - b->len))
     return 0;
+  if (n > (size_t)LS_BUF_MAX - b->len)
+    return UV_ENOMEM;   /* past the buffer's 32-bit size */
+  size_t want = (size_t)b->len + n;
   size_t cap = b->cap ? b->cap : 256;
-  while (cap < b->len + n)
+  while (cap < want)
     cap *= 2;
+  if (cap > LS_BUF_MAX)
+    cap = LS_BUF_MAX;
   char *p = realloc(b->data, cap);
   if (p == NULL)
     return UV_ENOMEM;
   b->data = p;
-  b->cap = cap;
+  b->cap = (uint32_t)cap;
   return 0;
 }
 
@@ -26,7 +31,7 @@ int ls__buf_append(ls_buf_t *b, const char *p, size_t n) {
   if (ls__buf_reserve(b, n))
     return UV_ENOMEM;
   memcpy(b->data + b->len, p, n);
-  b->len += n;
+  b->len += (uint32_t)n;
   return 0;
 }
 

@@ -175,8 +175,8 @@ static int resp_reset(lua_State *L) {
   r->stream = lua_toboolean(L, 4);
   r->head_done = 0;
   lua_Number max = luaL_optnumber(L, 3, 1024.0 * 1024 * 1024);
-  r->max_body = max < 0 ? 0 : max >= (lua_Number)SIZE_MAX ? SIZE_MAX
-                                                         : (size_t)max;
+  r->max_body = max < 0 ? 0 : max >= (lua_Number)LS_BUF_MAX ? LS_BUF_MAX
+                                                            : (size_t)max;
   llhttp_init(&r->parser, HTTP_RESPONSE, &resp_settings);
   r->parser.data = r;
   r->err = NULL;

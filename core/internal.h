@@ -145,12 +145,15 @@ void *ls__slot_get(ls_runtime_t *rt, double handle);
 
 /* ---- buffers (buf.c) ---------------------------------------------------- */
 
-/* A growable byte buffer; `data` is malloc'd, NULL when empty. */
+/* A growable byte buffer; `data` is malloc'd, NULL when empty. Up to
+ * LS_BUF_MAX bytes: 32-bit sizes keep it at 16 bytes (a connection holds
+ * eight of them); growing past that is UV_ENOMEM. */
 typedef struct {
   char *data;
-  size_t len;
-  size_t cap;
+  uint32_t len;
+  uint32_t cap;
 } ls_buf_t;
+#define LS_BUF_MAX UINT32_MAX
 
 /* ls__buf_append: append n bytes; returns 0 or UV_ENOMEM. */
 int ls__buf_append(ls_buf_t *b, const char *p, size_t n);

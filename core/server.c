@@ -806,6 +806,8 @@ int ls__lua_listen(lua_State *L) {
   s->lim.max_header_bytes = opt_uint(L, "max_header_bytes", 16384);
   s->lim.max_headers = (unsigned)opt_uint(L, "max_headers", 100);
   s->lim.max_body = opt_uint(L, "max_body", 1024 * 1024);
+  if (s->lim.max_body > LS_BUF_MAX)   /* a body read whole fits a buffer */
+    s->lim.max_body = LS_BUF_MAX;
   s->lim.header_timeout = opt_uint(L, "header_timeout_ms", 10000);
   s->lim.keepalive_timeout = opt_uint(L, "keepalive_timeout_ms", 5000);
   s->lim.send_timeout = opt_uint(L, "send_timeout_ms", 60000);
