@@ -325,7 +325,7 @@ class Listings(TreeTest):
             r = self.req("/listed/many/")
             self.assertEqual(r.status, 200)
             self.assertEqual(len(self.links(r.body)), 10000 + 1)   # and ../
-            self.assertIn(b"Only the first 10000 entries are listed.", r.body)
+            self.assertIn(b"The folder holds more: only 10000 entries are listed.", r.body)
             self.assertEqual(self.req("/hello").body, b"hello")
         finally:
             shutil.rmtree(big)

@@ -428,7 +428,7 @@ function M.listing(req, root, folder)
   end
   out[#out + 1] = "</table>\n"
   if cut then
-    out[#out + 1] = format("<p>Only the first %d entries are listed.</p>\n", MAX_LISTED)
+    out[#out + 1] = format("<p>The folder holds more: only %d entries are listed.</p>\n", MAX_LISTED)
   end
   out[#out + 1] = "</body>\n</html>\n"
   return response.new{ status = 200, body = table.concat(out),
