@@ -244,6 +244,7 @@ describe("declared forms", function()
     local rb = doc.paths["/profile"].post.requestBody
     assert.is_true(rb.required)
     local s = rb.content["multipart/form-data"].schema   -- it has a file
+    assert.same({ photo = { contentType = "image/png" } }, rb.content["multipart/form-data"].encoding)
     assert.same({ "age", "name" }, s.required)
     assert.same({ type = "string", format = "binary" },
       { type = s.properties.photo.type, format = s.properties.photo.format })

@@ -92,12 +92,17 @@ end
 -- A declared form: one object schema of its fields, as
 -- multipart/form-data when a field is a file, else urlencoded.
 local function form_body(decl, comp)
-  local props, required, files = {}, {}, false
+  local props, required, files, encoding = {}, {}, false, nil
   for _, p in ipairs(declared(decl)) do
     local r = schema.resolve(p[2])
-    if r.kind == "file" or (r.kind == "array" and r.items and
-        schema.resolve(r.items).kind == "file") then
+    local file = r.kind == "file" and r or (r.kind == "array" and r.items and
+      schema.resolve(r.items).kind == "file" and schema.resolve(r.items))
+    if file then
       files = true
+      if file.content_types then   -- the types a file part may have
+        encoding = encoding or {}
+        encoding[p[1]] = { contentType = table.concat(file.content_types, ", ") }
+      end
     end
     props[p[1]] = schema.to_json(p[2], comp)
     if p[3] then required[#required + 1] = p[1] end
@@ -105,7 +110,8 @@ local function form_body(decl, comp)
   local body = { type = "object", properties = props }
   if required[1] then body.required = required end
   local ctype = files and "multipart/form-data" or "application/x-www-form-urlencoded"
-  return { required = required[1] ~= nil, content = { [ctype] = { schema = body } } }
+  return { required = required[1] ~= nil,
+    content = { [ctype] = { schema = body, encoding = encoding } } }
 end
 
 

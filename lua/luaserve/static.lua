@@ -343,9 +343,6 @@ end
 
 
 -- ---------------------------------------------------------------------------
--- app:static
-
--- ---------------------------------------------------------------------------
 -- Folder listings (app:static's listing = true)
 
 local dir_list = core.dir_list
@@ -406,7 +403,7 @@ td.size { text-align: right; }
 -- path: one that leaves answers 404). At most 10,000 entries.
 function M.listing(req, root, folder)
   local f = new_future()
-  local ok, err = dir_list(root, folder, filecache.target(f), MAX_LISTED)
+  local ok, err = dir_list(root, folder, f, MAX_LISTED)
   if not ok then error(errors.new(503, "cannot list the folder: " .. tostring(err)), 0) end
   local entries, cut = await(f)
   if entries == nil then
@@ -435,6 +432,9 @@ function M.listing(req, root, folder)
     headers = { ["Content-Type"] = "text/html; charset=utf-8", ["Cache-Control"] = "no-cache" } }
 end
 
+
+-- ---------------------------------------------------------------------------
+-- app:static
 
 -- A path a client may ask for beneath the root, or nil: no NUL, no
 -- backslash, no empty, "." or ".." segment, not absolute; nothing encoded
