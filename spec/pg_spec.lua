@@ -354,6 +354,31 @@ describe("luaserve.pg", function()
       assert.equal("22012", err.code)
       assert.equal(1, q(db, "select 1 as x")[1].x)
     end))
+
+    it("keep the statements a failed pipeline prepared before its error", testing.async(function()
+      local one = pg.pool{ url = URL, max = 1 }   -- one connection: one session's statements
+      local tag = "p" .. math.random(1e9)
+      local before = "select 7 as v, '" .. tag .. "b'"
+      local after = "select 8 as v, '" .. tag .. "a'"
+      local out, err = await(one:pipeline(function(p)
+        p:query(before)
+        p:query("select 1/0")
+        p:query(after)
+      end))
+      assert.is_nil(out)
+      assert.equal("22012", err.code)
+      -- both run again: the one before the error with the statement it has,
+      -- the one after it prepared now (it never was)
+      assert.equal(7, q(one, before)[1].v)
+      assert.equal(8, q(one, after)[1].v)
+      local function prepared(sql)
+        return q(one, "select count(*)::int as n from pg_prepared_statements " ..
+          "where statement = $1", sql)[1].n
+      end
+      assert.equal(1, prepared(before))   -- not prepared a second time
+      assert.equal(1, prepared(after))
+      one:close()
+    end))
   end)
 
   describe("LISTEN/NOTIFY", function()

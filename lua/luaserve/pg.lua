@@ -261,6 +261,22 @@ local function statement(conn, sql)
 end
 
 
+-- A pipeline that failed at command i (list: its { sql, name, prepare,
+-- ... }; or one command's sql when it was to prepare): the statements it
+-- was to prepare from i on were not made (the one at i may have been: its
+-- name is then left unused, never given to another statement).
+local function forget_from(conn, list, i)
+  if type(list) == "string" then   -- one command's new statement
+    conn.stmts[list] = nil
+    return
+  end
+  if type(list) ~= "table" then return end
+  for j = i, #list do
+    if list[j][3] then conn.stmts[list[j][1]] = nil end
+  end
+end
+
+
 -- Run cmd (one command) or cmds (a list, in one pipeline) on conn and
 -- await the answer: rows (or the list of results), or nil, err.
 local function execute(conn, cmd, cmds, timeout)
@@ -277,9 +293,13 @@ local function execute(conn, cmd, cmds, timeout)
       local name, prepare = statement(conn, c.sql)
       list[i] = { c.sql, name, prepare, c.args, c.n }
     end
+    prepared = list
     ok, err = conn.c:batch(f, ms(timeout), list)
   end
-  if not ok then return nil, err end
+  if not ok then
+    forget_from(conn, prepared, 1)
+    return nil, err
+  end
   local r, e = await(f)
   if cmd then
     if r then return finish_rows(r) end
@@ -289,10 +309,18 @@ local function execute(conn, cmd, cmds, timeout)
     end
     return nil, e
   end
-  if not r then return nil, e end
+  if not r then   -- nothing came back: what it was to prepare may not exist
+    forget_from(conn, prepared, 1)
+    return nil, e
+  end
   for i = 1, #r do
     if is_error(r[i]) then
-      for j = 1, #cmds do conn.stmts[cmds[j].sql] = nil end
+      -- The commands before i ran, their statements with them; i and the
+      -- ones after it did not (the server skips the rest of a pipeline).
+      forget_from(conn, prepared, i)
+      if r[i].code == "0A000" or r[i].code == "26000" then   -- stale
+        conn.stmts[cmds[i].sql] = nil
+      end
       return nil, r[i]
     end
     finish_rows(r[i])
