@@ -196,6 +196,26 @@ describe("luaserve.filecache", function()
     assert.equal(3, cache:stats().entries)
   end))
 
+  it("shares one bound between caches given the same budget", async(function()
+    local cost = filecache.ENTRY_COST + 5 + 1000
+    local budget = filecache.budget(3 * cost)
+    local opts = filecache.options({ valid = 60, max_file = 2000 })
+    local a = filecache.new(DIR, opts, budget)
+    local b = filecache.new(DIR, opts, budget)
+    for i = 1, 4 do write(("s%d.tx"):format(i), string.rep(tostring(i), 1000), 3600) end
+    a:open("s1.tx")
+    a:open("s2.tx")
+    b:open("s3.tx")
+    a:open("s1.tx")   -- s2 (a's) is now the least recently used of all three
+    b:open("s4.tx")   -- b's entry drops a's
+    local sa, sb = a:stats(), b:stats()
+    assert.same({ 1, 1, 0 }, { sa.entries, sa.evictions, sb.evictions })
+    assert.same({ 2, 3 * cost, 3 * cost }, { sb.entries, sb.shared_bytes, sa.shared_bytes })
+    -- s1 is still held by a: changed on disk, answered from memory
+    write("s1.tx", string.rep("n", 1000), 3600)
+    assert.equal(string.rep("1", 1000), select(4, a:open("s1.tx")))
+  end))
+
   it("keeps files past 64 KB when max_file says so", async(function()
     write("big.bin", string.rep("z", 100 * 1024), 3600)
     local cache = filecache.new(DIR, filecache.options({ max_file = 200 * 1024 }))

@@ -30,8 +30,11 @@
 --
 -- Memory: each entry costs its content plus ENTRY_COST bytes (the tables
 -- and strings around it) toward max_bytes; when the total passes it, the
--- least recently used entries are dropped. Each cache is on its own: one
--- per app:static folder, per process (each worker has its own).
+-- least recently used entries are dropped. Several caches may share one
+-- bound (M.budget: app:static's folders of one app that do not set their
+-- own max_bytes): their entries are then on one recency list, and the
+-- least recently used entry of any of them goes first. Per process (each
+-- worker has its own).
 --
 -- Entries are plain tables; their users may keep what they derive from
 -- one on it (static.lua keeps the ETag): a changed file gets a new entry.
@@ -109,6 +112,7 @@ local function remove(self, e)
   unlink(e)
   self.map[e.key] = nil
   self.bytes = self.bytes - e.cost
+  self.budget.bytes = self.budget.bytes - e.cost
   self.entries = self.entries - 1
 end
 
@@ -130,17 +134,21 @@ local function store(self, path, started, kind, size, mtime, data, stamp)
     if type(data) ~= "string" or size > self.max_file then return nil end
     cost = cost + #data
   end
-  if cost > self.max_bytes then return nil end
+  local budget = self.budget
+  if cost > budget.max_bytes then return nil end
   local e = { key = path, kind = kind, size = size, mtime = mtime, data = data,
     err = kind == nil and size or nil, stamp = stamp, checked = started, cost = cost,
-    pending = nil, next = nil, prev = nil }
+    pending = nil, next = nil, prev = nil, cache = self }
   map[path] = e
-  push_front(self.head, e)
+  push_front(budget.head, e)
   self.bytes = self.bytes + cost
+  budget.bytes = budget.bytes + cost
   self.entries = self.entries + 1
-  while self.bytes > self.max_bytes do
-    remove(self, self.head.prev)
-    self.evictions = self.evictions + 1
+  while budget.bytes > budget.max_bytes do
+    local last = budget.head.prev   -- of this cache, or of one sharing the bound
+    local owner = last.cache
+    remove(owner, last)
+    owner.evictions = owner.evictions + 1
   end
   return e
 end
@@ -208,7 +216,7 @@ function Cache:open(path)
     end
   end
   if e == nil then return load(self, path) end
-  local head = self.head
+  local head = self.budget.head
   if head.next ~= e then
     unlink(e)
     push_front(head, e)
@@ -220,11 +228,14 @@ end
 
 
 --- cache:stats(): entries, bytes, hits, misses (opens for a path not
--- kept), checks (opens of an entry past its validity), evictions.
+-- kept), checks (opens of an entry past its validity), evictions (of its
+-- entries); max_bytes and shared_bytes: the bound and what every cache
+-- under it holds.
 function Cache:stats()
   return { entries = self.entries, bytes = self.bytes, hits = self.hits,
     misses = self.misses, checks = self.checks, evictions = self.evictions,
-    max_bytes = self.max_bytes, max_file = self.max_file, valid = self.valid }
+    max_bytes = self.budget.max_bytes, shared_bytes = self.budget.bytes,
+    max_file = self.max_file, valid = self.valid }
 end
 
 
@@ -266,23 +277,35 @@ function M.options(t, who, level)
 end
 
 
---- new(root, opts): a cache of the paths beneath the folder root. opts:
--- max_bytes (default 8 MB), max_file (64 KB), valid (1 s), as checked by
--- options().
-function M.new(root, opts)
-  opts = opts or M.options(nil)
+--- budget(max_bytes): a memory bound that caches can share (new's third
+-- argument): one recency list and one byte count for all of them.
+function M.budget(max_bytes)
   local head = {}
   head.next, head.prev = head, head
+  return { max_bytes = max_bytes, bytes = 0, head = head }
+end
+
+
+--- new(root, opts[, budget]): a cache of the paths beneath the folder
+-- root. opts: max_bytes (default 8 MB), max_file (64 KB), valid (1 s), as
+-- checked by options(). budget: a bound shared with other caches (then
+-- opts.max_bytes is not used); without it, the cache's own of max_bytes.
+function M.new(root, opts, budget)
+  opts = opts or M.options(nil)
   local max_file = opts.max_file
+  budget = budget or M.budget(opts.max_bytes)
+  if max_file > budget.max_bytes then
+    error(("filecache: max_file (%.0f) is more than the shared max_bytes (%.0f)")
+      :format(max_file, budget.max_bytes), 2)
+  end
   return setmetatable({
     root = root,
-    max_bytes = opts.max_bytes,
     max_file = max_file,
     valid = opts.valid,
     -- what file_open reads whole: never less than it reads uncached
     read_whole = max_file > M.READ_WHOLE and max_file or nil,
     map = {},
-    head = head,
+    budget = budget,
     bytes = 0, entries = 0,
     hits = 0, misses = 0, checks = 0, evictions = 0,
   }, Cache)

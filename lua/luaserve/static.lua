@@ -480,7 +480,8 @@ end
 -- debug.getinfo source). opts: index, listing (true: a folder without
 -- its index answers with a page listing it), cache_control or max_age,
 -- cache (false, or luaserve.filecache's options: max_bytes, max_file,
--- valid).
+-- valid; the app's folders that do not set max_bytes share one bound of
+-- the default 8 MB).
 function M.mount(app, prefix, dir, opts, caller)
   if type(prefix) ~= "string" or sub(prefix, 1, 1) ~= "/" then
     error("app:static: the prefix must be a path starting with '/'", 3)
@@ -498,7 +499,14 @@ function M.mount(app, prefix, dir, opts, caller)
     (opts.max_age and ("public, max-age=" .. floor(opts.max_age)) or nil)
   local cache = nil
   if opts.cache ~= false then
-    cache = filecache.new(dir, filecache.options(opts.cache, "app:static", 3))
+    local copts = filecache.options(opts.cache, "app:static", 3)
+    -- The app's folders share one bound unless a folder sets its own.
+    local budget = nil
+    if not (type(opts.cache) == "table" and opts.cache.max_bytes ~= nil) then
+      budget = app._static_budget or filecache.budget(copts.max_bytes)
+      app._static_budget = budget
+    end
+    cache = filecache.new(dir, copts, budget)
   end
   if opts.listing ~= nil and type(opts.listing) ~= "boolean" then
     error("app:static: listing must be true or false", 3)
