@@ -291,6 +291,15 @@ describe("sync routes", function()
     res = c:get("/sync/sum?a=x")
     assert.equal(422, res.status)
     assert.equal("int_parsing", res:json().detail[1].type)
+    -- a declared multipart form: its fields and its file reach the pool
+    local files = dofile((debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec")
+      .. "/files_helper.lua")
+    local B = "----luaserveSyncForm"
+    res = c:post("/sync/profile", { headers = { ["Content-Type"] = "multipart/form-data; boundary=" .. B },
+      body = files.multipart({ { name = "name", value = "Cy" },
+        { name = "photo", filename = "c.bin", value = "pool bytes" } }, B) })
+    assert.equal(200, res.status)
+    assert.same({ name = "Cy", filename = "c.bin", content = "pool bytes", pool = true }, res:json())
     c:close()
   end)
 end)

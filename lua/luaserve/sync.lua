@@ -242,6 +242,44 @@ function Sync.__call(obj, ...)
 end
 
 
+-- The body for the pool: whole, unless a declared form read it as a
+-- stream already (its fields are in valid.form): then "".
+local function whole_body(req)
+  local st = rawget(req, "_body")
+  if rawget(req, "body") == nil and st and st.received > 0 then return "" end
+  return req.body
+end
+
+
+-- valid with a declared form's uploads as plain tables (an Upload holds
+-- its open file, which cannot cross): name, filename, content_type,
+-- headers, size and path (the temp file, removed when the request ends).
+local function crossing_valid(valid)
+  local form = valid and valid.form
+  if not form then return valid end
+  local Upload = require("luaserve.form").Upload
+  local function plain(u)
+    if getmetatable(u) ~= Upload then return u end
+    return { name = u.name, filename = u.filename, content_type = u.content_type,
+      headers = u.headers, size = u.size, path = u.path }
+  end
+  local out = {}
+  for k, v in pairs(form) do
+    if type(v) == "table" and getmetatable(v) ~= Upload then   -- a list of values
+      local list = {}
+      for i = 1, #v do list[i] = plain(v[i]) end
+      out[k] = list
+    else
+      out[k] = plain(v)
+    end
+  end
+  local copy = {}
+  for k, v in pairs(valid) do copy[k] = v end
+  copy.form = out
+  return copy
+end
+
+
 --- run_request(obj, req): the whole request on the pool (the route
 -- handler of a sync route). Runs in the request's task; returns status,
 -- body, content type, headers, as response.normalize made them in the pool
@@ -254,13 +292,13 @@ function M.run_request(obj, req)
     method = req.method,
     target = req.target,
     headers = req.headers,
-    body = req.body,
+    body = whole_body(req),
     params = req.params,
     route = req.route,
     client = req.client,
     scheme = req.scheme,
     tls = req.scheme == "https" and req.tls or nil,
-    valid = rawget(req, "valid"),   -- declared inputs, checked on the loop
+    valid = crossing_valid(rawget(req, "valid")),   -- declared inputs, checked on the loop
   }
   local f = new_future(cancel_job)
   local job, err = pool_submit(REQUEST, obj.key, f, plain)
