@@ -62,14 +62,15 @@ local IDLE = setmetatable({}, { __tostring = function() return "idle" end })
 local Future = {}
 local Task = {}   -- defined below; futures wake tasks
 
--- A task's own fields, in its table's array part: a waiting task is 112
--- bytes instead of 256 (six keys would take an 8-slot hash part). The
+-- A task's own fields, in its table's array part: a task is 136 bytes
+-- instead of 256 (seven keys took an 8-slot hash part). The
 -- function, its one argument (a request's task: the request), its runner
 -- coroutine (false before it starts), the future it waits on (false: none
--- yet; nil once woken), whether it finished, and its failure handler
--- (a request's task: falsy for any other). Fields that few tasks get
--- (_root, _children, _fut, _cleanups...) are named keys.
-local FN, A1, CO, WAITING, FINISHED, ON_FAIL = 1, 2, 3, 4, 5, 6
+-- yet; nil once woken), whether it finished, its failure handler (a
+-- request's task: falsy for any other), and whether the futures its code
+-- makes are followed (0 until its first one: see note_created). Fields
+-- that few tasks get (_root, _children, _fut, _cleanups...) are named keys.
+local FN, A1, CO, WAITING, FINISHED, ON_FAIL, CHK = 1, 2, 3, 4, 5, 6, 7
 Future.__index = Future
 Future.__name = "luaserve.Future"
 M.Future = Future
@@ -484,10 +485,10 @@ function note_created(f)
   if not check_unawaited then return end
   local task = current
   local root = task._root or task
-  local chk = root._chk
-  if chk == nil then
+  local chk = root[CHK]
+  if chk == 0 then
     chk = sampled(root)
-    root._chk = chk
+    root[CHK] = chk
   end
   if not chk then return end
   -- Level 3: the caller of new() or sleep(); up past framework frames.
@@ -638,7 +639,7 @@ local function start(fn, opts, ...)
   local n = select("#", ...)
   -- Every field a task always has is set here, so the table is made once
   -- at its full size instead of growing per field.
-  local task = setmetatable({ fn, (...), false, false, false, false }, Task)
+  local task = setmetatable({ fn, (...), false, false, false, false, 0 }, Task)
   if n > 1 then task[A1] = nil task._args = { n = n, ... } end
   local parent = opts ~= false and current or nil
   if parent and not (opts and opts.detached) then
@@ -685,9 +686,9 @@ function M.start_request(fn, on_fail, req)
   if task then
     spare_task = nil
     task[FN], task[A1], task[FINISHED], task[ON_FAIL] = fn, req, false, on_fail
-    if rawget(task, "_chk") ~= nil then task._chk = nil end
+    task[CHK] = 0
   else
-    task = setmetatable({ fn, req, false, false, false, on_fail }, Task)
+    task = setmetatable({ fn, req, false, false, false, on_fail, 0 }, Task)
   end
   task[CO] = take_runner()
   step(task, task)
