@@ -309,8 +309,12 @@ class Listings(TreeTest):
     def test_folders_redirect_to_their_slash_and_head_and_misses(self):
         r = self.req("/listed/noindex")
         self.assertEqual((r.status, r.headers["location"]), (301, "/listed/noindex/"))
+        # HEAD: the GET's head (its length), no body
+        got = self.req("/listed/noindex/")
         r = self.req("/listed/noindex/", method="HEAD")
-        self.assertEqual((r.status, r.body), (200, b""))
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers["content-length"], str(len(got.body)))
+        self.assertEqual(r.headers["content-type"], "text/html; charset=utf-8")
         self.assertEqual(self.req("/listed/nope/").status, 404)
         self.assertEqual(self.req("/listed/a.txt/").status, 404)
         self.assertEqual(self.req("/listed/%2e%2e/").status, 404)

@@ -262,15 +262,10 @@ end
 
 
 -- A pipeline that failed at command i (list: its { sql, name, prepare,
--- ... }; or one command's sql when it was to prepare): the statements it
--- was to prepare from i on were not made (the one at i may have been: its
--- name is then left unused, never given to another statement).
+-- ... }): the statements it was to prepare from i on were not made (the
+-- one at i may have been: its name is then left unused, never given to
+-- another statement).
 local function forget_from(conn, list, i)
-  if type(list) == "string" then   -- one command's new statement
-    conn.stmts[list] = nil
-    return
-  end
-  if type(list) ~= "table" then return end
   for j = i, #list do
     if list[j][3] then conn.stmts[list[j][1]] = nil end
   end
@@ -281,23 +276,22 @@ end
 -- await the answer: rows (or the list of results), or nil, err.
 local function execute(conn, cmd, cmds, timeout)
   local f = new_future()
-  local ok, err, prepared
+  local ok, err, prepared, list
   if cmd then
     local name, prepare = statement(conn, cmd.sql)
-    prepared = prepare and cmd.sql
+    prepared = prepare
     ok, err = conn.c:query(f, ms(timeout), cmd.sql, name, prepare, cmd.args, cmd.n)
   else
-    local list = {}
+    list = {}
     for i = 1, #cmds do
       local c = cmds[i]
       local name, prepare = statement(conn, c.sql)
       list[i] = { c.sql, name, prepare, c.args, c.n }
     end
-    prepared = list
     ok, err = conn.c:batch(f, ms(timeout), list)
   end
-  if not ok then
-    forget_from(conn, prepared, 1)
+  if not ok then   -- nothing was sent: what it was to prepare was not made
+    if list then forget_from(conn, list, 1) elseif prepared then conn.stmts[cmd.sql] = nil end
     return nil, err
   end
   local r, e = await(f)
@@ -310,14 +304,14 @@ local function execute(conn, cmd, cmds, timeout)
     return nil, e
   end
   if not r then   -- nothing came back: what it was to prepare may not exist
-    forget_from(conn, prepared, 1)
+    forget_from(conn, list, 1)
     return nil, e
   end
   for i = 1, #r do
     if is_error(r[i]) then
       -- The commands before i ran, their statements with them; i and the
       -- ones after it did not (the server skips the rest of a pipeline).
-      forget_from(conn, prepared, i)
+      forget_from(conn, list, i)
       if r[i].code == "0A000" or r[i].code == "26000" then   -- stale
         conn.stmts[cmds[i].sql] = nil
       end
