@@ -374,18 +374,23 @@ local MAX_IDLE_RUNNERS = 4096
 -- has waited, or called a C function such as json.encode, from running on
 -- to its answer (a trace cannot return into a pcall entered before it).
 -- An error ends the coroutine instead; step() hands it to task_failed.
+-- The call of the task's function is made with as few slots below it as
+-- can be (no locals, finish's fixed arguments in a wrapper): the stack
+-- of a request's coroutine starts at 40 usable slots and doubles for
+-- good when a frame or a C call does not fit (see server.lua's
+-- run_pipeline).
 local finish   -- forward
+local function finished(task, ...) return finish(task, true, ...) end
 
 
 local function runner_body(task)
   while true do
-    local args, a1 = task._args, task[A1]
-    if args then
-      finish(task, true, task[FN](unpack(args, 1, args.n)))
-    elseif a1 ~= nil then
-      finish(task, true, task[FN](a1))
+    if task._args then
+      finished(task, task[FN](unpack(task._args, 1, task._args.n)))
+    elseif task[A1] ~= nil then
+      finished(task, task[FN](task[A1]))
     else
-      finish(task, true, task[FN]())
+      finished(task, task[FN]())
     end
     task = co_yield(IDLE)
   end
@@ -492,10 +497,13 @@ function note_created(f)
   end
   if not chk then return end
   -- Level 3: the caller of new() or sleep(); up past framework frames.
+  -- (user_file's cache is read here: its frame, and the getinfo it
+  -- makes, would sit 11 slots deeper on the task's stack; see runner_body)
   for level = 3, 12 do
     local info = getinfo(level, "fl")
     if info == nil then return end
-    local file = user_file(info.func)
+    local file = file_of[info.func]
+    if file == nil then file = user_file(info.func) end
     if file then
       nmade = nmade + 1
       made[nmade] = f

@@ -177,7 +177,7 @@ end
 -- The handler (after its dependencies): status, body, ctype, headers,
 -- stream, background, websocket. Raises what it raises. A WebSocket
 -- route's answer is the checked handshake's 101; its session follows it.
-local function call_handler(req, route)
+local function call_handler_checked(req, route)
   local validate = route.validate   -- declared inputs (luaserve.inputs)
   if validate then
     local problems = validate(req)
@@ -196,6 +196,19 @@ local function call_handler(req, route)
     return normalize(inputs.check_response(req, route, handler(req)))
   end
   return normalize(handler(req))
+end
+
+
+-- The usual handler (no declared inputs, dependencies, WebSocket, pool
+-- or checked responses) is called from a frame with two locals: the
+-- frames between a request's runner and its handler are what a waiting
+-- request keeps on its stack (see run_pipeline).
+local function call_handler(req, route)
+  if route.validate or route.opts.deps or route.websocket or route.responses
+    or is_sync(route.handler) then
+    return call_handler_checked(req, route)
+  end
+  return normalize(route.handler(req))
 end
 
 
@@ -292,8 +305,8 @@ local function endpoint_object(ctx, req)
 end
 
 
--- A middleware's answer as a response object.
-local function as_object(req, i, a, b, c)
+-- A middleware's answer as a response object; i: its place in the chain.
+local function as_object(i, a, b, c)
   if type(a) == "table" and getmetatable(a) == response.Response and a._normal then
     return a
   end
@@ -306,31 +319,43 @@ end
 
 
 -- The chain of call_next functions for the app's middleware, made once
--- (no closure per request): chain[i](req) runs middleware i around
--- chain[i + 1]; the last one calls the endpoint.
+-- (no closure per request): the function for middleware i runs it around
+-- the next one's; the last one calls the endpoint. The first gives the
+-- pipeline's status, body, ctype... Each calls its middleware with one
+-- local below it: see run_pipeline.
 local function build_chain(ctx)
   local mw = ctx.app.middleware
-  local chain = {}
-  chain[#mw + 1] = function(req) return endpoint_object(ctx, req) end
+  local nxt = function(req) return endpoint_object(ctx, req) end
   for i = #mw, 1, -1 do
-    local fn, nxt = mw[i], chain[i + 1]
-    chain[i] = function(req) return as_object(req, i, fn(req, nxt)) end
+    local fn, inner = mw[i], nxt
+    local check
+    if i == 1 then
+      check = function(a, b, c) return normalize(as_object(1, a, b, c)) end
+    else
+      check = function(a, b, c) return as_object(i, a, b, c) end
+    end
+    nxt = function(req) return check(fn(req, inner)) end
   end
-  ctx.app._chain = chain
-  return chain
+  ctx.app._chain = nxt
+  return nxt
 end
 
 
 -- Status, body, ctype, headers, stream, background: through the middleware
 -- when the app has any, else straight from the endpoint.
--- What a waiting request keeps on its coroutine's stack is watched: past
--- about 100 slots the stack doubles (0.8 KB more per pending request), so
--- route_request keeps the matching's locals off it.
+-- What a waiting request keeps on its coroutine's stack is watched.
+-- LuaJIT starts it at 40 usable slots, and a C function needs 20 free
+-- ones above its caller: a handler already runs deeper than that, so the
+-- stack doubles once, to about 100 slots. Past those it doubles again
+-- (0.9 KB more per waiting request, kept by the runner coroutine when it
+-- is reused), so the frames from the runner down to the handler are few
+-- and call with few locals below them (each middleware adds about 10):
+-- tail calls here and in endpoint, route_request's matching off the
+-- stack, the usual handler called by a two-local call_handler.
 local function run_pipeline(ctx, req)
   local app = ctx.app
   if #app.middleware == 0 then return endpoint(ctx, req) end
-  local chain = app._chain or build_chain(ctx)
-  return normalize(chain[1](req))
+  return (app._chain or build_chain(ctx))(req)
 end
 
 
