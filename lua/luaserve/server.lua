@@ -349,7 +349,7 @@ end
 -- stack doubles once, to about 100 slots. Past those it doubles again
 -- (0.9 KB more per waiting request, kept by the runner coroutine when it
 -- is reused), so the frames from the runner down to the handler are few
--- and call with few locals below them (each middleware adds about 10):
+-- and call with few locals below them (each middleware adds 5 to 10):
 -- tail calls here and in endpoint, route_request's matching off the
 -- stack, the usual handler called by a two-local call_handler.
 local function run_pipeline(ctx, req)
