@@ -294,3 +294,97 @@ describe("middleware.trusted_hosts", function()
     assert.equal(400, host("notexample.com").status)
   end)
 end)
+
+
+describe("middleware.hooks", function()
+  local trace = {}
+  local app = luaserve.app()
+  local function note(s) trace[#trace + 1] = s end
+  app:use(mw.hooks{
+    before = function(req) note("a before") end,
+    after = function(req, res) note("a after " .. res.status) res:set_header("X-A", "1") end,
+  })
+  app:use{   -- a plain table is taken as hooks
+    before = function(req)
+      note("b before")
+      if req.headers["x-stop"] then return 403, { stopped = true } end
+    end,
+    after = function(req, res)
+      note("b after")
+      if req.headers["x-swap"] then return "swapped" end
+    end,
+  }
+  app:use(function(req, call_next)   -- a nesting one between runs of hooks
+    note("n in")
+    local res = call_next(req)
+    note("n out")
+    return res
+  end)
+  app:use(mw.hooks{ after = function(req, res) note("c after") end })
+  app:get("/", function() note("handler") return "ok" end)
+  app:get("/wait", function() await(sleep(0.001)) note("handler") return "ok" end)
+  app:get("/boom", function() error("handler bug") end)
+  local client
+  setup(function() client = testing.client(app) end)
+  teardown(function() client:close() end)
+  before_each(function() trace = {} end)
+
+  it("run befores in order and afters back, around nesting middleware", function()
+    local res = client:get("/wait")
+    assert.equal(200, res.status)
+    assert.equal("ok", res.body)
+    assert.equal("1", res.headers["x-a"])
+    assert.same({ "a before", "b before", "n in", "handler", "c after", "n out", "b after",
+      "a after 200" }, trace)
+  end)
+
+  it("an answer from before skips the rest and its own after; the outer afters see it", function()
+    local res = client:get("/", { headers = { ["X-Stop"] = "1" } })
+    assert.equal(403, res.status)
+    assert.same({ stopped = true }, res:json())
+    assert.equal("1", res.headers["x-a"])
+    assert.same({ "a before", "b before", "a after 403" }, trace)
+  end)
+
+  it("after may return another answer, or nothing to keep the one it got", function()
+    local res = client:get("/", { headers = { ["X-Swap"] = "1" } })
+    assert.equal(200, res.status)
+    assert.equal("swapped", res.body)
+    assert.equal("1", res.headers["x-a"])   -- set by the outer after on the new answer
+  end)
+
+  it("see a handler's error as its answer", function()
+    local res
+    logged(function() res = client:get("/boom") end)
+    assert.equal(500, res.status)
+    assert.equal("1", res.headers["x-a"])
+    assert.same({ "a before", "b before", "n in", "c after", "n out", "b after",
+      "a after 500" }, trace)
+  end)
+
+  it("can be called as a middleware, hooks(req, call_next)", function()
+    local app2 = luaserve.app()
+    local id = mw.request_id()
+    app2:use(function(req, call_next)
+      if req.path == "/plain" then return call_next(req) end
+      return id(req, call_next)
+    end)
+    app2:get("/plain", function() return "p" end)
+    app2:get("/tagged", function(req) return req.request_id end)
+    local c = testing.client(app2)
+    local tagged = c:get("/tagged")
+    assert.equal(32, #tagged.headers["x-request-id"])
+    assert.equal(tagged.headers["x-request-id"], tagged.body)
+    assert.is_nil(c:get("/plain").headers["x-request-id"])
+    c:close()
+  end)
+
+  it("are checked when made", function()
+    assert.has_error(function() mw.hooks{} end, "hooks: give before, after or both")
+    assert.has_error(function() mw.hooks{ before = 1 } end, "hooks: before must be a function")
+    assert.has_error(function() luaserve.app():use{ after = "x" } end,
+      "hooks: after must be a function")
+    assert.has_error(function() luaserve.app():use(42) end,
+      "app:use: expected a function, got number")
+  end)
+end)

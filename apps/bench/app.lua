@@ -8,9 +8,18 @@ local await, sleep = luaserve.await, luaserve.sleep
 local app = luaserve.app()
 
 -- Not part of the contract: what tests/bench/middleware.sh measures.
--- LUASERVE_BENCH_MIDDLEWARE=N adds N no-op middleware; LUASERVE_BENCH_GZIP=1
+-- LUASERVE_BENCH_MIDDLEWARE=N adds N no-op middleware, =builtin the four
+-- that ship (request id, CORS, GZip, trusted hosts); LUASERVE_BENCH_GZIP=1
 -- the GZip middleware (for /json-big, a 2 KB JSON answer).
-for _ = 1, tonumber(os.getenv("LUASERVE_BENCH_MIDDLEWARE") or "0") do
+local BENCH_MW = os.getenv("LUASERVE_BENCH_MIDDLEWARE") or "0"
+if BENCH_MW == "builtin" then
+  local mw = require "luaserve.middleware"
+  app:use(mw.request_id())
+  app:use(mw.cors{ origins = { "https://example.com" } })
+  app:use(mw.gzip())
+  app:use(mw.trusted_hosts{ "*" })
+end
+for _ = 1, tonumber(BENCH_MW) or 0 do
   app:use(function(req, call_next) return call_next(req) end)
 end
 if os.getenv("LUASERVE_BENCH_GZIP") == "1" then

@@ -14,6 +14,7 @@
 
 local errors = require "luaserve.errors"
 local inputs = require "luaserve.inputs"
+local hooks = require "luaserve.middleware.hooks"
 
 local setmetatable = setmetatable
 local type = type
@@ -90,9 +91,15 @@ end
 -- the order added (the first added is outermost). call_next(req) gives the
 -- response as an object (res.status, res.headers, res.body, res:header(),
 -- res:set_header()) to read, change and return, or to replace; a
--- middleware may also answer without calling it. Returns the app.
+-- middleware may also answer without calling it. fn may also be hooks
+-- that do not nest: { before = fn(req), after = fn(req, res) } (see
+-- luaserve.middleware.hooks). Returns the app.
 function App:use(fn)
-  check_fn(fn, "app:use")
+  if type(fn) == "table" and not hooks.is_hooks(fn) then
+    fn = hooks.new(fn, 2)   -- app:use{ before = ..., after = ... }
+  elseif type(fn) ~= "table" then
+    check_fn(fn, "app:use")
+  end
   self.middleware[#self.middleware + 1] = fn
   self._chain = nil
   return self

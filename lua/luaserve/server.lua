@@ -26,6 +26,7 @@ local log = require "luaserve.log"
 local sync = require "luaserve.sync"
 local websocket = require "luaserve.websocket"
 local inputs = require "luaserve.inputs"
+local is_hooks = require("luaserve.middleware.hooks").is_hooks
 
 local start_request = future.start_request
 -- The requests in Lua are kept by their connection's slot (handle %
@@ -318,23 +319,76 @@ local function as_object(i, a, b, c)
 end
 
 
+-- A run of hooks middleware (luaserve.middleware.hooks), run[j] = {
+-- before, after, i } first to last, as one link of the chain: the befores
+-- in order until one answers, then the link inside (unless one answered),
+-- then the afters of those whose before ran, back to the first, each on
+-- what came out of the one inside it. One frame for the whole run, which
+-- calls the link inside with two locals below it.
+local function hooks_link(run, inner, outermost)
+  local n = #run
+  return function(req)
+    local res, last = nil, n
+    for j = 1, n do
+      local h = run[j]
+      if h.before then
+        local a, b, c = h.before(req)
+        if a ~= nil or b ~= nil then
+          res, last = as_object(h.i, a, b, c), j - 1
+          break
+        end
+      end
+    end
+    if res == nil then res = inner(req) end
+    for j = last, 1, -1 do
+      local h = run[j]
+      if h.after then
+        local a, b, c = h.after(req, res)
+        if a ~= nil or b ~= nil then res = as_object(h.i, a, b, c) end
+      end
+    end
+    if outermost then return normalize(res) end
+    return res
+  end
+end
+
+
+-- A middleware fn(req, call_next) as a link of the chain: it is called
+-- with one local below it; its answer is checked (i: its place, for the
+-- message).
+local function nesting_link(fn, i, inner)
+  local check
+  if i == 1 then   -- the outermost gives status, body, ctype...
+    check = function(a, b, c) return normalize(as_object(1, a, b, c)) end
+  else
+    check = function(a, b, c) return as_object(i, a, b, c) end
+  end
+  return function(req) return check(fn(req, inner)) end
+end
+
+
 -- The chain of call_next functions for the app's middleware, made once
--- (no closure per request): the function for middleware i runs it around
--- the next one's; the last one calls the endpoint. The first gives the
--- pipeline's status, body, ctype... Each calls its middleware with one
--- local below it: see run_pipeline.
+-- (no closure per request), from the endpoint out: a link per nesting
+-- middleware, one per run of hooks. The outermost link gives the
+-- pipeline's status, body, ctype... (see run_pipeline).
 local function build_chain(ctx)
   local mw = ctx.app.middleware
   local nxt = function(req) return endpoint_object(ctx, req) end
-  for i = #mw, 1, -1 do
-    local fn, inner = mw[i], nxt
-    local check
-    if i == 1 then
-      check = function(a, b, c) return normalize(as_object(1, a, b, c)) end
+  local i = #mw
+  while i >= 1 do
+    if is_hooks(mw[i]) then
+      local first = i
+      while first > 1 and is_hooks(mw[first - 1]) do first = first - 1 end
+      local run = {}
+      for j = first, i do
+        run[#run + 1] = { before = mw[j].before, after = mw[j].after, i = j }
+      end
+      nxt = hooks_link(run, nxt, first == 1)
+      i = first - 1
     else
-      check = function(a, b, c) return as_object(i, a, b, c) end
+      nxt = nesting_link(mw[i], i, nxt)
+      i = i - 1
     end
-    nxt = function(req) return check(fn(req, inner)) end
   end
   ctx.app._chain = nxt
   return nxt
@@ -349,7 +403,8 @@ end
 -- stack doubles once, to about 100 slots. Past those it doubles again
 -- (0.9 KB more per waiting request, kept by the runner coroutine when it
 -- is reused), so the frames from the runner down to the handler are few
--- and call with few locals below them (each middleware adds 5 to 10):
+-- and call with few locals below them (each nesting middleware adds 5 to
+-- 10, a run of hooks 5):
 -- tail calls here and in endpoint, route_request's matching off the
 -- stack, the usual handler called by a two-local call_handler.
 local function run_pipeline(ctx, req)

@@ -16,6 +16,8 @@
 -- Fetch standard refuses "*" with credentials), and Vary: Origin is added
 -- whenever the answer depends on the origin.
 
+local hooks = require "luaserve.middleware.hooks"
+
 local concat = table.concat
 local lower = string.lower
 local upper = string.upper
@@ -116,18 +118,21 @@ return function(opts)
   -- refused or absent): a shared cache must know, whatever this one was.
   local varies = not (any_origin and not credentials)
 
-  return function(req, call_next)
-    local origin = req.headers.origin
-    if req.method == "OPTIONS" and origin and req.headers["access-control-request-method"] then
-      return preflight(req, origin)
-    end
-    local res = call_next(req)
-    if origin and allowed(origin) then
-      res:set_header("Access-Control-Allow-Origin", allow_origin(origin))
-      if credentials then res:set_header("Access-Control-Allow-Credentials", "true") end
-      if expose_value then res:set_header("Access-Control-Expose-Headers", expose_value) end
-    end
-    if varies then add_vary(res, "Origin") end
-    return res
-  end
+  return hooks{
+    before = function(req)
+      local origin = req.headers.origin
+      if req.method == "OPTIONS" and origin and req.headers["access-control-request-method"] then
+        return preflight(req, origin)
+      end
+    end,
+    after = function(req, res)
+      local origin = req.headers.origin
+      if origin and allowed(origin) then
+        res:set_header("Access-Control-Allow-Origin", allow_origin(origin))
+        if credentials then res:set_header("Access-Control-Allow-Credentials", "true") end
+        if expose_value then res:set_header("Access-Control-Expose-Headers", expose_value) end
+      end
+      if varies then add_vary(res, "Origin") end
+    end,
+  }
 end

@@ -8,6 +8,7 @@
 --   app:use(gzip{ minimum_size = 500, level = 6, streams = false })
 
 local core = require "luaserve.core"
+local hooks = require "luaserve.middleware.hooks"
 
 local gzip = core.gzip
 local deflater = core.deflater
@@ -79,8 +80,7 @@ return function(opts)
   local level = opts.level or 6
   local streams = opts.streams == true
 
-  return function(req, call_next)
-    local res = call_next(req)
+  return hooks{ after = function(req, res)
     local status = res.status
     if status < 200 or status == 204 or status == 304 then return res end
     local ctype = res.content_type or res:header("Content-Type")
@@ -99,5 +99,5 @@ return function(opts)
     end
     res:set_header("Content-Encoding", "gzip")
     return res
-  end
+  end }
 end

@@ -6,6 +6,7 @@
 --   app:use(request_id{ header = "X-Request-ID", generate = fn })
 
 local core = require "luaserve.core"
+local hooks = require "luaserve.middleware.hooks"
 
 local random_hex = core.random_hex
 local find = string.find
@@ -18,12 +19,14 @@ return function(opts)
   local key = lower(header)
   local generate = opts.generate or function() return random_hex(16) end
 
-  return function(req, call_next)
-    local id = req.headers[key]
-    if id == nil or #id > 200 or find(id, "[^\33-\126]") then id = generate(req) end
-    req.request_id = id
-    local res = call_next(req)
-    res:set_header(header, id)
-    return res
-  end
+  return hooks{
+    before = function(req)
+      local id = req.headers[key]
+      if id == nil or #id > 200 or find(id, "[^\33-\126]") then id = generate(req) end
+      req.request_id = id
+    end,
+    after = function(req, res)
+      res:set_header(header, req.request_id)
+    end,
+  }
 end

@@ -6,6 +6,8 @@
 --
 --   app:use(trusted_hosts{ "example.com", "*.example.com", "localhost" })
 
+local hooks = require "luaserve.middleware.hooks"
+
 local lower = string.lower
 local match = string.match
 local sub = string.sub
@@ -41,8 +43,8 @@ return function(hosts)
     return false
   end
 
-  return function(req, call_next)
-    if any or trusted(req.headers.host) then return call_next(req) end
+  return hooks{ before = function(req)
+    if any or trusted(req.headers.host) then return nil end
     return 400, { detail = "Invalid host header" }
-  end
+  end }
 end
