@@ -9,11 +9,10 @@
 -- came back (an error inside comes back as its answer, as for call_next);
 -- an answer from `before` skips the rest of the chain and this hook's
 -- `after`, and the middleware outside it see it as usual. The app's
--- middleware that are hooks, one after another, run from one frame:
--- unlike `function(req, call_next)`, they put nothing of their own on the
--- stack below the handler, which a waiting request keeps (a nesting
--- middleware adds 5 to 10 slots; past about 95 a waiting request's stack
--- doubles, 0.9 KB more). The built-in middleware are hooks. A hooks table
+-- middleware that are hooks, one after another, run from one frame of
+-- about 5 slots on the stack below the handler, which a waiting request
+-- keeps, where each `function(req, call_next)` adds 5 to 10 (past about
+-- 95 slots a waiting request's stack doubles: 0.9 KB more). The built-in middleware are hooks. A hooks table
 -- can still be called as a middleware, hooks(req, call_next).
 
 local type = type
