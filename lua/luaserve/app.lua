@@ -95,10 +95,10 @@ end
 -- that do not nest: { before = fn(req), after = fn(req, res) } (see
 -- luaserve.middleware.hooks). Returns the app.
 function App:use(fn)
-  if type(fn) == "table" and not hooks.is_hooks(fn) then
-    fn = hooks.new(fn, 2)   -- app:use{ before = ..., after = ... }
-  elseif type(fn) ~= "table" then
+  if type(fn) ~= "table" then
     check_fn(fn, "app:use")
+  elseif not hooks.is_hooks(fn) then
+    fn = hooks.new(fn, 2)   -- app:use{ before = ..., after = ... }
   end
   self.middleware[#self.middleware + 1] = fn
   self._chain = nil

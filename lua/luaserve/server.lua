@@ -205,8 +205,8 @@ end
 -- frames between a request's runner and its handler are what a waiting
 -- request keeps on its stack (see run_pipeline).
 local function call_handler(req, route)
-  if route.validate or route.opts.deps or route.websocket or route.responses
-    or is_sync(route.handler) then
+  if route.validate or route.opts.deps or route.websocket
+    or (route.responses and inputs.validate_responses) or is_sync(route.handler) then
     return call_handler_checked(req, route)
   end
   return normalize(route.handler(req))
@@ -319,32 +319,31 @@ local function as_object(i, a, b, c)
 end
 
 
--- A run of hooks middleware (luaserve.middleware.hooks), run[j] = {
--- before, after, i } first to last, as one link of the chain: the befores
--- in order until one answers, then the link inside (unless one answered),
--- then the afters of those whose before ran, back to the first, each on
--- what came out of the one inside it. One frame for the whole run, which
--- calls the link inside with two locals below it.
-local function hooks_link(run, inner, outermost)
-  local n = #run
+-- The app's middleware first..last, all hooks (luaserve.middleware.hooks),
+-- as one link of the chain: the befores in order until one answers, then
+-- the link inside (unless one answered), then the afters of those whose
+-- before ran, back to the first, each on what came out of the one inside
+-- it. One frame for the whole run, which calls the link inside with two
+-- locals below it.
+local function hooks_link(mw, first, last, inner, outermost)
   return function(req)
-    local res, last = nil, n
-    for j = 1, n do
-      local h = run[j]
-      if h.before then
-        local a, b, c = h.before(req)
+    local res, ran = nil, last
+    for i = first, last do
+      local before = mw[i].before
+      if before then
+        local a, b, c = before(req)
         if a ~= nil or b ~= nil then
-          res, last = as_object(h.i, a, b, c), j - 1
+          res, ran = as_object(i, a, b, c), i - 1
           break
         end
       end
     end
     if res == nil then res = inner(req) end
-    for j = last, 1, -1 do
-      local h = run[j]
-      if h.after then
-        local a, b, c = h.after(req, res)
-        if a ~= nil or b ~= nil then res = as_object(h.i, a, b, c) end
+    for i = ran, first, -1 do
+      local after = mw[i].after
+      if after then
+        local a, b, c = after(req, res)
+        if a ~= nil or b ~= nil then res = as_object(i, a, b, c) end
       end
     end
     if outermost then return normalize(res) end
@@ -379,11 +378,7 @@ local function build_chain(ctx)
     if is_hooks(mw[i]) then
       local first = i
       while first > 1 and is_hooks(mw[first - 1]) do first = first - 1 end
-      local run = {}
-      for j = first, i do
-        run[#run + 1] = { before = mw[j].before, after = mw[j].after, i = j }
-      end
-      nxt = hooks_link(run, nxt, first == 1)
+      nxt = hooks_link(mw, first, i, nxt, first == 1)
       i = first - 1
     else
       nxt = nesting_link(mw[i], i, nxt)
